@@ -1,0 +1,60 @@
+# Two commands matter to a newcomer: `make run` and `make test`.
+# Everything they need is installed by the targets below, on a fresh machine too.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export ALB_CACHE_DIR ?= $(HOME)/.cache/alb
+
+.PHONY: help venv services test check lint fmt run sim lock clean
+
+help:
+	@echo "make run     start the bridge (arrives with the bridge issue; see README)"
+	@echo "make test    create .venv, install, provision Kafka and Redis, run the whole suite"
+	@echo "make check   ruff + mypy --strict on the packages"
+	@echo "make sim     run the simulated Ollama fleet from examples/fleet.yaml"
+
+# The venv is rebuilt when the dependency list or the pins change.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP)
+
+# Kafka jars (Maven Central, cached under $(ALB_CACHE_DIR)) and Debian's redis-server.
+# The brokers themselves are started once per test run by session fixtures.
+services: venv
+	scripts/redis install
+	scripts/kafka fetch
+
+test: services
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+check: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+run: venv
+	@echo "The bridge itself (alb serve) arrives with the bridge issue (#3)."
+	@echo "Until then, 'make sim' serves a simulated Ollama fleet on examples/fleet.yaml."
+	@exit 2
+
+sim: venv
+	$(BIN)/alb sim --config examples/fleet.yaml
+
+# Refresh the pins after changing pyproject.toml's bounds.
+lock: venv
+	@{ echo "# Pinned versions for a reproducible install (make test / make run use them as constraints)."; \
+	   echo "# Regenerate with: make lock"; \
+	   $(BIN)/python -m pip freeze --exclude-editable | grep -v '^async-load-bridge'; } > constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
