@@ -1,0 +1,69 @@
+"""Request decoding and responses shared by both API surfaces."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ollamasim.durations import DurationError, go_time_from_unix, parse_keep_alive
+from ollamasim.engine import Engine
+from ollamasim.streams import go_json
+
+JSON_TYPE = "application/json; charset=utf-8"
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def json_response(value: Any, status: int = 200) -> Response:
+    return Response(go_json(value), status_code=status, media_type=JSON_TYPE)
+
+
+def error_response(message: str, status: int) -> Response:
+    return json_response({"error": message}, status)
+
+
+async def read_json(request: Request, go_type: str) -> dict[str, Any]:
+    """gin's ``ShouldBindJSON``: EOF -> "missing request body", else Go's message."""
+    body = await request.body()
+    if not body.strip():
+        raise BadRequest("missing request body")
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("invalid character looking for beginning of value") from None
+    if not isinstance(value, dict):
+        kind = "array" if isinstance(value, list) else type(value).__name__
+        raise BadRequest(f"json: cannot unmarshal {kind} into Go value of type {go_type}")
+    return value
+
+
+def keep_alive_of(body: dict[str, Any]) -> int | None:
+    """``keep_alive`` as nanoseconds; None when absent or null (runner keeps its own)."""
+    raw = body.get("keep_alive")
+    if raw is None:
+        return None
+    try:
+        return parse_keep_alive(raw)
+    except DurationError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def options_of(body: dict[str, Any]) -> dict[str, Any]:
+    opts = body.get("options")
+    return dict(opts) if isinstance(opts, dict) else {}
+
+
+def created_at(engine: Engine) -> str:
+    return go_time_from_unix(engine.clock.now(), utc=True)
+
+
+def local_time(seconds: float) -> str:
+    return go_time_from_unix(seconds, utc=False)
