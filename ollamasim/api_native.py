@@ -421,9 +421,13 @@ async def embed(request: Request) -> Response:
         inputs = list(raw)
     elif raw is not None:
         return error_response("invalid input type", 400)
-    m = engine.find_model(name) if names.is_valid(name) else None
-    if m is None:
+    if not names.is_valid(name):
         return error_response(f"model '{name}' not found", 404)
+    m = engine.find_model(name)
+    if m is None:
+        # EmbedHandler reaches scheduleRunner without GetModelForRunner first, so the
+        # miss goes through handleScheduleError (Go %q: double quotes).
+        return error_response(f'model "{name}" not found, try pulling it first', 404)
     return await embed_with(request, m, name, inputs, body, keep_alive, "/api/embed")
 
 

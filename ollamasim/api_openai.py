@@ -78,6 +78,8 @@ async def _start(request: Request, body: dict[str, Any], endpoint: str) -> Job |
     name = str(body.get("model") or "")
     m = engine.find_model(name) if names.is_valid(name) else None
     if m is None:
+        if endpoint == "/v1/embeddings":
+            return oai_error(404, f'model "{name}" not found, try pulling it first')
         return oai_error(404, f"model '{name}' not found")
     if m.is_embedding_only and endpoint != "/v1/embeddings":
         verb = "chat" if endpoint == "/v1/chat/completions" else "generate"
