@@ -141,8 +141,8 @@ def parse_go_time(value: str) -> datetime:
         s = s[:-1] + "+00:00"
     main, sep, rest = s.partition(".")
     if sep:
-        digits = "".join(ch for ch in rest if ch.isdigit())
-        offset = rest[len(digits) :]
+        n = len(rest) - len(rest.lstrip("0123456789"))
+        digits, offset = rest[:n], rest[n:]
         s = f"{main}.{(digits + '000000')[:6]}{offset}"
     dt = datetime.fromisoformat(s)
     assert dt.tzinfo is not None, f"time without offset: {value!r}"

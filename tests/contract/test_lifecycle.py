@@ -8,14 +8,16 @@ unload branches, ChatHandler, EmbedHandler, PsHandler), server/sched.go
 
 from __future__ import annotations
 
-from datetime import timedelta
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
+import httpx
 import ollama
 
 from tests.contract._support import (
     Target,
     norm,
-    now_utc,
     parse_go_time,
     ps_entry,
     wait_until,
@@ -97,7 +99,7 @@ def test_ps_fields(fresh: Target) -> None:
     context_length (int > 0 once loaded)."""
     t = fresh
     with t.client() as c:
-        assert c.post("/api/generate", json={"model": t.model}).status_code == 200
+        ref = _served_at(c.post("/api/generate", json={"model": t.model}))
     entry = ps_entry(t, t.model)
     assert entry is not None
     assert {
@@ -126,56 +128,71 @@ def test_ps_fields(fresh: Target) -> None:
     expires = parse_go_time(entry["expires_at"])
     # Default keep_alive is 5m (envconfig.KeepAlive); allow the fixture to have changed it,
     # but it must be in the future and not pinned.
-    assert now_utc() < expires < now_utc() + PINNED_MIN
+    # (loading: now + sessionDuration; idle: end + keep_alive; pinned would be ~292 years)
+    assert ref < expires < ref + PINNED_MIN
+
+
+def _expiry_becomes(t: Target, ok: Callable[[datetime], bool], what: str) -> None:
+    """expires_at is refreshed by processCompleted when the request's context ends, a
+    moment after the reply; poll briefly instead of racing it."""
+
+    def check() -> bool:
+        entry = ps_entry(t, t.model)
+        return entry is not None and ok(parse_go_time(entry["expires_at"]))
+
+    wait_until(check, what=what, timeout=10.0)
+
+
+def _served_at(r: httpx.Response) -> datetime:
+    """The daemon's own clock: ``created_at`` of the reply (time.Now().UTC()). Comparing
+    expires_at with it, not with this machine's clock, keeps the check valid for a
+    simulator whose clock runs faster than wall time."""
+    assert r.status_code == 200, r.text
+    return parse_go_time(r.json()["created_at"])
 
 
 def test_keep_alive_pinned_and_sticky(fresh: Target) -> None:
     """Negative keep_alive → MaxInt64 → expires_at ≈ now + 292 years. It sticks: a request
     without keep_alive keeps it (useLoadedRunner only overwrites when the request sets it);
-    a later keep_alive "10m" replaces it; a number is seconds."""
+    a later keep_alive "10m" replaces it; a number is seconds; a negative duration string
+    pins again. expires_at = (request end) + keep_alive (processCompleted)."""
     t = fresh
+    slack = timedelta(minutes=1)
+
+    def near(ref: datetime, ahead: timedelta) -> Callable[[datetime], bool]:
+        return lambda e: ref + ahead - slack <= e <= ref + ahead + slack
+
     with t.client() as c:
-        r = c.post("/api/generate", json={"model": t.model, "keep_alive": -1})
-        assert r.status_code == 200, r.text
-        entry = ps_entry(t, t.model)
-        assert entry is not None
-        assert parse_go_time(entry["expires_at"]) > now_utc() + PINNED_MIN
+        ref = _served_at(c.post("/api/generate", json={"model": t.model, "keep_alive": -1}))
+        _expiry_becomes(t, lambda e: e > ref + PINNED_MIN, "pinned expires_at")
 
         # A request that does not mention keep_alive leaves the pin in place.
-        r = c.post("/api/generate", json={"model": t.model})
-        assert r.status_code == 200, r.text
+        ref = _served_at(c.post("/api/generate", json={"model": t.model}))
+        time.sleep(0.2)
         entry = ps_entry(t, t.model)
         assert entry is not None
-        assert parse_go_time(entry["expires_at"]) > now_utc() + PINNED_MIN
+        assert parse_go_time(entry["expires_at"]) > ref + PINNED_MIN, entry["expires_at"]
 
         # A string with a unit replaces it.
-        r = c.post("/api/generate", json={"model": t.model, "keep_alive": "10m"})
-        assert r.status_code == 200, r.text
-        entry = ps_entry(t, t.model)
-        assert entry is not None
-        exp = parse_go_time(entry["expires_at"])
-        assert now_utc() < exp <= now_utc() + timedelta(minutes=10, seconds=30)
+        ref = _served_at(c.post("/api/generate", json={"model": t.model, "keep_alive": "10m"}))
+        _expiry_becomes(t, near(ref, timedelta(minutes=10)), "expires_at = end + 10m")
 
-        # A number is seconds; "-5m" (negative duration string) pins again.
-        r = c.post("/api/chat", json={"model": t.model, "messages": [], "keep_alive": 1200})
-        assert r.status_code == 200, r.text
-        entry = ps_entry(t, t.model)
-        assert entry is not None
-        exp = parse_go_time(entry["expires_at"])
-        assert now_utc() + timedelta(minutes=10, seconds=30) < exp
-        assert exp <= now_utc() + timedelta(minutes=20, seconds=30)
-        r = c.post("/api/generate", json={"model": t.model, "keep_alive": "-5m"})
-        assert r.status_code == 200, r.text
-        entry = ps_entry(t, t.model)
-        assert entry is not None
-        assert parse_go_time(entry["expires_at"]) > now_utc() + PINNED_MIN
+        # A number is seconds.
+        ref = _served_at(
+            c.post("/api/chat", json={"model": t.model, "messages": [], "keep_alive": 1200})
+        )
+        _expiry_becomes(t, near(ref, timedelta(minutes=20)), "expires_at = end + 20m")
+
+        # A negative duration string pins again.
+        ref = _served_at(c.post("/api/generate", json={"model": t.model, "keep_alive": "-5m"}))
+        _expiry_becomes(t, lambda e: e > ref + PINNED_MIN, "pinned again")
 
 
 def test_v1_does_not_touch_keep_alive(fresh: Target) -> None:
     """openai.FromChatRequest sets no KeepAlive, so /v1 traffic neither pins nor resets."""
     t = fresh
     with t.client() as c:
-        assert c.post("/api/generate", json={"model": t.model, "keep_alive": -1}).status_code == 200
+        ref = _served_at(c.post("/api/generate", json={"model": t.model, "keep_alive": -1}))
         r = c.post(
             "/v1/chat/completions",
             json={
@@ -185,15 +202,16 @@ def test_v1_does_not_touch_keep_alive(fresh: Target) -> None:
             },
         )
         assert r.status_code == 200, r.text
+    time.sleep(0.2)
     entry = ps_entry(t, t.model)
     assert entry is not None
-    assert parse_go_time(entry["expires_at"]) > now_utc() + PINNED_MIN
+    assert parse_go_time(entry["expires_at"]) > ref + PINNED_MIN
 
 
 def test_embed_model_load_and_embed(fresh: Target) -> None:
-    """EmbedHandler: ``input: []`` loads and returns ``{"model":M,"embeddings":[]}`` (field may
-    be omitted where Embeddings is omitempty); real input returns normalised vectors plus
-    total_duration/load_duration/prompt_eval_count. Uses the official ollama client too."""
+    """EmbedHandler: ``input: []`` loads and returns ``{"model":M,"embeddings":[]}``; real
+    input returns L2-normalised vectors plus total_duration/load_duration/prompt_eval_count.
+    Uses the official ollama client too."""
     t = fresh
     if t.embed_model is None:
         import pytest  # noqa: PLC0415
@@ -204,7 +222,7 @@ def test_embed_model_load_and_embed(fresh: Target) -> None:
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["model"] == t.embed_model
-        assert body.get("embeddings", []) == []
+        assert body["embeddings"] == [], "EmbedResponse.Embeddings has no omitempty"
         assert ps_entry(t, t.embed_model) is not None
 
     res = ollama.Client(host=t.base_url).embed(model=t.embed_model, input=["hello", "world"])
