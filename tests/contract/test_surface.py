@@ -66,7 +66,8 @@ def test_tags_fields_and_names(target: Target) -> None:
         assert HEX64.match(m["digest"]), m["digest"]
         assert set(m["details"]) >= DETAIL_KEYS
         parse_go_time(m["modified_at"])
-    stamps = [parse_go_time(m["modified_at"]).timestamp() for m in models]
+    # SortStableFunc on ModifiedAt.Unix(): whole seconds, newest first.
+    stamps = [int(parse_go_time(m["modified_at"]).timestamp()) for m in models]
     assert stamps == sorted(stamps, reverse=True), "ListHandler sorts most recently modified first"
 
 
