@@ -1,0 +1,40 @@
+"""pytest plugin: the session fixture ``redis_url`` ("redis://host:port/db").
+
+``REDIS_URL`` when set; else a throwaway local ``redis-server`` (``redis_server``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.services import redis_server
+from tests.services._env import ServiceUnavailable, unavailable
+from tests.services._report import note
+
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """URL of a real Redis for this test run."""
+    given = os.environ.get("REDIS_URL")
+    if given:
+        note(request.config, "redis: REDIS_URL from the environment")
+        yield given
+        return
+    try:
+        server = redis_server.start()
+    except ServiceUnavailable as exc:
+        problem = f"Redis: {exc}"
+    else:
+        problem = ""
+    if problem:  # outside the except block, so the report is not a chained traceback
+        unavailable(problem)
+    note(
+        request.config, f"redis: local redis-server at {server.url}, up in {server.startup_s:.2f}s"
+    )
+    try:
+        yield server.url
+    finally:
+        server.stop()
