@@ -37,6 +37,7 @@ check: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/mypy tests/services tests/integration
 
 fmt: venv
 	$(BIN)/ruff check --fix .
