@@ -8,6 +8,7 @@ middleware/openai.go @077a50ba ``BaseWriter.writeError``, openai/openai.go ``New
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from tests.contract._support import Target
@@ -15,9 +16,23 @@ from tests.contract._support import Target
 MISSING = "no-such-model-xyz"
 
 
-def openai_error(message: str, etype: str) -> dict[str, object]:
-    """openai.go NewError: ``{"error":{"message","type","param":null,"code":null}}``."""
-    return {"error": {"message": message, "type": etype, "param": None, "code": None}}
+def assert_openai_error(r: httpx.Response, status: int, message: str, etype: str) -> None:
+    """openai.NewError: ``{"error":{"message","type","param":null,"code":null}}``, status kept.
+
+    ``type``: main's ``BaseWriter.writeError`` passes the real status to NewError
+    (400 invalid_request_error, 404 not_found_error, else api_error); v0.17.4's passes a
+    hard-coded 500, so every /v1 error there is ``api_error`` (middleware/openai.go:62 in
+    the v0.17.4 tree). Both are accepted; nothing else is."""
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"}
+    assert body["error"] == {
+        "message": message,
+        "type": body["error"]["type"],
+        "param": None,
+        "code": None,
+    }
+    assert body["error"]["type"] in {etype, "api_error"}, body
 
 
 @pytest.mark.parametrize(
@@ -55,16 +70,14 @@ def test_unknown_model_v1_chat(target: Target) -> None:
             "/v1/chat/completions",
             json={"model": MISSING, "messages": [{"role": "user", "content": "hi"}]},
         )
-    assert r.status_code == 404, r.text
-    assert r.json() == openai_error(f"model '{MISSING}' not found", "not_found_error")
+    assert_openai_error(r, 404, f"model '{MISSING}' not found", "not_found_error")
 
 
 def test_unknown_model_v1_retrieve(target: Target) -> None:
     """RetrieveMiddleware → ShowHandler 404 → writeError."""
     with target.client() as c:
         r = c.get(f"/v1/models/{MISSING}")
-    assert r.status_code == 404, r.text
-    assert r.json() == openai_error(f"model '{MISSING}' not found", "not_found_error")
+    assert_openai_error(r, 404, f"model '{MISSING}' not found", "not_found_error")
 
 
 @pytest.mark.parametrize("value", ["-1", "300"])
