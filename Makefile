@@ -24,11 +24,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-# Kafka jars (Maven Central, cached under $(ALB_CACHE_DIR)) and Debian's redis-server.
-# The brokers themselves are started once per test run by session fixtures.
+# Kafka jars (Maven Central), a CPU-only Ollama built from the Go module proxy (both
+# cached under $(ALB_CACHE_DIR)) and Debian's redis-server. The services themselves
+# are started once per test run by session fixtures.
 services: venv
 	scripts/redis install
 	scripts/kafka fetch
+	scripts/build-ollama >/dev/null
 
 test: services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
