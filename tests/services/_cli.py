@@ -13,41 +13,18 @@ import json
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from tests.services._env import ServiceUnavailable, runs_in
+from tests.services._process import ServiceProcess
+
+H = TypeVar("H", bound=ServiceProcess)
 
 
-class Handle(Protocol):
-    """What the CLI needs of a running service (``Broker``, ``Server``)."""
-
-    pid: int
-    port: int
-    workdir: Path
-    startup_s: float
-
-    @property
-    def export(self) -> str:
-        """``NAME=value`` that points a client at the service."""
-        ...
-
-    @property
-    def log(self) -> Path:
-        """The service's log file."""
-        ...
-
-    def stop(self, grace_s: float = ...) -> None:
-        """Stop it and remove its temp dir."""
-        ...
-
-
-H = TypeVar("H", bound=Handle)
-
-
-def _load(state: Path, factory: Callable[..., H]) -> H | None:
+def _load(state: Path, kind: type[H]) -> H | None:
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         data = json.loads(state.read_text())
-        return factory(
+        return kind(
             pid=int(data["pid"]),
             port=int(data["port"]),
             workdir=Path(data["workdir"]),
@@ -56,14 +33,14 @@ def _load(state: Path, factory: Callable[..., H]) -> H | None:
     return None
 
 
-def _running(state: Path, factory: Callable[..., H]) -> H | None:
-    handle = _load(state, factory)
+def _running(state: Path, kind: type[H]) -> H | None:
+    handle = _load(state, kind)
     return handle if handle is not None and runs_in(handle.pid, handle.workdir) else None
 
 
-def start(state: Path, factory: Callable[..., H], launch: Callable[[], H], label: str) -> int:
+def start(state: Path, kind: type[H], launch: Callable[[], H], label: str) -> int:
     """Start the service unless the state file names a running one; print its address."""
-    handle = _running(state, factory)
+    handle = _running(state, kind)
     if handle is None:
         handle = launch()
         state.parent.mkdir(parents=True, exist_ok=True)
@@ -77,9 +54,9 @@ def start(state: Path, factory: Callable[..., H], launch: Callable[[], H], label
     return 0
 
 
-def stop(state: Path, factory: Callable[..., H], label: str) -> int:
+def stop(state: Path, kind: type[H], label: str) -> int:
     """Stop the recorded service (if it still runs) and forget it."""
-    handle = _load(state, factory)
+    handle = _load(state, kind)
     if handle is not None:
         handle.stop()
         state.unlink(missing_ok=True)
@@ -87,9 +64,9 @@ def stop(state: Path, factory: Callable[..., H], label: str) -> int:
     return 0
 
 
-def status(state: Path, factory: Callable[..., H], label: str) -> int:
+def status(state: Path, kind: type[H], label: str) -> int:
     """Print the address of the running service; exit 3 (LSB "not running") if none."""
-    handle = _running(state, factory)
+    handle = _running(state, kind)
     if handle is None:
         print(f"{label} not running", file=sys.stderr)
         return 3

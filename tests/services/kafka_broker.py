@@ -32,17 +32,8 @@ import uuid
 from pathlib import Path
 
 from tests.services import _cli
-from tests.services._env import (
-    REPO_ROOT,
-    ServiceUnavailable,
-    cache_dir,
-    free_port,
-    runs_in,
-    spawn,
-    stop_pid,
-    stop_process,
-    tail,
-)
+from tests.services._env import REPO_ROOT, ServiceUnavailable, cache_dir, free_port
+from tests.services._process import ServiceProcess, launch
 
 KAFKA_VERSION = "4.0.2"
 POM = REPO_ROOT / "scripts" / "kafka-pom.xml"
@@ -166,24 +157,14 @@ def _maven_errors(output: str) -> str:
     return "\n".join(errors[:10] or lines[-20:])
 
 
-class Broker:
+class Broker(ServiceProcess):
     """A running broker: where it listens, where its files are, how to stop it."""
 
-    def __init__(
-        self,
-        *,
-        pid: int,
-        port: int,
-        workdir: Path,
-        startup_s: float,
-        proc: subprocess.Popen[bytes] | None = None,
-    ) -> None:
-        self.pid = pid
-        self.port = port
-        self.workdir = workdir
-        self.startup_s = startup_s
-        self._proc = proc
-        self.fetch_s = 0.0  # time spent downloading jars before this start, if any
+    env_var = "KAFKA_BOOTSTRAP_SERVERS"
+    log_name = "broker.log"
+    workdir_prefix = "alb-kafka-"
+    stop_grace_s = 15.0
+    fetch_s = 0.0  # time spent downloading jars before this start, if any
 
     @property
     def bootstrap(self) -> str:
@@ -191,22 +172,18 @@ class Broker:
         return f"127.0.0.1:{self.port}"
 
     @property
-    def export(self) -> str:
-        """``KAFKA_BOOTSTRAP_SERVERS=...`` for a shell."""
-        return f"KAFKA_BOOTSTRAP_SERVERS={self.bootstrap}"
+    def address(self) -> str:
+        """The bootstrap address."""
+        return self.bootstrap
 
-    @property
-    def log(self) -> Path:
-        """The broker's log file (stdout and log4j output)."""
-        return self.workdir / "broker.log"
+    def _wait_ready(self, proc: subprocess.Popen[bytes], deadline: float) -> str | None:
+        return asyncio.run(_wait_ready(self.bootstrap, proc, deadline))
 
-    def stop(self, grace_s: float = 15.0) -> None:
-        """SIGTERM, wait ``grace_s``, SIGKILL; then remove the temp dir."""
-        if self._proc is not None:
-            stop_process(self._proc, grace_s=grace_s)
-        elif runs_in(self.pid, self.workdir):
-            stop_pid(self.pid, grace_s=grace_s)
-        shutil.rmtree(self.workdir, ignore_errors=True)
+    def _not_ready(self, problem: str, log_tail: str) -> str:
+        return (
+            f"Kafka {KAFKA_VERSION} broker did not become ready: {problem}\n"
+            f"--- broker log tail ---\n{log_tail}"
+        )
 
 
 def start(*, timeout_s: float = 90.0, detach: bool = False) -> Broker:
@@ -217,46 +194,21 @@ def start(*, timeout_s: float = 90.0, detach: bool = False) -> Broker:
     """
     java = java_bin()
     libs, fetch_s = fetch()
-    for attempt in range(3):
-        started = time.monotonic()
-        port, controller_port = free_port(), free_port()
-        workdir = Path(tempfile.mkdtemp(prefix="alb-kafka-"))
+    common = [java, *_JVM_OPTS, f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{libs}/*"]
+
+    def command(port: int, workdir: Path) -> list[str]:
         config = workdir / "server.properties"
         config.write_text(
             _SERVER_PROPERTIES.format(
-                port=port, controller_port=controller_port, data_dir=workdir / "data"
+                port=port, controller_port=free_port(), data_dir=workdir / "data"
             )
         )
-        classpath = f"{libs}/*"
-        common = [java, *_JVM_OPTS, f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", classpath]
         _format(common, config, workdir)
-        proc = spawn(
-            [*common, "kafka.Kafka", str(config)],
-            log=workdir / "broker.log",
-            cwd=workdir,
-            die_with_parent=not detach,
-        )
-        broker = Broker(pid=proc.pid, port=port, workdir=workdir, startup_s=0.0, proc=proc)
-        try:
-            asyncio.run(_wait_ready(broker.bootstrap, proc, time.monotonic() + timeout_s))
-        except _NotReady as exc:
-            log_tail = tail(broker.log)
-            broker.stop(grace_s=5.0)
-            if "Address already in use" in log_tail and attempt < 2:
-                continue  # lost the free-port race; pick new ports
-            raise ServiceUnavailable(
-                f"Kafka {KAFKA_VERSION} broker did not become ready: {exc}\n"
-                f"--- broker log tail ---\n{log_tail}"
-            ) from None
-        except BaseException:  # Ctrl-C, a bug in the probe: never leave a broker behind
-            broker.stop(grace_s=5.0)
-            raise
-        broker.startup_s = time.monotonic() - started
-        broker.fetch_s = fetch_s
-        if detach:
-            broker._proc = None
-        return broker
-    raise AssertionError("unreachable")
+        return [*common, "kafka.Kafka", str(config)]
+
+    broker = launch(Broker, command, timeout_s=timeout_s, detach=detach)
+    broker.fetch_s = fetch_s
+    return broker
 
 
 def _format(common: list[str], config: Path, workdir: Path) -> None:
@@ -285,11 +237,8 @@ def _random_cluster_id() -> str:
             return text
 
 
-class _NotReady(Exception):
-    pass
-
-
-async def _wait_ready(bootstrap: str, proc: subprocess.Popen[bytes], deadline: float) -> None:
+async def _wait_ready(bootstrap: str, proc: subprocess.Popen[bytes], deadline: float) -> str | None:
+    """None once cluster metadata names a broker, else why not (exited or timed out)."""
     from aiokafka.admin import AIOKafkaAdminClient  # noqa: PLC0415 - slow import
     from aiokafka.errors import KafkaError  # noqa: PLC0415
 
@@ -297,9 +246,9 @@ async def _wait_ready(bootstrap: str, proc: subprocess.Popen[bytes], deadline: f
     last_error = "the port never opened"
     while True:
         if proc.poll() is not None:
-            raise _NotReady(f"the JVM exited with status {proc.returncode}")
+            return f"the JVM exited with status {proc.returncode}"
         if time.monotonic() > deadline:
-            raise _NotReady(f"timed out; last probe error: {last_error}")
+            return f"timed out; last probe error: {last_error}"
         # A cheap TCP check first keeps aiokafka from logging connection errors.
         if _port_open(host, int(port)):
             admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
@@ -307,7 +256,7 @@ async def _wait_ready(bootstrap: str, proc: subprocess.Popen[bytes], deadline: f
                 await admin.start()
                 cluster = await admin.describe_cluster()
                 if cluster.get("brokers"):
-                    return
+                    return None
                 last_error = "metadata names no broker yet"
             except (TimeoutError, KafkaError, OSError) as exc:
                 last_error = repr(exc)

@@ -17,21 +17,12 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from tests.services import _cli
-from tests.services._env import (
-    ServiceUnavailable,
-    cache_dir,
-    free_port,
-    runs_in,
-    spawn,
-    stop_pid,
-    stop_process,
-    tail,
-)
+from tests.services._env import ServiceUnavailable, cache_dir
+from tests.services._process import ServiceProcess, launch
 
 _MISSING = (
     "redis-server not found on PATH: run `scripts/redis install` "
@@ -39,23 +30,13 @@ _MISSING = (
 )
 
 
-class Server:
+class Server(ServiceProcess):
     """A running redis-server: its port, its temp dir, how to stop it."""
 
-    def __init__(
-        self,
-        *,
-        pid: int,
-        port: int,
-        workdir: Path,
-        startup_s: float,
-        proc: subprocess.Popen[bytes] | None = None,
-    ) -> None:
-        self.pid = pid
-        self.port = port
-        self.workdir = workdir
-        self.startup_s = startup_s
-        self._proc = proc
+    env_var = "REDIS_URL"
+    log_name = "redis.log"
+    workdir_prefix = "alb-redis-"
+    stop_grace_s = 5.0
 
     @property
     def url(self) -> str:
@@ -63,22 +44,15 @@ class Server:
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
-    def export(self) -> str:
-        """``REDIS_URL=...`` for a shell."""
-        return f"REDIS_URL={self.url}"
+    def address(self) -> str:
+        """The URL."""
+        return self.url
 
-    @property
-    def log(self) -> Path:
-        """The server's log file."""
-        return self.workdir / "redis.log"
+    def _wait_ready(self, proc: subprocess.Popen[bytes], deadline: float) -> str | None:
+        return _wait_for_pong(self.port, proc, deadline)
 
-    def stop(self, grace_s: float = 5.0) -> None:
-        """SIGTERM, wait ``grace_s``, SIGKILL; then remove the temp dir."""
-        if self._proc is not None:
-            stop_process(self._proc, grace_s=grace_s)
-        elif runs_in(self.pid, self.workdir):
-            stop_pid(self.pid, grace_s=grace_s)
-        shutil.rmtree(self.workdir, ignore_errors=True)
+    def _not_ready(self, problem: str, log_tail: str) -> str:
+        return f"redis-server did not answer PING: {problem}\n{log_tail}"
 
 
 def start(*, timeout_s: float = 15.0, detach: bool = False) -> Server:
@@ -86,28 +60,14 @@ def start(*, timeout_s: float = 15.0, detach: bool = False) -> Server:
     binary = shutil.which("redis-server")
     if binary is None:
         raise ServiceUnavailable(_MISSING)
-    for attempt in range(3):
-        started = time.monotonic()
-        port = free_port()
-        workdir = Path(tempfile.mkdtemp(prefix="alb-redis-"))
-        argv = [
+
+    def command(port: int, workdir: Path) -> list[str]:
+        return [
             binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
             "--save", "", "--appendonly", "no", "--daemonize", "no",
         ]  # fmt: skip
-        proc = spawn(argv, log=workdir / "redis.log", cwd=workdir, die_with_parent=not detach)
-        server = Server(pid=proc.pid, port=port, workdir=workdir, startup_s=0.0, proc=proc)
-        problem = _wait_for_pong(port, proc, time.monotonic() + timeout_s)
-        if problem is None:
-            server.startup_s = time.monotonic() - started
-            if detach:
-                server._proc = None
-            return server
-        log_tail = tail(server.log)
-        server.stop()
-        if "Address already in use" in log_tail and attempt < 2:
-            continue  # lost the free-port race
-        raise ServiceUnavailable(f"redis-server did not answer PING: {problem}\n{log_tail}")
-    raise AssertionError("unreachable")
+
+    return launch(Server, command, timeout_s=timeout_s, detach=detach)
 
 
 def _wait_for_pong(port: int, proc: subprocess.Popen[bytes], deadline: float) -> str | None:
