@@ -24,17 +24,30 @@ class ServiceUnavailable(RuntimeError):
     """A service could not be provided; the message names the missing piece."""
 
 
+def env_flag(name: str) -> bool:
+    """Whether the environment variable ``name`` is set to a true-ish value."""
+    return os.environ.get(name, "").strip().lower() in _TRUTHY
+
+
 def in_ci() -> bool:
     """Whether we run under CI (``CI`` set to a true-ish value)."""
-    return os.environ.get("CI", "").strip().lower() in _TRUTHY
+    return env_flag("CI")
 
 
-def unavailable(msg: str) -> NoReturn:
-    """Fail the test under ``CI=true``, skip it otherwise, with ``msg`` as the reason."""
+def unavailable(
+    msg: str,
+    *,
+    required: bool | None = None,
+    why: str = "CI=true: a missing service fails the run",
+) -> NoReturn:
+    """Fail the test when the service is ``required``, skip it otherwise; ``msg`` says why.
+
+    ``required`` defaults to ``in_ci()``; a failure names ``why`` it was required.
+    """
     import pytest  # noqa: PLC0415 - keep this module importable by the scripts without pytest
 
-    if in_ci():
-        pytest.fail(f"{msg} (CI=true: a missing service fails the run)", pytrace=False)
+    if in_ci() if required is None else required:
+        pytest.fail(f"{msg} ({why})", pytrace=False)
     pytest.skip(msg)
 
 
@@ -112,18 +125,32 @@ def stop_pid(pid: int, *, grace_s: float = 10.0) -> bool:
     return True
 
 
-def stop_process(proc: subprocess.Popen[bytes], *, grace_s: float = 10.0) -> bool:
-    """Stop a child we spawned and reap it. True if it had to be killed."""
+def stop_process(
+    proc: subprocess.Popen[bytes], *, grace_s: float = 10.0, group: bool = False
+) -> bool:
+    """Stop a child we spawned and reap it. True if it had to be killed.
+
+    ``group`` signals the child's whole process group (``spawn`` makes it a session
+    leader), for a server whose own children must go with it.
+    """
     if proc.poll() is not None:
         return False
-    proc.terminate()
+    _signal(proc, signal.SIGTERM, group=group)
     try:
         proc.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        _signal(proc, signal.SIGKILL, group=group)
         proc.wait()
         return True
     return False
+
+
+def _signal(proc: subprocess.Popen[bytes], sig: signal.Signals, *, group: bool) -> None:
+    if not group:
+        proc.send_signal(sig)  # a no-op once the child is reaped
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
 
 
 def pid_alive(pid: int) -> bool:

@@ -22,8 +22,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,10 +36,19 @@ from typing import Any, NoReturn
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.services._env import (
+    REPO_ROOT,
+    cache_dir,
+    env_flag,
+    free_port,
+    spawn,
+    stop_process,
+    tail,
+    unavailable,
+)
+
 MODEL = "tiny"
 EMBED_MODEL = "tiny-embed"
-_TRUTHY = {"1", "true", "yes", "on"}
 
 
 @dataclass(frozen=True)
@@ -55,18 +62,10 @@ class RealOllama:
     version: str
 
 
-def _required() -> bool:
-    return os.environ.get("ALB_REQUIRE_REAL_OLLAMA", "").strip().lower() in _TRUTHY
-
-
 def _unavailable(msg: str) -> NoReturn:
-    if _required():
-        pytest.fail(f"{msg} (ALB_REQUIRE_REAL_OLLAMA=1)", pytrace=False)
-    pytest.skip(msg)
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("ALB_CACHE_DIR") or Path.home() / ".cache" / "alb")
+    # Not in_ci(): a real Ollama is optional under CI=true unless this asks for it.
+    required = env_flag("ALB_REQUIRE_REAL_OLLAMA")
+    unavailable(msg, required=required, why="ALB_REQUIRE_REAL_OLLAMA=1")
 
 
 def _version_key(name: str) -> tuple[int, ...]:
@@ -83,24 +82,11 @@ def find_binary() -> Path | None:
             return Path(found) if found else None
         return path
     builds = sorted(
-        (p for p in (_cache_dir() / "ollama").glob("*/ollama") if os.access(p, os.X_OK)),
+        (p for p in (cache_dir() / "ollama").glob("*/ollama") if os.access(p, os.X_OK)),
         key=lambda p: _version_key(p.parent.name),
         reverse=True,
     )
     return builds[0] if builds else None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no log at {path})"
 
 
 def _http(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 5.0) -> Any:
@@ -134,19 +120,11 @@ def _load_gguf_maker() -> ModuleType:
     return module
 
 
-def _pdeathsig() -> None:
-    # Have the kernel SIGTERM the server if pytest dies (Linux; no-op elsewhere).
-    with contextlib.suppress(Exception):
-        import ctypes  # noqa: PLC0415
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
-
-
 class _Server:
     def __init__(self, binary: Path, workdir: Path) -> None:
         self.binary = binary
         self.workdir = workdir
-        self.port = _free_port()
+        self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / "serve.log"
         home = workdir / "home"
@@ -168,17 +146,8 @@ class _Server:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 60.0) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [str(self.binary), "serve"],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                env=self.env,
-                start_new_session=True,
-                preexec_fn=_pdeathsig,  # noqa: PLW1509 - only calls prctl
-            )
+        # spawn: the kernel SIGTERMs the server if pytest dies (Linux; no-op elsewhere).
+        self.proc = spawn([str(self.binary), "serve"], log=self.log, cwd=self.workdir, env=self.env)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -209,17 +178,9 @@ class _Server:
         return "unknown"
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        # The server's runners are its children in the same session: signal the group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.proc is not None:
+            # The server's runners are its children in the same session: signal the group.
+            stop_process(self.proc, grace_s=15, group=True)
 
 
 def _attempt(step: str, fn: Callable[[], None], server: _Server) -> str:
@@ -227,7 +188,7 @@ def _attempt(step: str, fn: Callable[[], None], server: _Server) -> str:
     try:
         fn()
     except Exception as exc:  # any failure here means "no real Ollama"
-        return f"real Ollama: {step}: {exc}\n--- {server.log} (tail) ---\n{_tail(server.log)}"
+        return f"real Ollama: {step}: {exc}\n--- {server.log} (tail) ---\n{tail(server.log, 15)}"
     return ""
 
 
