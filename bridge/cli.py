@@ -41,6 +41,38 @@ def sim(
     serve_fleet(config, host=host)
 
 
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Listen address (default ALB_HOST or 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Listen port (default ALB_PORT or 8080).")
+    ] = None,
+    sim_fallback: Annotated[
+        bool,
+        typer.Option(
+            "--sim-fallback",
+            help="Serve an in-process simulated fleet when no daemon is configured "
+            "and nothing answers at the default Ollama address.",
+        ),
+    ] = False,
+) -> None:
+    """Run the bridge in front of the Ollama daemons (ALB_DAEMONS or OLLAMA_HOST)."""
+    import os
+
+    from bridge.server import serve as run_server
+    from bridge.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(host=host, port=port, sim_fallback=True if sim_fallback else None)
+    except SettingsError as exc:
+        typer.echo(f"alb serve: {exc}", err=True)
+        raise typer.Exit(2) from None
+    explicit = bool(settings.daemons) or "OLLAMA_HOST" in os.environ
+    run_server(settings, explicit_upstream=explicit)
+
+
 @app.callback()
 def _main() -> None:
     """Async-Load Bridge: a production control plane for Ollama."""

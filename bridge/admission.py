@@ -1,0 +1,166 @@
+"""Admission: bounded per-model queues, parallel slots, fair order, Retry-After.
+
+Theory of operation. Every (daemon, model) pair has a ``Gate`` with as many
+slots as the daemon runs that model in parallel (``OLLAMA_NUM_PARALLEL``), so
+Ollama never holds a request it cannot run, and a request for a loaded model
+only ever waits for that model's own slots — never behind another model's
+load. While the model is not ready (cold or loading) or every slot is busy,
+requests wait in the gate's ``FairQueue``: one FIFO per session, served
+round-robin, so one chatty session cannot starve the others. A gate refuses a
+newcomer when its queue is at the high-water depth, with a Retry-After from
+``retry_after`` (pure). Waiters are futures; a cancelled waiter either leaves
+the queue or, if a slot was already handed to it, hands the slot back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from typing import Generic, TypeVar
+
+from bridge.errors import BridgeError
+
+T = TypeVar("T")
+
+_MIN_RETRY_S = 1.0
+_MAX_RETRY_S = 600.0
+
+
+class FairQueue(Generic[T]):
+    """Round-robin over sessions, FIFO within a session."""
+
+    __slots__ = ("_by_session", "_len", "_order")
+
+    def __init__(self) -> None:
+        self._by_session: dict[str, deque[T]] = {}
+        self._order: deque[str] = deque()
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def push(self, session: str, item: T) -> None:
+        q = self._by_session.get(session)
+        if q is None:
+            q = self._by_session[session] = deque()
+            self._order.append(session)
+        q.append(item)
+        self._len += 1
+
+    def pop(self) -> T:
+        session = self._order.popleft()
+        q = self._by_session[session]
+        item = q.popleft()
+        if q:
+            self._order.append(session)
+        else:
+            del self._by_session[session]
+        self._len -= 1
+        return item
+
+    def remove(self, session: str, item: T) -> bool:
+        q = self._by_session.get(session)
+        if q is None or item not in q:
+            return False
+        q.remove(item)
+        self._len -= 1
+        if not q:
+            del self._by_session[session]
+            self._order.remove(session)
+        return True
+
+
+def retry_after(
+    depth: int,
+    slots: int,
+    *,
+    load_remaining_s: float,
+    service_s: float,
+) -> float:
+    """Seconds until a newcomer would plausibly be admitted.
+
+    The queue drains at ``slots / service_s`` requests per second once the model
+    is ready (``load_remaining_s`` from now; 0 when loaded). Clamped to
+    [1, 600] s and rounded up to whole seconds, as Retry-After wants.
+    """
+    rate = max(slots, 1) / max(service_s, 1e-3)
+    wait = max(load_remaining_s, 0.0) + depth / rate
+    return float(min(max(math.ceil(wait), _MIN_RETRY_S), _MAX_RETRY_S))
+
+
+class Gate:
+    """Slots and the waiting queue of one model on one daemon."""
+
+    __slots__ = ("busy", "error", "last_load_at", "queue", "ready", "service_s", "slots")
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.busy = 0
+        self.ready = False
+        self.queue: FairQueue[asyncio.Future[None]] = FairQueue()
+        self.error: BridgeError | None = None
+        #: Smoothed seconds one request holds a slot (drives Retry-After).
+        self.service_s = 1.0
+        #: Monotonic time the bridge's last load of this model ended.
+        self.last_load_at = -1.0
+
+    @property
+    def depth(self) -> int:
+        return len(self.queue)
+
+    @property
+    def outstanding(self) -> int:
+        return self.busy + len(self.queue)
+
+    def try_acquire(self) -> bool:
+        if self.ready and self.busy < self.slots and not self.queue:
+            self.busy += 1
+            return True
+        return False
+
+    async def wait(self, session: str) -> None:
+        """Queue until a slot is handed over; raises the load's error if it fails."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.queue.push(session, fut)
+        try:
+            await fut
+        except BaseException:
+            if not self.queue.remove(session, fut) and _granted(fut):
+                self.release()
+            raise
+
+    def release(self, held_s: float | None = None) -> None:
+        self.busy -= 1
+        if held_s is not None:
+            self.service_s = 0.8 * self.service_s + 0.2 * held_s
+        self._dispatch()
+
+    def open(self) -> None:
+        """The model is loaded: hand out slots."""
+        self.ready, self.error = True, None
+        self._dispatch()
+
+    def close(self) -> None:
+        """The model is gone from the daemon; queued requests wait for a new load."""
+        self.ready = False
+
+    def fail(self, error: BridgeError) -> None:
+        """The load failed: every queued request gets the error."""
+        self.ready, self.error = False, error
+        while self.queue:
+            fut = self.queue.pop()
+            if not fut.done():
+                fut.set_exception(error)
+
+    def _dispatch(self) -> None:
+        while self.ready and self.busy < self.slots and self.queue:
+            fut = self.queue.pop()
+            if fut.done():
+                continue
+            self.busy += 1
+            fut.set_result(None)
+
+
+def _granted(fut: asyncio.Future[None]) -> bool:
+    return fut.done() and not fut.cancelled() and fut.exception() is None

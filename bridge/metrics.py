@@ -1,0 +1,124 @@
+"""Prometheus metrics (prefix ``alb_``), on a registry owned by one app.
+
+No module-level collectors: ``Metrics()`` makes a fresh ``CollectorRegistry``,
+so two apps in one process (tests) never share counters. Label values are
+bounded: ``model`` is a normalised name the fleet knows (or ``"-"``),
+``endpoint`` a route path, ``status`` the HTTP status.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """Every collector the bridge exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "alb_requests",
+            "Requests answered, by endpoint, model and HTTP status.",
+            ["endpoint", "model", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "alb_request_duration_seconds",
+            "Time from request to the end of the response.",
+            ["endpoint", "model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "alb_time_to_first_byte_seconds",
+            "Time from request to the first upstream byte sent to the client.",
+            ["endpoint", "model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "alb_queue_depth",
+            "Requests waiting for a slot or a load, per daemon and model.",
+            ["daemon", "model"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "alb_queue_wait_seconds",
+            "Time a request waited for its slot (load included).",
+            ["model", "cold"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "alb_in_flight",
+            "Requests running upstream, per daemon and model.",
+            ["daemon", "model"],
+            registry=r,
+        )
+        self.loads = Counter(
+            "alb_loads",
+            "Model loads started by the bridge, by reason and outcome.",
+            ["reason", "outcome"],
+            registry=r,
+        )
+        self.load_seconds = Histogram(
+            "alb_load_duration_seconds",
+            "Duration of model loads started by the bridge.",
+            ["model", "outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.unloads = Counter(
+            "alb_unloads",
+            "Model unloads started by the bridge, by reason and outcome.",
+            ["reason", "outcome"],
+            registry=r,
+        )
+        self.rejections = Counter(
+            "alb_rejections",
+            "Requests refused before reaching a daemon, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.upstream_retries = Counter(
+            "alb_upstream_retries",
+            "Upstream attempts repeated before the first byte reached the client.",
+            ["daemon"],
+            registry=r,
+        )
+        self.stream_failures = Counter(
+            "alb_stream_failures",
+            "Streams that failed after their first byte (reported in-band).",
+            ["endpoint", "reason"],
+            registry=r,
+        )
+        self.daemon_up = Gauge(
+            "alb_daemon_up", "1 when the daemon answered its last check.", ["daemon"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

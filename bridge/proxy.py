@@ -1,0 +1,256 @@
+"""The inference pipeline shared by every generate/chat/embed route, native and /v1.
+
+One raw ASGI handler per route (no per-request framework objects on the hot
+path): read the body once under the cap, parse it once, check the model,
+admit (``Scheduler.admit``: a slot now, or a place in the model's queue),
+forward (``relay``), release the slot, record. A task watches for the
+client's disconnect and cancels the handler, which closes the upstream
+response; a load the bridge started keeps running. A streaming /v1 request
+that has to wait gets SSE comment heartbeats until its slot is free; native
+NDJSON streams send nothing until the daemon's first line (as Ollama does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from bridge.context import Bridge, Runtime
+from bridge.errors import (
+    JSON_TYPE,
+    Api,
+    BridgeError,
+    ClientGone,
+    ModelNotFound,
+    UpstreamTimeout,
+)
+from bridge.framing import End
+from bridge.loader import LoadSpec
+from bridge.parsing import Endpoint, Kind, Parsed, effective_keep_alive, parse, rewrite
+from bridge.records import RequestRecord
+from bridge.relay import HEARTBEAT, Exchange, read_body, relay, watch_disconnect
+from bridge.scheduler import Lease, Ticket
+
+_SSE_TYPE = b"text/event-stream"
+
+
+def session_of(headers: list[tuple[bytes, bytes]], user: str | None, client: Any) -> str:
+    """``X-ALB-Session``, else the OpenAI ``user``, else the API key's id, else the peer."""
+    auth = b""
+    for name, value in headers:
+        if name == b"x-alb-session" and value:
+            return value.decode("latin-1")
+        if name == b"authorization":
+            auth = value
+    if user:
+        return "user:" + user
+    if auth:
+        return "key:" + hashlib.sha256(auth).hexdigest()[:12]
+    return "peer:" + (str(client[0]) if client else "-")
+
+
+def _alb_headers(
+    lease: Lease | Ticket, queue_ms: float, load_ms: float
+) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"x-alb-queue-ms", f"{queue_ms:.1f}".encode()),
+        (b"x-alb-load-ms", f"{load_ms:.1f}".encode()),
+        (b"x-alb-daemon", lease.daemon.name.encode()),
+        (b"x-alb-cold", b"true" if lease.cold else b"false"),
+    ]
+
+
+def _created_at() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+class InferenceRoute:
+    """ASGI app for one proxied inference endpoint."""
+
+    def __init__(self, bridge: Bridge, endpoint: Endpoint) -> None:
+        self._bridge = bridge
+        self._ep = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        bridge, ep = self._bridge, self._ep
+        t0 = time.monotonic()
+        ex = Exchange(send, ep.api)
+        task = asyncio.current_task()
+        assert task is not None
+        watcher: asyncio.Task[None] | None = None
+        state = _State()
+        try:
+            try:
+                body = await read_body(receive, bridge.settings.max_body_bytes)
+            except asyncio.CancelledError:
+                raise ClientGone("client went away while sending") from None
+            watcher = asyncio.get_running_loop().create_task(watch_disconnect(receive, ex, task))
+            parsed = parse(body, ep)
+            state.model = parsed.key
+            rt = bridge.rt()
+            if not await rt.fleet.ensure_known(parsed.key):
+                state.model = "-"
+                raise ModelNotFound(ep.not_found(parsed.model))
+            state.session = session_of(scope["headers"], parsed.user, scope.get("client"))
+            try:
+                async with asyncio.timeout(bridge.settings.request_timeout):
+                    await self._serve(rt, ex, body, parsed, state)
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"request did not finish within {bridge.settings.request_timeout:g}s"
+                ) from None
+        except BridgeError as err:
+            if isinstance(err, ClientGone):
+                ex.client_gone = True
+            await ex.fail(err)
+            state.error = err
+        except asyncio.CancelledError:
+            if not ex.client_gone:
+                raise
+            task.uncancel()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            self._record(ex, state, t0)
+
+    async def _serve(
+        self, rt: Runtime, ex: Exchange, body: bytes, parsed: Parsed, state: _State
+    ) -> None:
+        settings = self._bridge.settings
+        if parsed.kind is Kind.UNLOAD and self._ep.can_unload:
+            await self._unload(rt, ex, parsed)
+            return
+        policy = settings.keep_alive_policy
+        spec = LoadSpec(
+            effective_keep_alive(parsed, policy, settings.keep_alive_min, settings.keep_alive_max),
+            parsed.runner_options,
+        )
+        forward = rewrite(body, parsed, policy, settings.keep_alive_min, settings.keep_alive_max)
+        got = rt.scheduler.admit(parsed.key)
+        if isinstance(got, Ticket):
+            state.daemon = got.daemon.name
+            sse = parsed.stream and self._ep.api is Api.OPENAI
+            lease = await self._wait(rt, ex, got, state.session, spec, sse=sse)
+        else:
+            lease = got
+        state.lease = lease
+        if not ex.started:
+            ex.extra_headers = _alb_headers(lease, lease.queue_ms, lease.load_ms)
+        metrics = self._bridge.metrics
+        in_flight = metrics.in_flight.labels(daemon=lease.daemon.name, model=lease.key)
+        in_flight.inc()
+        try:
+            end = await relay(
+                rt.upstream,
+                ex,
+                lease.daemon.url,
+                self._ep.path,
+                forward,
+                retries=settings.upstream_retries,
+                on_retry=metrics.upstream_retries.labels(daemon=lease.daemon.name).inc,
+            )
+            state.stream_failed = end is End.ERROR
+        except BridgeError:
+            state.stream_failed = ex.sent_upstream_bytes
+            raise
+        finally:
+            in_flight.dec()
+            rt.scheduler.release(lease)
+
+    async def _wait(
+        self, rt: Runtime, ex: Exchange, ticket: Ticket, session: str, spec: LoadSpec, *, sse: bool
+    ) -> Lease:
+        if not sse:
+            return await rt.scheduler.wait(ticket, session, spec)
+        waiting = asyncio.ensure_future(rt.scheduler.wait(ticket, session, spec))
+        interval = self._bridge.settings.heartbeat_interval
+        handed_over = False
+        try:
+            while True:
+                done, _ = await asyncio.wait({waiting}, timeout=interval)
+                if done:
+                    handed_over = True
+                    return waiting.result()
+                if not ex.started:
+                    elapsed = (time.monotonic() - ticket.started_at) * 1000
+                    ex.extra_headers = _alb_headers(ticket, elapsed, elapsed if ticket.cold else 0)
+                    await ex.start(200, [(b"content-type", _SSE_TYPE)])
+                await ex.chunk(HEARTBEAT, upstream=False)
+        finally:
+            if not waiting.done():
+                waiting.cancel()
+                with contextlib.suppress(BaseException):
+                    await waiting
+            elif not handed_over and not waiting.cancelled() and waiting.exception() is None:
+                rt.scheduler.release(waiting.result())
+
+    async def _unload(self, rt: Runtime, ex: Exchange, parsed: Parsed) -> None:
+        """``keep_alive: 0`` with no prompt. Under the ``bridge`` policy clients cannot
+        evict a model for everyone: the request is acknowledged and nothing unloads
+        (the bridge unloads idle models itself). Under ``honour`` the bridge unloads."""
+        if self._bridge.settings.keep_alive_policy == "honour":
+            for d in rt.fleet.daemons.values():
+                if parsed.key in d.loaded:
+                    rt.scheduler.gate(d.name, parsed.key).close()
+                    await rt.scheduler.loader.unload(d, parsed.key, "client")
+        reply: dict[str, Any] = {"model": parsed.model, "created_at": _created_at()}
+        if self._ep.path == "/api/chat":
+            reply["message"] = {"role": "assistant", "content": ""}
+            reply.update(done_reason="unload", done=True)
+        else:
+            reply.update(response="", done=True, done_reason="unload")
+        await ex.respond(200, [(b"content-type", JSON_TYPE)], orjson.dumps(reply))
+
+    def _record(self, ex: Exchange, state: _State, t0: float) -> None:
+        bridge = self._bridge
+        now = time.monotonic()
+        status = 499 if ex.client_gone else (ex.status or 500)
+        path = self._ep.path
+        m = bridge.metrics
+        m.requests.labels(endpoint=path, model=state.model, status=str(status)).inc()
+        m.latency.labels(endpoint=path, model=state.model).observe(now - t0)
+        ttft = None
+        if ex.first_byte_at is not None:
+            ttft = (ex.first_byte_at - t0) * 1000
+            m.ttft.labels(endpoint=path, model=state.model).observe(ttft / 1000)
+        if state.stream_failed:
+            m.stream_failures.labels(endpoint=path, reason="upstream").inc()
+        if bridge.sink is None:
+            return
+        lease = state.lease
+        bridge.sink(
+            RequestRecord(
+                endpoint=path,
+                model=state.model,
+                status=status,
+                session=state.session,
+                daemon=lease.daemon.name if lease else state.daemon,
+                cold=lease.cold if lease else False,
+                queue_ms=lease.queue_ms if lease else 0.0,
+                load_ms=lease.load_ms if lease else 0.0,
+                ttft_ms=ttft,
+                total_ms=(now - t0) * 1000,
+                stream_failed=state.stream_failed,
+            )
+        )
+
+
+class _State:
+    """What the record of one request needs, filled in as it progresses."""
+
+    __slots__ = ("daemon", "error", "lease", "model", "session", "stream_failed")
+
+    def __init__(self) -> None:
+        self.model = "-"
+        self.session = "-"
+        self.daemon = ""
+        self.lease: Lease | None = None
+        self.error: BridgeError | None = None
+        self.stream_failed = False

@@ -1,0 +1,99 @@
+"""Operations endpoints: liveness, readiness, Prometheus metrics, model state."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from bridge.context import Bridge
+from bridge.metrics import CONTENT_TYPE
+from bridge.responses import json_response
+
+_READY_RECHECK_S = 1.0
+
+
+def routes(bridge: Bridge) -> list[BaseRoute]:
+    last_check = [0.0]
+
+    async def healthz(request: Request) -> Response:
+        """The process is alive and its event loop answers."""
+        return json_response({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        """Ready when at least one daemon answers (re-checked at most once a second)."""
+        rt = bridge.runtime
+        if rt is None or bridge.draining:
+            return json_response({"status": "unready", "reason": "not running"}, 503)
+        now = time.monotonic()
+        if now - last_check[0] >= _READY_RECHECK_S:
+            last_check[0] = now
+            await rt.fleet.refresh_all(tags=False)
+        daemons = {
+            d.name: {"up": d.up, "url": d.url, **({"error": d.error} if d.error else {})}
+            for d in rt.fleet.daemons.values()
+        }
+        ready = any(d.up for d in rt.fleet.daemons.values())
+        return json_response(
+            {"status": "ready" if ready else "unready", "daemons": daemons}, 200 if ready else 503
+        )
+
+    async def metrics(request: Request) -> Response:
+        return Response(bridge.metrics.render(), media_type=CONTENT_TYPE)
+
+    async def models(request: Request) -> Response:
+        """Per daemon: every model the bridge tracks, with state, size, context,
+        in-flight requests, queue depth and expiry."""
+        rt = bridge.runtime
+        if rt is None:
+            return json_response({"daemons": []}, 503)
+        out: list[dict[str, Any]] = []
+        for d in rt.fleet.daemons.values():
+            keys = set(d.loaded) | set(d.loading)
+            keys |= {k for (n, k) in rt.scheduler.gates if n == d.name}
+            rows = []
+            for key in sorted(keys):
+                gate = rt.scheduler.gates.get((d.name, key))
+                ps = d.loaded.get(key, {})
+                state = (
+                    "loading" if key in d.loading else "loaded" if key in d.loaded else "unloaded"
+                )
+                expiry = rt.scheduler.idle_expiry(d.name, key)
+                rows.append(
+                    {
+                        "model": key,
+                        "state": state,
+                        "size": ps.get("size"),
+                        "size_vram": ps.get("size_vram"),
+                        "context_length": ps.get("context_length"),
+                        "expires_at": ps.get("expires_at"),
+                        "bridge_unload_in_s": None
+                        if expiry is None or state != "loaded"
+                        else round(max(expiry - time.monotonic(), 0.0), 1),
+                        "in_flight": gate.busy if gate else 0,
+                        "queue_depth": gate.depth if gate else 0,
+                        "slots": gate.slots if gate else d.spec.parallel,
+                    }
+                )
+            out.append(
+                {
+                    "name": d.name,
+                    "url": d.url,
+                    "up": d.up,
+                    "error": d.error or None,
+                    "parallel": d.spec.parallel,
+                    "max_loaded": d.spec.max_loaded,
+                    "models": rows,
+                }
+            )
+        return json_response({"daemons": out})
+
+    return [
+        Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        Route("/readyz", readyz, methods=["GET", "HEAD"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/alb/v1/models", models, methods=["GET"]),
+    ]
