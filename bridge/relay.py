@@ -209,7 +209,7 @@ async def _forward(resp: UpstreamResponse, ex: Exchange) -> End | None:
     except TruncatedFrame:
         raise UpstreamError("the daemon's stream ended inside a frame") from None
     if framer.terminal is None:
-        what = "done: true" if isinstance(framer, NDJSONFramer) else "data: [DONE]"
+        what = "done: true" if isinstance(framer, NDJSONFramer) else "its [DONE] event"
         raise UpstreamError(f"the daemon's stream ended without {what}")
     if not ex.started:
         await ex.start(200, [(b"content-type", ctype)])

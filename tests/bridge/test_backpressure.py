@@ -1,0 +1,116 @@
+"""Backpressure: the high-water mark answers 503 with Retry-After in each API's shape."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from bridge.admission import FairQueue, Gate, retry_after
+from bridge.errors import LoadFailed
+from ollamasim.testing import RunningFleet
+from tests.bridge._support import RunningBridge, kinds, running_bridge, settings_for
+
+
+@pytest.fixture
+async def small_queue(fleet: RunningFleet) -> AsyncIterator[RunningBridge]:
+    async with running_bridge(settings_for(fleet, queue_capacity=10, high_water=0.8)) as b:
+        yield b
+
+
+async def test_over_high_water_is_503_with_retry_after_in_both_shapes(
+    fleet: RunningFleet, small_queue: RunningBridge
+) -> None:
+    d = fleet.daemon("a")
+    d.faults.hang_load("chatty")
+    gen = {"model": "chatty", "prompt": "hi", "stream": False}
+    async with httpx.AsyncClient(base_url=small_queue.base_url, timeout=30) as c:
+        queued = [asyncio.create_task(c.post("/api/generate", json=gen)) for _ in range(8)]
+        await asyncio.to_thread(d.wait_for_event, lambda ev: "load-start" in kinds(ev))
+        for _ in range(100):
+            m = (await c.get("/alb/v1/models")).json()["daemons"][0]["models"]
+            if m and m[0]["queue_depth"] == 8:
+                break
+            await asyncio.sleep(0.01)
+        native = await c.post("/api/generate", json=gen)
+        openai = await c.post(
+            "/v1/chat/completions",
+            json={"model": "chatty", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        d.faults.clear_hang()
+        done = await asyncio.gather(*queued)
+        metrics = (await c.get("/metrics")).text
+    assert native.status_code == 503
+    assert int(native.headers["retry-after"]) >= 1
+    assert set(native.json()) == {"error"}
+    assert "overloaded" in native.json()["error"]
+    assert openai.status_code == 503
+    assert int(openai.headers["retry-after"]) >= 1
+    err = openai.json()["error"]
+    assert err["type"] == "api_error"
+    assert err["param"] is None
+    assert err["code"] is None
+    assert "overloaded" in err["message"]
+    assert [r.status_code for r in done] == [200] * 8  # every admitted request answered
+    assert 'alb_rejections_total{reason="high-water"} 2.0' in metrics
+
+
+def test_retry_after_grows_with_depth_and_load_time() -> None:
+    assert retry_after(0, 1, load_remaining_s=0, service_s=1) == 1
+    assert retry_after(10, 2, load_remaining_s=0, service_s=1) == 5
+    assert retry_after(10, 2, load_remaining_s=30, service_s=1) == 35
+    assert retry_after(10**6, 1, load_remaining_s=0, service_s=10) == 600
+    assert retry_after(3, 1, load_remaining_s=0.2, service_s=0.1) == 1
+
+
+def test_fair_queue_round_robins_sessions() -> None:
+    q: FairQueue[str] = FairQueue()
+    for i in range(3):
+        q.push("greedy", f"g{i}")
+    q.push("polite", "p0")
+    q.push("other", "o0")
+    assert [q.pop() for _ in range(5)] == ["g0", "p0", "o0", "g1", "g2"]
+    assert len(q) == 0
+    q.push("a", "x")
+    q.push("a", "y")
+    assert q.remove("a", "x")
+    assert not q.remove("a", "x")
+    assert q.pop() == "y"
+
+
+async def test_gate_hands_slots_in_fair_order_and_fails_waiters_on_load_error() -> None:
+    gate = Gate(slots=1)
+    order: list[str] = []
+
+    async def use(session: str) -> None:
+        await gate.wait(session)
+        order.append(session)
+        gate.release(0.01)
+
+    tasks = [asyncio.create_task(use(s)) for s in ("a", "a", "a", "b")]
+    await asyncio.sleep(0)
+    gate.open()
+    await asyncio.gather(*tasks)
+    assert order == ["a", "b", "a", "a"]
+    assert gate.busy == 0
+    gate.close()
+    waiter = asyncio.create_task(gate.wait("c"))
+    await asyncio.sleep(0)
+    gate.fail(LoadFailed("disk on fire"))
+    with pytest.raises(LoadFailed):
+        await waiter
+
+
+async def test_cancelled_waiter_returns_its_slot() -> None:
+    gate = Gate(slots=1)
+    gate.open()
+    assert gate.try_acquire()
+    waiter = asyncio.create_task(gate.wait("a"))
+    await asyncio.sleep(0)
+    gate.release()  # hands the slot to the waiter...
+    waiter.cancel()  # ...which is cancelled before it runs
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert gate.busy == 0
+    assert gate.try_acquire()
