@@ -10,7 +10,7 @@ export ALB_CACHE_DIR ?= $(HOME)/.cache/alb
 .PHONY: help venv services test check lint fmt run sim lock clean
 
 help:
-	@echo "make run     start the bridge (arrives with the bridge issue; see README)"
+	@echo "make run     start the bridge on 127.0.0.1:8080 (simulated fleet if no Ollama answers)"
 	@echo "make test    create .venv, install, provision Kafka and Redis, run the whole suite"
 	@echo "make check   ruff + mypy --strict on the packages"
 	@echo "make sim     run the simulated Ollama fleet from examples/fleet.yaml"
@@ -45,10 +45,11 @@ fmt: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The bridge on 127.0.0.1:8080 in front of $OLLAMA_HOST (default http://127.0.0.1:11434).
+# With OLLAMA_HOST unset and nothing answering there, an in-process simulated fleet is
+# served instead, and the start-up banner says so.
 run: venv
-	@echo "The bridge itself (alb serve) arrives with the bridge issue (#3)."
-	@echo "Until then, 'make sim' serves a simulated Ollama fleet on examples/fleet.yaml."
-	@exit 2
+	$(BIN)/alb serve --host 127.0.0.1 --port 8080 --sim-fallback
 
 sim: venv
 	$(BIN)/alb sim --config examples/fleet.yaml

@@ -23,3 +23,10 @@ def test_sim_refuses_a_missing_fleet_file(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "does not exist" in result.output
     assert "Traceback" not in result.output
+
+
+def test_help_lists_serve() -> None:
+    result = runner.invoke(app, ["serve", "--help"])
+    assert result.exit_code == 0
+    assert "--sim-fallback" in result.output
+    assert "--port" in result.output
