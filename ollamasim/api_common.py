@@ -15,6 +15,12 @@ from ollamasim.streams import go_json
 JSON_TYPE = "application/json; charset=utf-8"
 
 
+def engine_of(request: Request) -> Engine:
+    """The simulated daemon's engine, which ``build_app`` puts in the app's state."""
+    engine: Engine = request.app.state.daemon.engine
+    return engine
+
+
 class BadRequest(Exception):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -22,10 +22,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from ollamasim import names
-from ollamasim.api_common import BadRequest, json_response, read_json
-from ollamasim.api_native import engine_of, render_messages, schedule
-from ollamasim.engine import ScheduleError
-from ollamasim.inference import ClientGone, Job, Stats
+from ollamasim.api_common import BadRequest, engine_of, json_response, read_json
+from ollamasim.api_generate import render_messages
+from ollamasim.api_jobs import collect, start_job, stream_frames
+from ollamasim.inference import Job, Stats
 from ollamasim.streams import SSE_DONE, sse_event
 
 FINGERPRINT = "fp_ollama"
@@ -86,12 +86,11 @@ async def _start(request: Request, body: dict[str, Any], endpoint: str) -> Job |
         return oai_error(400, f'"{name}" does not support {verb}')
     if body.get("tools") and "tools" not in m.capabilities:
         return oai_error(400, f"{names.full_name(m.name)} does not support tools")
-    try:
-        return await schedule(request, m, _options(body), None, endpoint)
-    except ScheduleError as exc:
-        return oai_error(exc.status, exc.message)
-    except ClientGone:
-        return oai_error(499, "request canceled")
+    return await start_job(request, m, _options(body), None, endpoint, _schedule_error)
+
+
+def _schedule_error(message: str, status: int) -> Response:
+    return oai_error(status, message)
 
 
 async def chat_completions(request: Request) -> Response:
@@ -179,54 +178,34 @@ async def _respond(
         job.finish(outcome="fault")
         return oai_error(500, fault.message)
     if not body.get("stream"):
-        pieces: list[str] = []
-        gen = job.generate(prompt, options)
-        try:
-            async for item in gen:
-                if isinstance(item, Stats):
-                    return json_response(complete("".join(pieces), item))
-                pieces.append(item)
-                if fault is not None and len(pieces) >= fault.after_chunks and fault.message:
-                    return oai_error(500, fault.message)
-        finally:
-            await gen.aclose()
-            job.finish()
-        return oai_error(500, "unexpected response")  # pragma: no cover
+        # Only a fault with a message cuts a non-streamed /v1 reply short.
+        message = fault.message if fault is not None else None
+        cut_after = fault.after_chunks if fault is not None and message else None
+        text, stats = await collect(job, prompt, options, cut_after)
+        if stats is None:
+            return oai_error(500, message or "")
+        return json_response(complete(text, stats))
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
-    async def stream() -> AsyncIterator[bytes]:
-        sent = 0
-        outcome = "ok"
-        gen = job.generate(prompt, options)
-        try:
-            async for item in gen:
-                if fault is not None and sent >= fault.after_chunks:
-                    outcome = "fault"
-                    if fault.message is not None:
-                        broken = chunk(None, None)
-                        broken["model"] = ""
-                        broken["choices"][0].get("delta", {})["role"] = ""
-                        yield sse_event(broken)
-                    return
-                if isinstance(item, Stats):
-                    yield sse_event(chunk("", item.done_reason))
-                    if include_usage:
-                        last = chunk("", None)
-                        last["choices"] = []
-                        last["usage"] = _usage(item)
-                        yield sse_event(last)
-                    yield SSE_DONE
-                    return
-                yield sse_event(chunk(item, None))
-                sent += 1
-        except BaseException:
-            outcome = "cancelled"
-            raise
-        finally:
-            await gen.aclose()
-            job.finish(outcome=outcome)
+    def done(stats: Stats) -> Iterator[bytes]:
+        yield sse_event(chunk("", stats.done_reason))
+        if include_usage:
+            last = chunk("", None)
+            last["choices"] = []
+            last["usage"] = _usage(stats)
+            yield sse_event(last)
+        yield SSE_DONE
 
-    return StreamingResponse(stream(), media_type="text/event-stream")
+    def broken(message: str) -> bytes:
+        frame = chunk(None, None)
+        frame["model"] = ""
+        frame["choices"][0].get("delta", {})["role"] = ""
+        return sse_event(frame)
+
+    frames = stream_frames(
+        job, prompt, options, fault, lambda text: sse_event(chunk(text, None)), done, broken
+    )
+    return StreamingResponse(frames, media_type="text/event-stream")
 
 
 async def embeddings(request: Request) -> Response:

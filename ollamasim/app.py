@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ollamasim import api_native as native
+from ollamasim import api_embed, api_generate, api_info
 from ollamasim import api_openai as oai
 from ollamasim.api_common import BadRequest, error_response, json_response
 
@@ -124,15 +124,15 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 def build_app(daemon: Any, *, loopback: bool) -> ASGIApp:
     """``daemon`` provides ``engine``, ``faults``, ``log`` and ``schedule_crash``."""
     routes = [
-        Route("/", native.root, methods=["GET", "HEAD"]),
-        Route("/api/version", native.version, methods=["GET", "HEAD"]),
-        Route("/api/tags", native.tags, methods=["GET", "HEAD"]),
-        Route("/api/ps", native.ps, methods=["GET"]),
-        Route("/api/show", _guard(native.show), methods=["POST"]),
-        Route("/api/generate", _guard(native.generate), methods=["POST"]),
-        Route("/api/chat", _guard(native.chat), methods=["POST"]),
-        Route("/api/embed", _guard(native.embed), methods=["POST"]),
-        Route("/api/embeddings", _guard(native.embeddings_legacy), methods=["POST"]),
+        Route("/", api_info.root, methods=["GET", "HEAD"]),
+        Route("/api/version", api_info.version, methods=["GET", "HEAD"]),
+        Route("/api/tags", api_info.tags, methods=["GET", "HEAD"]),
+        Route("/api/ps", api_info.ps, methods=["GET"]),
+        Route("/api/show", _guard(api_info.show), methods=["POST"]),
+        Route("/api/generate", _guard(api_generate.generate), methods=["POST"]),
+        Route("/api/chat", _guard(api_generate.chat), methods=["POST"]),
+        Route("/api/embed", _guard(api_embed.embed), methods=["POST"]),
+        Route("/api/embeddings", _guard(api_embed.embeddings_legacy), methods=["POST"]),
         Route("/v1/chat/completions", _guard(oai.chat_completions, True), methods=["POST"]),
         Route("/v1/completions", _guard(oai.completions, True), methods=["POST"]),
         Route("/v1/embeddings", _guard(oai.embeddings, True), methods=["POST"]),
