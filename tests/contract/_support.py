@@ -106,6 +106,8 @@ def norm(name: str) -> str:
     ``tinyllama`` → ``tinyllama:latest``; comparison is case-insensitive
     (types/model/name.go ``ParseName`` / ``DisplayShortest``; server/routes.go
     ``getExistingName`` matches parts with ``strings.EqualFold``).
+    Written out here, not imported from ``ollamasim.names``: it judges the names the
+    simulator shows, so it must not share the simulator's code (nor its bugs).
     """
     rest = name.strip()
     tag = "latest"
