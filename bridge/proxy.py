@@ -29,6 +29,7 @@ from bridge.errors import (
     BridgeError,
     ClientGone,
     ModelNotFound,
+    Unavailable,
     UpstreamTimeout,
 )
 from bridge.framing import End
@@ -97,6 +98,8 @@ class InferenceRoute:
             rt = bridge.rt()
             if not await rt.fleet.ensure_known(parsed.key):
                 state.model = "-"
+                if not any(d.up for d in rt.fleet.daemons.values()):
+                    raise Unavailable("no daemon is answering", retry_after=5)
                 raise ModelNotFound(ep.not_found(parsed.model))
             state.session = session_of(scope["headers"], parsed.user, scope.get("client"))
             try:
