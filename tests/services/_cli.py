@@ -75,6 +75,17 @@ def status(state: Path, kind: type[H], label: str) -> int:
     return 0
 
 
+def commands(
+    state: Path, kind: type[H], launch: Callable[[], H], label: str
+) -> dict[str, Callable[[], int]]:
+    """``start``, ``stop`` and ``status`` of the service ``launch`` starts, kept in ``state``."""
+    return {
+        "start": lambda: start(state, kind, launch, label),
+        "stop": lambda: stop(state, kind, label),
+        "status": lambda: status(state, kind, label),
+    }
+
+
 def run(argv: list[str] | None, prog: str, commands: Mapping[str, Callable[[], int]]) -> int:
     """Parse ``argv`` (one of ``commands``), run it, report ``ServiceUnavailable`` as exit 1."""
     parser = argparse.ArgumentParser(prog=prog)

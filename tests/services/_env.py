@@ -14,10 +14,11 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _TRUTHY = {"1", "true", "yes", "on"}
+T = TypeVar("T")
 
 
 class ServiceUnavailable(RuntimeError):
@@ -49,6 +50,15 @@ def unavailable(
     if in_ci() if required is None else required:
         pytest.fail(f"{msg} ({why})", pytrace=False)
     pytest.skip(msg)
+
+
+def provide(start: Callable[[], T], label: str) -> T:
+    """``start()``; if it raises ``ServiceUnavailable``, ``unavailable`` says why."""
+    try:
+        return start()
+    except ServiceUnavailable as exc:
+        problem = f"{label}: {exc}"
+    unavailable(problem)  # outside the except block, so the report is not a chained traceback
 
 
 def cache_dir() -> Path:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.services import kafka_broker
-from tests.services._env import ServiceUnavailable, unavailable
+from tests.services._env import provide, unavailable
 from tests.services._report import note
 
 # Confluent Platform 7.9 ships Apache Kafka 3.9; the JVM path runs 4.0.2 exactly.
@@ -66,14 +66,7 @@ def _from_docker(config: pytest.Config) -> Iterator[str]:
 
 
 def _from_jvm(config: pytest.Config) -> Iterator[str]:
-    try:
-        broker = kafka_broker.start()
-    except ServiceUnavailable as exc:
-        problem = f"Kafka: {exc}"
-    else:
-        problem = ""
-    if problem:  # outside the except block, so the report is not a chained traceback
-        unavailable(problem)
+    broker = provide(kafka_broker.start, "Kafka")
     fetched = f"; jar download took {broker.fetch_s:.1f}s" if broker.fetch_s else ", jars cached"
     note(
         config,

@@ -284,16 +284,8 @@ def _cli_fetch() -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``scripts/kafka``: fetch | start | stop | status."""
     state, label = home() / "run" / "broker.json", f"kafka {KAFKA_VERSION}"
-    return _cli.run(
-        argv,
-        "scripts/kafka",
-        {
-            "fetch": _cli_fetch,
-            "start": lambda: _cli.start(state, Broker, lambda: start(detach=True), label),
-            "stop": lambda: _cli.stop(state, Broker, label),
-            "status": lambda: _cli.status(state, Broker, label),
-        },
-    )
+    service = _cli.commands(state, Broker, lambda: start(detach=True), label)
+    return _cli.run(argv, "scripts/kafka", {"fetch": _cli_fetch, **service})
 
 
 if __name__ == "__main__":

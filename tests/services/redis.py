@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.services import redis_server
-from tests.services._env import ServiceUnavailable, unavailable
+from tests.services._env import provide
 from tests.services._report import note
 
 
@@ -23,14 +23,7 @@ def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
         note(request.config, "redis: REDIS_URL from the environment")
         yield given
         return
-    try:
-        server = redis_server.start()
-    except ServiceUnavailable as exc:
-        problem = f"Redis: {exc}"
-    else:
-        problem = ""
-    if problem:  # outside the except block, so the report is not a chained traceback
-        unavailable(problem)
+    server = provide(redis_server.start, "Redis")
     note(
         request.config, f"redis: local redis-server at {server.url}, up in {server.startup_s:.2f}s"
     )

@@ -115,16 +115,8 @@ def _cli_install() -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``scripts/redis``: install | start | stop | status."""
     state, label = cache_dir() / "redis" / "server.json", "redis-server"
-    return _cli.run(
-        argv,
-        "scripts/redis",
-        {
-            "install": _cli_install,
-            "start": lambda: _cli.start(state, Server, lambda: start(detach=True), label),
-            "stop": lambda: _cli.stop(state, Server, label),
-            "status": lambda: _cli.status(state, Server, label),
-        },
-    )
+    service = _cli.commands(state, Server, lambda: start(detach=True), label)
+    return _cli.run(argv, "scripts/redis", {"install": _cli_install, **service})
 
 
 if __name__ == "__main__":
