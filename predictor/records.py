@@ -56,7 +56,11 @@ class AccessRecord:
 
 
 def ts_seconds(value: object) -> float:
-    """Seconds from a float/int of seconds or an RFC 3339 string (``Z`` allowed)."""
+    """Seconds from a float/int of seconds, an aware datetime or an RFC 3339 string."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise RecordError("timestamps must be timezone-aware")
+        return value.timestamp()
     if isinstance(value, bool):
         raise RecordError(f"timestamp must be a number or an RFC 3339 string, got {value!r}")
     if isinstance(value, int | float):
@@ -96,36 +100,47 @@ def _opt_int(event: Mapping[str, Any], *keys: str) -> int | None:
     return None
 
 
-def record_from_event(event: Mapping[str, Any]) -> AccessRecord:
-    """Build a record from an access-log event.
+def _status(event: Mapping[str, Any]) -> int:
+    http = event.get("http_status")
+    status = event.get("status")
+    if status == "cancelled":
+        return 0  # the client went away, but it did want the model
+    if http is not None:
+        return int(http)
+    return int(status) if isinstance(status, int) else 0
 
-    Reads ``ts`` / ``ts_ms``, ``session`` (else ``api_key_id``), ``model``, ``status``,
-    ``cold``, ``system_prompt_hash``, ``num_ctx`` (else ``num_ctx_requested`` /
-    ``num_ctx_applied``) and the total duration from ``duration_s``, ``total_ms`` or
-    ``timings.total_ms`` (then ``ts`` is taken as the finish time). Unknown keys are
-    ignored, so the event may grow without breaking the predictor.
+
+def record_from_event(event: Mapping[str, Any]) -> AccessRecord:
+    """Build a record from an access-log event (``alb.access-log.v1`` as a dict, e.g.
+    ``AccessLogEvent.model_dump()``, or its parsed JSON).
+
+    Reads ``ts`` / ``ts_ms``, ``session`` (else ``api_key_id``), ``model``,
+    ``http_status`` (a ``cancelled`` request counts as demand), ``cold``,
+    ``system_prompt_hash``, ``num_ctx`` (else ``num_ctx_applied``, else
+    ``num_ctx_requested``) and the total duration from ``total_ms`` or ``duration_s``,
+    in which case ``ts`` is the finish time. Unknown keys are ignored, so the event
+    may grow without breaking the predictor.
     """
     model = _opt_str(event, "model")
     if model is None:
         raise RecordError("record has no 'model'")
-    timings = event.get("timings")
-    total_ms = _opt_int(timings, "total_ms") if isinstance(timings, Mapping) else None
-    if total_ms is None:
-        total_ms = _opt_int(event, "total_ms")
-    duration = float(event["duration_s"]) if event.get("duration_s") is not None else None
-    if duration is None:
-        duration = total_ms / 1000.0 if total_ms is not None else 0.0
+    if event.get("total_ms") is not None:
+        duration: float | None = float(event["total_ms"]) / 1000.0
+    elif event.get("duration_s") is not None:
+        duration = float(event["duration_s"])
+    else:
+        duration = None
     finished = _time(event)
-    arrival = finished - duration if total_ms is not None or "duration_s" in event else finished
+    arrival = finished - duration if duration is not None else finished
     return AccessRecord(
         ts=arrival,
         session=_opt_str(event, "session", "api_key_id") or "",
         model=model,
-        status=_opt_int(event, "status") or 0,
+        status=_status(event),
         cold=bool(event.get("cold", False)),
         system_prompt_hash=_opt_str(event, "system_prompt_hash"),
-        num_ctx=_opt_int(event, "num_ctx", "num_ctx_requested", "num_ctx_applied"),
-        duration_s=max(0.0, duration),
+        num_ctx=_opt_int(event, "num_ctx", "num_ctx_applied", "num_ctx_requested"),
+        duration_s=max(0.0, duration or 0.0),
     )
 
 

@@ -26,13 +26,14 @@ original would have.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from predictor.config import PredictorConfig
 from predictor.core.heavy import SpaceSaving
 from predictor.core.idle import IdleHistogram
 from predictor.core.outputs import KeepAliveHint, Output, Prefetch, ReuseHint
-from predictor.core.policy import Gate, transition_prefetches, warm_caches
+from predictor.core.policy import Gate, select, warm_caches
 from predictor.core.transitions import Transitions
 from predictor.records import AccessRecord
 
@@ -48,12 +49,24 @@ __all__ = [
 ]
 
 STATE_VERSION = 1
+_CONTEXT_COUNTERS = 4
+_REPRESENTATIVE = ("histogram", "out-of-range")
 
 
 class PredictorState:
     """Everything the predictor remembers (see :func:`state_to_dict` for its stored form)."""
 
-    __slots__ = ("config", "gate", "hints", "idle", "now", "pending", "prompts", "transitions")
+    __slots__ = (
+        "config",
+        "contexts",
+        "gate",
+        "hints",
+        "idle",
+        "now",
+        "pending",
+        "prompts",
+        "transitions",
+    )
 
     def __init__(self, config: PredictorConfig) -> None:
         self.config = config
@@ -61,6 +74,8 @@ class PredictorState:
         self.transitions = Transitions(config)
         self.idle: dict[str, IdleHistogram] = {}
         self.prompts: dict[str, SpaceSaving] = {}
+        self.contexts: dict[str, SpaceSaving] = {}
+        """num_ctx values per model (as strings), for the context a prefetch should use."""
         self.gate = Gate()
         self.hints: dict[str, tuple[float, float, str]] = {}
         """Last keep-alive hint emitted per model: (keep_alive_s, prewarm_after_s, pattern)."""
@@ -96,6 +111,11 @@ def step(state: PredictorState, record: AccessRecord) -> tuple[PredictorState, l
         if counter is None:
             counter = state.prompts[model] = SpaceSaving(cfg.heavy_hitters)
         counter.offer(sp_hash)
+    if record.num_ctx is not None:
+        ctxs = state.contexts.get(model)
+        if ctxs is None:
+            ctxs = state.contexts[model] = SpaceSaving(_CONTEXT_COUNTERS)
+        ctxs.offer(str(record.num_ctx))
     out: list[Output] = []
     if cfg.histogram:
         hist = state.idle.get(model)
@@ -115,12 +135,36 @@ def step(state: PredictorState, record: AccessRecord) -> tuple[PredictorState, l
         record.session, model, now, min_probability=cfg.confidence_threshold
     )
     if candidates:
-        out.extend(
-            transition_prefetches(
-                cfg, state.gate, state.prompts, current=model, candidates=candidates, now=now
-            )
-        )
+        for cand in select(cfg, state.gate, current=model, candidates=candidates, now=now):
+            arrival = now + cand.gap_s
+            reason = "session_transition" if cand.session_weight >= 0.5 else "global_transition"
+            expires = arrival + cfg.prefetch_slack_s
+            bare = Prefetch(cand.model, cand.probability, arrival, expires, reason, model)
+            _emit_prefetch(state, out, bare)
     return state, out
+
+
+def _usual_num_ctx(state: PredictorState, model: str) -> int | None:
+    ctxs = state.contexts.get(model)
+    if ctxs is None or ctxs.offered == 0:
+        return None
+    key, guaranteed, _ = ctxs.top(1)[0]
+    return int(key) if 2 * guaranteed > ctxs.offered else None
+
+
+def _emit_prefetch(state: PredictorState, out: list[Output], bare: Prefetch) -> None:
+    """Append ``bare`` with the model's usual num_ctx and keep-alive, then its warm-ups."""
+    model = bare.model
+    hint = state.hints.get(model)
+    keep_alive = hint[0] if hint is not None and hint[2] in _REPRESENTATIVE else None
+    prefetch = dataclasses.replace(
+        bare,
+        confidence=min(1.0, bare.confidence),
+        num_ctx=_usual_num_ctx(state, model),
+        keep_alive_s=keep_alive,
+    )
+    out.append(prefetch)
+    out.extend(warm_caches(state.config, state.prompts.get(model), prefetch))
 
 
 def tick(state: PredictorState, now: float) -> tuple[PredictorState, list[Output]]:
@@ -147,8 +191,7 @@ def tick(state: PredictorState, now: float) -> tuple[PredictorState, list[Output
             win.prewarm_after_s, win.prewarm_after_s + win.keep_alive_s, cfg.bin_s
         )
         expected = max(now, last_end + hist.median_s(cfg.bin_s))
-        out.append(Prefetch(model, confidence, expected, until, "prewarm"))
-        out.extend(warm_caches(cfg, state.prompts.get(model), model, until))
+        _emit_prefetch(state, out, Prefetch(model, confidence, expected, until, "idle_histogram"))
     gate.forget_before(now - cfg.cooldown_s)
     if cfg.reuse_hints_on_tick:
         horizon = cfg.reuse_horizon_s
@@ -178,6 +221,7 @@ def state_to_dict(state: PredictorState) -> dict[str, Any]:
         "transitions": state.transitions.to_dict(),
         "idle": {m: h.to_dict() for m, h in state.idle.items()},
         "prompts": {m: p.to_dict() for m, p in state.prompts.items()},
+        "contexts": {m: p.to_dict() for m, p in state.contexts.items()},
         "gate": state.gate.to_dict(),
         "hints": {m: list(h) for m, h in state.hints.items()},
         "pending": state.pending,
@@ -195,6 +239,7 @@ def state_from_dict(data: dict[str, Any], config: PredictorConfig | None = None)
     state.transitions = Transitions.from_dict(cfg, data["transitions"])
     state.idle = {m: IdleHistogram.from_dict(cfg, h) for m, h in data["idle"].items()}
     state.prompts = {m: SpaceSaving.from_dict(p) for m, p in data["prompts"].items()}
+    state.contexts = {m: SpaceSaving.from_dict(p) for m, p in data["contexts"].items()}
     state.gate = Gate.from_dict(data["gate"])
     state.hints = {m: (float(h[0]), float(h[1]), str(h[2])) for m, h in data["hints"].items()}
     state.pending = {str(m): float(t) for m, t in data["pending"].items()}

@@ -19,8 +19,12 @@ __all__ = ["KeepAliveHint", "Output", "Prefetch", "ReuseHint", "WarmCache", "out
 class Prefetch:
     """Load ``model`` ahead of an expected request (low priority; drop it after ``expires_at``).
 
-    ``reason`` is ``"transition"`` (``source`` is the model whose request predicted it)
-    or ``"prewarm"`` (the model's idle-time histogram says its next request is near).
+    ``reason`` (snake_case, as ``alb.prefetch.v1`` wants) is ``session_transition`` or
+    ``global_transition`` (whichever estimate weighed more; ``source`` is the model
+    whose request predicted it) or ``idle_histogram`` (the model's idle-time histogram
+    says its next request is near). ``num_ctx`` is the context its traffic usually
+    runs with (None when there is no clear majority); ``keep_alive_s`` the histogram's
+    keep-alive window when the histogram is representative.
     """
 
     model: str
@@ -29,6 +33,8 @@ class Prefetch:
     expires_at: float
     reason: str
     source: str | None = None
+    num_ctx: int | None = None
+    keep_alive_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +50,11 @@ class WarmCache:
     expires_at: float
     share: float
     """Lower bound on this prompt's share of the model's traffic."""
+    confidence: float = 0.0
+    """P(a request of the model with this prompt by the prefetch's expiry)."""
+    expected_arrival: float = 0.0
+    num_ctx: int | None = None
+    reason: str = "top_system_prompt"
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,10 +23,10 @@ from typing import Any
 
 from predictor.config import PredictorConfig
 from predictor.core.heavy import SpaceSaving
-from predictor.core.outputs import Output, Prefetch, WarmCache
+from predictor.core.outputs import Prefetch, WarmCache
 from predictor.core.transitions import Candidate
 
-__all__ = ["Gate", "transition_prefetches", "warm_caches"]
+__all__ = ["Gate", "select", "warm_caches"]
 
 
 class Gate:
@@ -74,30 +74,36 @@ class Gate:
 
 
 def warm_caches(
-    cfg: PredictorConfig, prompts: SpaceSaving | None, model: str, expires_at: float
+    cfg: PredictorConfig,
+    prompts: SpaceSaving | None,
+    prefetch: Prefetch,
 ) -> list[WarmCache]:
-    """Warm-cache events for ``model``'s top system prompts (see the module docstring)."""
+    """Warm-cache events that go with ``prefetch`` (see the module docstring)."""
     if prompts is None or cfg.warm_top_n == 0 or prompts.offered == 0:
         return []
     out: list[WarmCache] = []
     for key, guaranteed, _count in prompts.top(cfg.warm_top_n):
         share = guaranteed / prompts.offered
         if share >= cfg.warm_min_share and guaranteed > 0:
-            out.append(WarmCache(model, key, expires_at, share))
+            out.append(
+                WarmCache(
+                    prefetch.model,
+                    key,
+                    prefetch.expires_at,
+                    share,
+                    confidence=prefetch.confidence * share,
+                    expected_arrival=prefetch.expected_arrival,
+                    num_ctx=prefetch.num_ctx,
+                )
+            )
     return out
 
 
-def transition_prefetches(
-    cfg: PredictorConfig,
-    gate: Gate,
-    prompts: dict[str, SpaceSaving],
-    *,
-    current: str,
-    candidates: list[Candidate],
-    now: float,
-) -> list[Output]:
-    """Prefetches (each followed by its warm-cache events) for a request of ``current``."""
-    out: list[Output] = []
+def select(
+    cfg: PredictorConfig, gate: Gate, *, current: str, candidates: list[Candidate], now: float
+) -> list[Candidate]:
+    """The candidates to prefetch after a request of ``current`` (spends the gate)."""
+    out: list[Candidate] = []
     for cand in candidates:
         if cand.probability < cfg.confidence_threshold:
             break  # sorted by probability: nothing further qualifies
@@ -107,8 +113,5 @@ def transition_prefetches(
         if cand.gap_s > cfg.max_lead_s or not gate.allows(cfg, model, now):
             continue
         gate.spend(model, now)
-        arrival = now + cand.gap_s
-        expires = arrival + cfg.prefetch_slack_s
-        out.append(Prefetch(model, cand.probability, arrival, expires, "transition", current))
-        out.extend(warm_caches(cfg, prompts.get(model), model, expires))
+        out.append(cand)
     return out

@@ -45,6 +45,8 @@ class Candidate:
     gap_s: float
     count: int
     """Observed transitions to it (session + global windows)."""
+    session_weight: float = 0.0
+    """Share of the session's own estimate in ``probability``."""
 
 
 class _Session:
@@ -166,7 +168,8 @@ class Transitions:
             prob = s_w * p_s + (1.0 - s_w) * p_g
             if prob < min_probability:
                 continue
-            out.append(Candidate(model, prob, s_w * gap_s + (1.0 - s_w) * gap_g, gc + sc))
+            gap = s_w * gap_s + (1.0 - s_w) * gap_g
+            out.append(Candidate(model, prob, gap, gc + sc, s_w))
         out.sort(key=lambda c: (-c.probability, c.model))
         return out
 

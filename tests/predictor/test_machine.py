@@ -52,13 +52,35 @@ def test_a_then_b_prefetches_b_after_a_with_its_system_prompt() -> None:
     prefetches = [o for o in out if isinstance(o, Prefetch)]
     assert len(prefetches) == 1
     p = prefetches[0]
-    assert (p.model, p.reason, p.source) == ("B", "transition", "A")
+    assert (p.model, p.reason, p.source) == ("B", "global_transition", "A")
     assert p.confidence >= 0.9
     assert p.expected_arrival == pytest.approx(1010.0)
     assert p.expires_at == pytest.approx(1010.0 + state.config.prefetch_slack_s)
     warms = [o for o in out if isinstance(o, WarmCache)]
-    assert warms == [WarmCache("B", "sysB", p.expires_at, 1.0)]
+    assert warms == [
+        WarmCache(
+            "B",
+            "sysB",
+            p.expires_at,
+            1.0,
+            confidence=p.confidence,
+            expected_arrival=p.expected_arrival,
+        )
+    ]
     assert output_to_dict(p)["type"] == "prefetch"
+
+
+def test_a_session_with_its_own_habit_gets_a_session_transition() -> None:
+    state = new_state(PredictorConfig(cooldown_s=0, session_prior=2.0))
+    _run(state, _a_then_b(10))  # everyone: A -> B
+    for i in range(6):  # session x: A -> C, with num_ctx 8192
+        t = 2000.0 + 60 * i
+        state, _ = step(state, AccessRecord(t, "x", "A"))
+        state, _ = step(state, AccessRecord(t + 5, "x", "C", num_ctx=8192))
+    state, out = step(state, AccessRecord(2400.0, "x", "A"))
+    p = next(o for o in out if isinstance(o, Prefetch))
+    assert (p.model, p.reason, p.num_ctx) == ("C", "session_transition", 8192)
+    assert p.expected_arrival == pytest.approx(2405.0)
 
 
 def test_cooldown_and_budget_are_respected() -> None:
@@ -108,7 +130,8 @@ def test_tick_fires_the_histogram_prewarm_once() -> None:
     assert len(out) == 1
     p = out[0]
     assert isinstance(p, Prefetch)
-    assert (p.model, p.reason) == ("M", "prewarm")
+    assert (p.model, p.reason) == ("M", "idle_histogram")
+    assert p.keep_alive_s == pytest.approx(11 * 60 * 1.1 - 600 * 0.9)
     assert p.expires_at == pytest.approx(last + 11 * 60 * 1.1)
     assert p.confidence == pytest.approx(1.0)
     state, out = tick(state, due + 30)

@@ -14,11 +14,14 @@ def test_event_with_rfc3339_finish_time_and_duration() -> None:
             "ts": "2024-01-01T00:00:10Z",
             "session": "s",
             "model": "llama3:latest",
-            "status": 200,
+            "status": "ok",
+            "http_status": 200,
             "cold": True,
             "system_prompt_hash": "abc",
             "num_ctx_requested": 4096,
-            "timings": {"total_ms": 2500, "queue_ms": 3},
+            "num_ctx_applied": 8192,
+            "total_ms": 2500.0,
+            "queue_ms": 3.0,
         }
     )
     assert rec == AccessRecord(
@@ -28,13 +31,15 @@ def test_event_with_rfc3339_finish_time_and_duration() -> None:
         status=200,
         cold=True,
         system_prompt_hash="abc",
-        num_ctx=4096,
+        num_ctx=8192,
         duration_s=2.5,
     )
 
 
 def test_event_with_milliseconds_and_api_key_fallback() -> None:
-    rec = record_from_event({"ts_ms": 1500, "api_key_id": "k1", "model": "m", "status": 503})
+    rec = record_from_event(
+        {"ts_ms": 1500, "session": None, "api_key_id": "k1", "model": "m", "http_status": 503}
+    )
     assert (rec.ts, rec.session, rec.status, rec.duration_s) == (1.5, "k1", 503, 0.0)
     assert rec.counts_as_demand
 
