@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import socket
 
 import pytest
 from hypothesis import given
@@ -21,6 +23,7 @@ from ollamasim.durations import (
     parse_go_duration,
     parse_keep_alive,
 )
+from ollamasim.serving import bind_socket
 from ollamasim.streams import (
     NDJSONFramer,
     SSEFramer,
@@ -203,3 +206,25 @@ def test_fleet_validation() -> None:
     assert cfg.daemons[0].max_runners == 3
     assert cfg.daemons[0].num_parallel == 1
     assert cfg.daemons[0].max_queue == 512
+
+
+async def test_accepted_connections_disable_nagle() -> None:
+    """A keep-alive response must not wait ~40 ms for a delayed ACK (Go's net disables Nagle)."""
+    sock = bind_socket("127.0.0.1", 0)
+    loop = asyncio.get_running_loop()
+    nodelay: asyncio.Future[int] = loop.create_future()
+
+    class _Probe(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            accepted = transport.get_extra_info("socket")
+            nodelay.set_result(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    server = await loop.create_server(_Probe, sock=sock)
+    try:
+        _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        assert await asyncio.wait_for(nodelay, 5) != 0
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
