@@ -1,0 +1,1 @@
+"""Replay traces: the JSONL format, a synthetic generator and converters for real traces."""
