@@ -1,7 +1,8 @@
 """``alb trace``: make replay traces (``synth``) and convert real ones (``convert``).
 
 A thin shell over :mod:`predictor.traces`: it parses options, writes JSON Lines to a
-file or stdout (``-o -``) and reports the count on stderr.
+file or stdout (``-o -``) and reports the count on stderr. The generators (numpy,
+pydantic) are imported inside the commands so that ``alb --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ from collections.abc import Iterable
 from contextlib import ExitStack
 from datetime import UTC, date, datetime, time
 from pathlib import Path
-from typing import IO, Annotated, Literal
+from typing import IO, TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from predictor.traces.azure import convert_azure_functions, convert_azure_llm
-from predictor.traces.format import TraceRecord, write_trace
-from predictor.traces.synth import SynthParams, synthesize
+if TYPE_CHECKING:
+    from predictor.traces.format import TraceRecord
 
 __all__ = ["trace_app"]
 
@@ -60,6 +60,8 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def _emit(requests: Iterable[TraceRecord], output: Path) -> None:
+    from predictor.traces.format import write_trace  # noqa: PLC0415
+
     with ExitStack() as stack:
         out: IO[bytes]
         if str(output) == "-":
@@ -98,6 +100,8 @@ def synth(
 ) -> None:
     """Generate a synthetic trace: sessions walking model chains, Zipf popularity,
     a daily cycle and bursts."""
+    from predictor.traces.synth import SynthParams, synthesize  # noqa: PLC0415
+
     params = SynthParams(
         seed=seed,
         epoch=_day(day),
@@ -152,6 +156,8 @@ def azure_functions(
     day: Day = "2026-01-01",
 ) -> None:
     """Azure Functions 2019 per-minute counts -> requests (Poisson within each minute)."""
+    from predictor.traces.azure import convert_azure_functions  # noqa: PLC0415
+
     try:
         reqs = convert_azure_functions(
             source,
@@ -196,6 +202,8 @@ def azure_llm(
     seed: Seed = 0,
 ) -> None:
     """Azure LLM inference 2023 -> requests with the real arrival times and token counts."""
+    from predictor.traces.azure import convert_azure_llm  # noqa: PLC0415
+
     if sessions_per_file < 1:
         raise typer.BadParameter("must be >= 1", param_hint="--sessions-per-file")
     try:
