@@ -115,6 +115,8 @@ class Sender:
         self._queue_empty.set()
         self._idle = asyncio.Event()  # set by the task when queue and spool are empty
         self._task: asyncio.Task[None] | None = None
+        self._sync_task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._closed = False
         self._drops_unlogged: Tally[str] = Tally()
         self._last_drop_log = 0.0
@@ -130,7 +132,9 @@ class Sender:
     def start(self) -> None:
         """Start the background sender (resuming whatever the spool holds)."""
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="alb-sender")
+            loop = asyncio.get_running_loop()
+            self._task = loop.create_task(self._run(), name="alb-sender")
+            self._sync_task = loop.create_task(self._sync_loop(), name="alb-spool-sync")
 
     # --- the request path -------------------------------------------------------------
 
@@ -180,16 +184,28 @@ class Sender:
                 delay = 0.0
                 self._idle.set()
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._spool.config.fsync_interval_s):
-                        await self._wake.wait()
-                self._spool.sync_if_due()
+                await self._wake.wait()
             elif progressed:
                 delay = 0.0
             else:
                 self.metrics.send_failures.inc()
                 delay = min(max(delay * 2, self.config.retry_initial_s), self.config.retry_max_s)
             self._account_corruption()
+
+    async def _sync_loop(self) -> None:
+        """fsync the spool in a worker thread every ``fsync_interval_s`` (policy ``interval``).
+
+        Never cancelled (a thread may be syncing descriptors): ``close`` asks it to stop.
+        """
+        interval = self._spool.config.fsync_interval_s
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._stopping.wait()
+            try:
+                await self._spool.sync_in_thread_if_due()
+            except OSError as exc:
+                log.error("event spool fsync failed: %r", exc)
 
     async def _step(self) -> bool | None:
         """Send one batch: True sent, False failed, None nothing to do."""
@@ -305,6 +321,9 @@ class Sender:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._stopping.set()
+        if self._sync_task is not None:
+            await self._sync_task
         self._closed = True
         if self._queue:
             self._spill_queue()

@@ -18,12 +18,14 @@ segment where it starts: the rest of that segment is skipped and counted in
 ``corrupt_regions`` / ``corrupt_bytes``, and reading goes on with the next segment.
 
 fsync policy (``FsyncPolicy``): ``always`` syncs after every append, prepend and
-cursor write (safest, slowest); ``interval`` (the default) syncs the active segment
-when it is rotated and at most every ``fsync_interval_s`` (call ``sync_if_due``
-periodically; the sender does), so a power loss costs at most that much; ``never``
-leaves it to the kernel. A process crash loses nothing under any policy: written
-bytes are in the page cache. The cursor is synced only under ``always``; a stale
-cursor means duplicates, not loss.
+cursor write, on the caller's thread (safest; ``offer`` then pays a disk flush per
+spooled event). ``interval`` (the default) never syncs in ``append``: the owner
+calls ``sync_in_thread_if_due`` periodically (the sender does, every
+``fsync_interval_s``), which fsyncs the written segments and the directory in a
+worker thread, so a power loss costs at most about that interval of events and the
+event loop never waits on the disk. ``never`` leaves it to the kernel. A process
+crash loses nothing under any policy: written bytes are in the page cache. The
+cursor is synced only under ``always``; a stale cursor means duplicates, not loss.
 
 Bounded: ``max_bytes`` counts every segment file; what does not fit is refused
 (the caller counts it as dropped). Not thread-safe: one event loop uses it.
@@ -31,6 +33,7 @@ Bounded: ``max_bytes`` counts every segment file; what does not fit is refused
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -117,7 +120,9 @@ class Spool:
         self._active: int | None = None  # never append to a segment from before a restart
         self._fd: int | None = None
         self._last_sync = clock()
-        self._dirty = False
+        self._dirty = False  # the active segment holds unsynced data
+        self._dir_dirty = False  # a segment file was created since the last sync
+        self._unsynced: list[int] = []  # retired segments: sync, then close
         self._reported: set[tuple[int, int]] = set()
         self.corrupt_regions = 0
         self.corrupt_bytes = 0
@@ -138,7 +143,10 @@ class Spool:
     # --- writing ----------------------------------------------------------------------
 
     def append(self, records: Sequence[Record]) -> int:
-        """Append records in order; return how many fit (the rest are refused)."""
+        """Append records in order; return how many fit (the rest are refused).
+
+        Never fsyncs under ``interval`` or ``never``: it is called on the request path.
+        """
         blob, count = self._fitting(records)
         if not count:
             return 0
@@ -152,7 +160,6 @@ class Spool:
             os.fsync(fd)
         else:
             self._dirty = True
-            self.sync_if_due()
         return count
 
     def prepend(self, records: Sequence[Record]) -> int:
@@ -162,15 +169,27 @@ class Spool:
             return 0
         seq = min(self._sizes, default=_FIRST_SEQ) - 1
         fd = os.open(self._path(seq), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._sizes[seq] = 0
         try:
-            self._sizes[seq] = 0
             self._write(fd, seq, blob)
-            if self.config.fsync is not FsyncPolicy.NEVER:
-                os.fsync(fd)
-                self._sync_dir()
         finally:
-            os.close(fd)
+            self._new_file(fd)
         return count
+
+    def _new_file(self, fd: int) -> None:
+        """A segment file was created and ``fd`` will not be written again."""
+        if self.config.fsync is FsyncPolicy.ALWAYS:
+            os.fsync(fd)
+            self._sync_dir()
+        self._dir_dirty = True
+        self._retire(fd)
+
+    def _retire(self, fd: int) -> None:
+        """Close ``fd``, after the next sync under ``interval`` (it may hold unsynced data)."""
+        if self.config.fsync is FsyncPolicy.INTERVAL:
+            self._unsynced.append(fd)
+        else:
+            os.close(fd)
 
     def _fitting(self, records: Sequence[Record]) -> tuple[bytes, int]:
         room = self.config.max_bytes - self.nbytes
@@ -198,37 +217,70 @@ class Spool:
             and self._sizes[self._active] < self.config.segment_bytes
         ):
             return self._fd, self._active
-        if self._fd is not None:
-            if self.config.fsync is not FsyncPolicy.NEVER:
-                os.fsync(self._fd)
-            os.close(self._fd)
+        self._abandon_active()
         seq = max(self._sizes, default=_FIRST_SEQ - 1) + 1
         fd = os.open(self._path(seq), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._fd, self._active = fd, seq
         self._sizes[seq] = 0
-        self._dirty = False
-        if self.config.fsync is not FsyncPolicy.NEVER:
+        if self.config.fsync is FsyncPolicy.ALWAYS:
             self._sync_dir()
+        self._dir_dirty = True
         return fd, seq
 
     def _abandon_active(self) -> None:
         if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-        self._fd, self._active = None, None
+            self._retire(self._fd)
+        self._fd, self._active, self._dirty = None, None, False
+
+    # --- syncing (policy ``interval``) ------------------------------------------------
+
+    def sync_due(self) -> bool:
+        """Under ``interval``: something is unsynced and ``fsync_interval_s`` has passed."""
+        return (
+            self.config.fsync is FsyncPolicy.INTERVAL
+            and (self._dirty or bool(self._unsynced) or self._dir_dirty)
+            and self._clock() - self._last_sync >= self.config.fsync_interval_s
+        )
+
+    def _take_sync_work(self) -> tuple[list[int], list[int], bool]:
+        to_close = self._unsynced
+        self._unsynced = []
+        to_sync = list(to_close)
+        if self._dirty and self._fd is not None:
+            to_sync.append(self._fd)
+        directory, self._dirty, self._dir_dirty = self._dir_dirty, False, False
+        self._last_sync = self._clock()
+        return to_sync, to_close, directory
+
+    def _fsync_all(self, fds: list[int], directory: bool) -> None:
+        for fd in fds:
+            os.fsync(fd)
+        if directory:
+            self._sync_dir()
 
     def sync_if_due(self) -> None:
-        """Under ``interval``: fsync the active segment if written and the interval passed."""
-        now = self._clock()
-        if (
-            self._dirty
-            and self._fd is not None
-            and self.config.fsync is FsyncPolicy.INTERVAL
-            and now - self._last_sync >= self.config.fsync_interval_s
-        ):
-            os.fsync(self._fd)
-            self._dirty = False
-            self._last_sync = now
+        """Sync now, on this thread, if ``sync_due()``."""
+        if self.sync_due():
+            to_sync, to_close, directory = self._take_sync_work()
+            try:
+                self._fsync_all(to_sync, directory)
+            finally:
+                for fd in to_close:
+                    os.close(fd)
+
+    async def sync_in_thread_if_due(self) -> None:
+        """Sync in a worker thread if ``sync_due()``, so the event loop never waits on a disk.
+
+        Only one may run at a time (the sender's sync task); files retired meanwhile
+        are closed by the next one, never while a thread may be syncing them.
+        """
+        if self.sync_due():
+            to_sync, to_close, directory = self._take_sync_work()
+            try:
+                await asyncio.to_thread(self._fsync_all, to_sync, directory)
+            finally:
+                for fd in to_close:
+                    os.close(fd)
 
     # --- reading ----------------------------------------------------------------------
 
@@ -339,10 +391,13 @@ class Spool:
             os.close(fd)
 
     def close(self) -> None:
-        """Sync (unless ``never``) and close the active segment."""
-        if self._fd is not None:
+        """Sync (unless ``never``) and close every open segment. No sync may be running."""
+        fds = [*self._unsynced, *([] if self._fd is None else [self._fd])]
+        try:
             if self.config.fsync is not FsyncPolicy.NEVER:
-                os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
-            self._active = None
+                self._fsync_all(fds, self._dir_dirty)
+        finally:
+            for fd in fds:
+                os.close(fd)
+            self._unsynced, self._fd, self._active = [], None, None
+            self._dirty = self._dir_dirty = False

@@ -170,8 +170,9 @@ async def test_a_restarted_sender_resumes_from_the_spool(tmp_path: Path) -> None
     for i in range(40):
         sender.offer(rec(i))
     await asyncio.sleep(0.2)
-    assert sender._task is not None
-    sender._task.cancel()  # a crash: no close(), nothing flushed by us
+    for task in (sender._task, sender._sync_task):
+        assert task is not None
+        task.cancel()  # a crash: no close(), nothing flushed by us
     await asyncio.sleep(0)
     bus.down = False
     async with Sender(bus, spool_at(tmp_path), CollectorRegistry(), FAST) as again:

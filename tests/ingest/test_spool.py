@@ -172,22 +172,52 @@ def test_an_unreadable_cursor_means_reading_again_not_losing(tmp_path: Path) -> 
     assert drain(make(tmp_path)) == recs(4)
 
 
-def test_interval_fsync_waits_for_its_interval(
+def test_interval_fsync_never_syncs_in_append_and_waits_for_its_interval(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = [0.0]
-    spool = Spool(
-        SpoolConfig(tmp_path / "s", fsync=FsyncPolicy.INTERVAL, fsync_interval_s=1.0),
-        clock=lambda: now[0],
-    )
+    frame = len(encode(recs(1)[0]))
+    config = SpoolConfig(tmp_path / "s", segment_bytes=frame, fsync_interval_s=1.0)
+    spool = Spool(config, clock=lambda: now[0])
     synced: list[int] = []
     monkeypatch.setattr(os, "fsync", synced.append)
-    spool.append(recs(1))  # rotation syncs the directory
-    before = len(synced)
     spool.append(recs(1))
-    assert len(synced) == before
+    spool.append(recs(1, 1))  # rotates: the first segment waits for the next sync
+    assert synced == []
+    assert not spool.sync_due()
     now[0] = 1.5
+    assert spool.sync_due()
     spool.sync_if_due()
-    assert len(synced) == before + 1
+    assert len(synced) == 3  # two segments and the directory
     spool.sync_if_due()
-    assert len(synced) == before + 1  # nothing new written
+    assert len(synced) == 3  # nothing new written
+    spool.append(recs(1, 2))
+    now[0] = 2.0
+    spool.sync_if_due()
+    assert len(synced) == 3  # interval not over
+    now[0] = 2.6
+    spool.sync_if_due()
+    assert len(synced) == 6  # the new segment, its directory entry, the active one
+
+
+async def test_sync_in_a_thread_keeps_data_readable(tmp_path: Path) -> None:
+    now = [0.0]
+    spool = Spool(SpoolConfig(tmp_path / "s", segment_bytes=100), clock=lambda: now[0])
+    spool.append(recs(10))
+    now[0] = 5.0
+    await spool.sync_in_thread_if_due()
+    assert not spool.sync_due()
+    assert drain(spool) == recs(10)
+    spool.close()
+
+
+@pytest.mark.parametrize("policy", list(FsyncPolicy))
+def test_close_leaves_no_descriptor_open(tmp_path: Path, policy: FsyncPolicy) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    spool = make(tmp_path, fsync=policy, segment_bytes=100)
+    spool.append(recs(20))
+    spool.prepend(recs(2, 50))
+    drain(spool, batch=3)
+    spool.append(recs(3, 70))
+    spool.close()
+    assert len(os.listdir("/proc/self/fd")) == before
