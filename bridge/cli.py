@@ -73,6 +73,16 @@ def serve(
     run_server(settings, explicit_upstream=explicit)
 
 
+def _mount_subcommands() -> None:
+    # Sub-apps own their commands; their heavy imports happen inside the commands.
+    from predictor.cli import trace_app
+
+    app.add_typer(trace_app, name="trace")
+
+
+_mount_subcommands()
+
+
 @app.callback()
 def _main() -> None:
     """Async-Load Bridge: a production control plane for Ollama."""

@@ -14,7 +14,8 @@ runner = CliRunner()
 def test_help_lists_the_commands_that_exist() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    assert "sim" in result.output
+    for command in ("sim", "serve", "trace"):
+        assert command in result.output
 
 
 def test_sim_refuses_a_missing_fleet_file(tmp_path: Path) -> None:
@@ -30,3 +31,16 @@ def test_help_lists_serve() -> None:
     assert result.exit_code == 0
     assert "--sim-fallback" in result.output
     assert "--port" in result.output
+
+
+def test_trace_synth_writes_a_seeded_trace(tmp_path: Path) -> None:
+    out = tmp_path / "t.jsonl"
+    args = ["trace", "synth", "--output", str(out), "--seed", "3", "--duration", "600"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    lines = out.read_text().splitlines()
+    assert lines
+    again = tmp_path / "again.jsonl"
+    args[3] = str(again)
+    assert runner.invoke(app, args).exit_code == 0
+    assert again.read_text().splitlines() == lines
