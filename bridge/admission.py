@@ -10,6 +10,11 @@ round-robin, so one chatty session cannot starve the others. A gate refuses a
 newcomer when its queue is at the high-water depth, with a Retry-After from
 ``retry_after`` (pure). Waiters are futures; a cancelled waiter either leaves
 the queue or, if a slot was already handed to it, hands the slot back.
+
+Context: each waiter carries its ``Need``; the gate knows its runner's context
+(``ctx``, ``auto``) and hands slots only to waiters that fit it, in fair order.
+Waiters that do not fit stay queued; the scheduler sees them (``unfit``), sets
+``hold`` (no new slots: the runner drains) and reloads it with a bigger context.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 from bridge.errors import BridgeError
+from bridge.numctx import Need
 
 T = TypeVar("T")
 
@@ -59,6 +66,27 @@ class FairQueue(Generic[T]):
         self._len -= 1
         return item
 
+    def __iter__(self) -> Iterator[T]:
+        for q in self._by_session.values():
+            yield from q
+
+    def pop_first(self, pred: Callable[[T], bool]) -> T | None:
+        """The first session head (in round-robin order) that ``pred`` accepts."""
+        for _ in range(len(self._order)):
+            session = self._order[0]
+            q = self._by_session[session]
+            if pred(q[0]):
+                self._order.popleft()
+                item = q.popleft()
+                if q:
+                    self._order.append(session)
+                else:
+                    del self._by_session[session]
+                self._len -= 1
+                return item
+            self._order.rotate(-1)
+        return None
+
     def remove(self, session: str, item: T) -> bool:
         q = self._by_session.get(session)
         if q is None or item not in q:
@@ -89,21 +117,40 @@ def retry_after(
     return float(min(max(math.ceil(wait), _MIN_RETRY_S), _MAX_RETRY_S))
 
 
+_Waiter = tuple[asyncio.Future[None], Need | None]
+
+
 class Gate:
     """Slots and the waiting queue of one model on one daemon."""
 
-    __slots__ = ("busy", "error", "last_load_at", "queue", "ready", "service_s", "slots")
+    __slots__ = (
+        "auto",
+        "busy",
+        "ctx",
+        "error",
+        "hold",
+        "last_load_at",
+        "queue",
+        "ready",
+        "service_s",
+        "slots",
+    )
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
         self.busy = 0
         self.ready = False
-        self.queue: FairQueue[asyncio.Future[None]] = FairQueue()
+        self.queue: FairQueue[_Waiter] = FairQueue()
         self.error: BridgeError | None = None
         #: Smoothed seconds one request holds a slot (drives Retry-After).
         self.service_s = 1.0
         #: Monotonic time the bridge's last load of this model ended.
         self.last_load_at = -1.0
+        #: The runner's context (per sequence) and whether it was loaded without num_ctx.
+        self.ctx = 0
+        self.auto = False
+        #: Draining for a reload: no new slots are handed out.
+        self.hold = False
 
     @property
     def depth(self) -> int:
@@ -113,20 +160,32 @@ class Gate:
     def outstanding(self) -> int:
         return self.busy + len(self.queue)
 
-    def try_acquire(self) -> bool:
-        if self.ready and self.busy < self.slots and not self.queue:
+    def fits(self, need: Need | None) -> bool:
+        return need is None or need.fits(self.ctx, self.auto)
+
+    def unfit(self) -> list[Need]:
+        """Needs of queued requests the current runner cannot serve."""
+        return [n for _, n in self.queue if n is not None and not n.fits(self.ctx, self.auto)]
+
+    def needs(self) -> list[Need]:
+        return [n for _, n in self.queue if n is not None]
+
+    def try_acquire(self, need: Need | None = None) -> bool:
+        free = self.ready and not self.hold and self.busy < self.slots and not self.queue
+        if free and self.fits(need):
             self.busy += 1
             return True
         return False
 
-    async def wait(self, session: str) -> None:
+    async def wait(self, session: str, need: Need | None = None) -> None:
         """Queue until a slot is handed over; raises the load's error if it fails."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.queue.push(session, fut)
+        item = (fut, need)
+        self.queue.push(session, item)
         try:
             await fut
         except BaseException:
-            if not self.queue.remove(session, fut) and _granted(fut):
+            if not self.queue.remove(session, item) and _granted(fut):
                 self.release()
             raise
 
@@ -136,9 +195,13 @@ class Gate:
             self.service_s = 0.8 * self.service_s + 0.2 * held_s
         self._dispatch()
 
-    def open(self) -> None:
-        """The model is loaded: hand out slots."""
-        self.ready, self.error = True, None
+    def open(self, ctx: int | None = None, auto: bool | None = None) -> None:
+        """The model is loaded (with ``ctx``/``auto`` when given): hand out slots."""
+        if ctx is not None:
+            self.ctx = ctx
+        if auto is not None:
+            self.auto = auto
+        self.ready, self.error, self.hold = True, None, False
         self._dispatch()
 
     def close(self) -> None:
@@ -147,15 +210,18 @@ class Gate:
 
     def fail(self, error: BridgeError) -> None:
         """The load failed: every queued request gets the error."""
-        self.ready, self.error = False, error
+        self.ready, self.error, self.hold = False, error, False
         while self.queue:
-            fut = self.queue.pop()
+            fut, _ = self.queue.pop()
             if not fut.done():
                 fut.set_exception(error)
 
     def _dispatch(self) -> None:
-        while self.ready and self.busy < self.slots and self.queue:
-            fut = self.queue.pop()
+        while self.ready and not self.hold and self.busy < self.slots and self.queue:
+            item = self.queue.pop_first(lambda w: self.fits(w[1]))
+            if item is None:
+                return
+            fut = item[0]
             if fut.done():
                 continue
             self.busy += 1

@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
-from bridge import routes_native, routes_openai, routes_ops
+from bridge import routes_admin, routes_native, routes_openai, routes_ops
 from bridge.context import Bridge, Runtime
 from bridge.fleet import Fleet
 from bridge.metrics import Metrics
@@ -38,8 +38,13 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> Starlet
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         upstream = Upstream.create(settings)
         try:
-            fleet = Fleet(settings.daemon_specs(), upstream, settings.tags_ttl)
-            scheduler = Scheduler(settings, fleet, upstream, bridge.metrics)
+            fleet = Fleet(
+                settings.daemon_specs(),
+                upstream,
+                settings.tags_ttl,
+                kv_bytes_per_element=settings.kv_bytes_per_element,
+            )
+            scheduler = Scheduler(settings, fleet, upstream, bridge.metrics, bridge.decisions)
             await scheduler.start()
             try:
                 bridge.runtime = Runtime(upstream, fleet, scheduler)
@@ -56,6 +61,7 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> Starlet
             *routes_native.routes(bridge),
             *routes_openai.routes(bridge),
             *routes_ops.routes(bridge),
+            *routes_admin.routes(bridge),
         ],
         lifespan=lifespan,
         exception_handlers={404: _not_found, 405: _not_found},

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bridge.decisions import DecisionLog
 from bridge.errors import Unavailable
 from bridge.fleet import Fleet
 from bridge.metrics import Metrics
@@ -31,6 +32,7 @@ class Bridge:
         self.settings = settings
         self.metrics = metrics
         self.sink = sink
+        self.decisions = DecisionLog(settings.decisions_capacity)
         self.runtime: Runtime | None = None
         self.draining = False
 

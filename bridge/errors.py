@@ -38,12 +38,22 @@ class BadRequest(BridgeError):
     status = 400
 
 
+class Unauthorized(BridgeError):
+    status = 401
+
+
 class Forbidden(BridgeError):
     status = 403
 
 
 class ModelNotFound(BridgeError):
     status = 404
+
+
+class Conflict(BridgeError):
+    """The operation contradicts the bridge's state (e.g. unloading a pinned model)."""
+
+    status = 409
 
 
 class BodyTooLarge(BridgeError):
@@ -70,6 +80,12 @@ class Unavailable(BridgeError):
     """No daemon can take the request now (all down, or shutting down)."""
 
     status = 503
+
+
+class Replaced(Unavailable):
+    """The daemon a request waited for went away: place the request again."""
+
+    retriable = True
 
 
 class UpstreamError(BridgeError):

@@ -1,17 +1,18 @@
-"""Loads and unloads owned by the bridge.
+"""Loads and unloads owned by the bridge: the I/O half of a placement plan.
 
-A load runs as a task of the bridge (not of the request that caused it), on
-the bridge's own upstream connection, so it survives that client's disconnect
-— Ollama aborts a load whose requester goes away. At most one operation runs
-per (daemon, model): every request that needs the load awaits the same task
-(single flight); an unload in progress is awaited before a new load starts.
+A load runs in a task of the bridge (the scheduler's per-daemon driver), not of
+the request that caused it, on the bridge's own upstream connection, so it
+survives that client's disconnect — Ollama aborts a load whose requester goes
+away. The scheduler runs at most one load per daemon at a time (as Ollama
+does), after unloading the plan's victims, so the memory it planned for is free
+before the load starts and Ollama's own eviction never has to choose.
 
 Load = ``POST /api/generate {"model": M}`` with no prompt (``done_reason:
 "load"``), or ``POST /api/embed {"model": M, "input": []}`` for embedding-only
 models (capabilities from ``/api/show``), carrying the bridge's keep_alive and
-the runner options of the request that caused it (so the forwarded request
-does not force a reload). Unload = the same with ``keep_alive: 0``, confirmed
-by polling ``/api/ps`` (Ollama replies before the runner is gone).
+the chosen ``num_ctx`` (none for an "auto" runner: the daemon's default).
+Unload = the same with ``keep_alive: 0``, confirmed by polling ``/api/ps``
+(Ollama replies before the runner is gone).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,8 +31,8 @@ from bridge.metrics import Metrics
 from bridge.upstream import Upstream
 
 _DEFAULT_LOAD_ESTIMATE_S = 10.0
-_UNLOAD_POLL_S = 0.05
-_UNLOAD_CONFIRM_S = 10.0
+_UNLOAD_POLL_S = 0.02
+_UNLOAD_CONFIRM_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,29 +44,19 @@ class LoadSpec:
 
 
 class Loader:
-    """Single-flight loads and unloads; callbacks tell the scheduler the outcome."""
+    """Bridge-started loads and confirmed unloads, with their timings."""
 
     def __init__(
-        self,
-        fleet: Fleet,
-        upstream: Upstream,
-        metrics: Metrics,
-        *,
-        load_timeout: float,
-        on_loaded: Callable[[str, str], None],
-        on_failed: Callable[[str, str, BridgeError], None],
-        on_unloaded: Callable[[str, str], None],
+        self, fleet: Fleet, upstream: Upstream, metrics: Metrics, *, load_timeout: float
     ) -> None:
         self._fleet = fleet
         self._upstream = upstream
         self._metrics = metrics
         self._load_timeout = load_timeout
-        self._on_loaded = on_loaded
-        self._on_failed = on_failed
-        self._on_unloaded = on_unloaded
-        self._ops: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._started: dict[tuple[str, str], float] = {}
-        self._estimate: dict[str, float] = {}
+        #: Learned load seconds per model (drives Retry-After and reload cost).
+        self.estimate: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- queries ---------------------------------------------------------------
     def loading(self, daemon: str, key: str) -> bool:
@@ -76,59 +67,23 @@ class Loader:
         started = self._started.get((daemon, key))
         if started is None:
             return 0.0
-        estimate = self._estimate.get(key, _DEFAULT_LOAD_ESTIMATE_S)
+        estimate = self.estimate.get(key, _DEFAULT_LOAD_ESTIMATE_S)
         return max(estimate - (time.monotonic() - started), 0.5)
 
+    def load_seconds(self, key: str, size: int) -> float:
+        """What a (re)load of ``key`` costs: learned, else ~1 s + 2 GiB/s."""
+        learned = self.estimate.get(key)
+        return learned if learned is not None else 1.0 + size / (2 * 1024**3)
+
     # --- operations --------------------------------------------------------------
-    def ensure_loaded(self, d: DaemonState, key: str, spec: LoadSpec, reason: str) -> None:
-        """Start a load unless one is running; returns at once."""
-        op = (d.name, key)
-        if op in self._started:
-            return
-        previous = self._ops.get(op)
-        self._started[op] = time.monotonic()
-        d.loading.add(key)
-        self._spawn(op, self._load(d, key, spec, reason, previous))
-
-    def unload(self, d: DaemonState, key: str, reason: str) -> asyncio.Task[None]:
-        op = (d.name, key)
-        previous = self._ops.get(op)
-        return self._spawn(op, self._unload(d, key, reason, previous))
-
-    async def aclose(self) -> None:
-        tasks = list(self._ops.values())
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(BaseException):
-                await t
-
-    def _spawn(self, op: tuple[str, str], coro: Any) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
-        self._ops[op] = task
-
-        def _done(t: asyncio.Task[None]) -> None:
-            if self._ops.get(op) is t:
-                del self._ops[op]
-
-        task.add_done_callback(_done)
-        return task
-
-    async def _load(
-        self,
-        d: DaemonState,
-        key: str,
-        spec: LoadSpec,
-        reason: str,
-        previous: asyncio.Task[None] | None,
-    ) -> None:
+    async def load(self, d: DaemonState, key: str, spec: LoadSpec, reason: str) -> float:
+        """Load and wait for ``/api/ps`` to show it; returns the seconds it took."""
         op = (d.name, key)
         t0 = time.monotonic()
+        self._started[op] = t0
+        d.loading.add(key)
         outcome = "failed"
         try:
-            if previous is not None:
-                with contextlib.suppress(BaseException):
-                    await previous
             try:
                 async with asyncio.timeout(self._load_timeout):
                     await self._send_load(d, key, spec)
@@ -139,21 +94,12 @@ class Loader:
                     f"loading {key} on {d.name} took longer than {self._load_timeout:g}s"
                 ) from None
             seconds = time.monotonic() - t0
-            self._estimate[key] = seconds
+            self.estimate[key] = seconds
             outcome = "ok"
-            d.loading.discard(key)
-            self._started.pop(op, None)
-            self._on_loaded(d.name, key)
-        except BridgeError as exc:
-            d.loading.discard(key)
-            self._started.pop(op, None)
-            self._on_failed(d.name, key, exc)
-        except BaseException:
-            d.loading.discard(key)
-            self._started.pop(op, None)
-            self._on_failed(d.name, key, LoadFailed(f"loading {key} was cancelled"))
-            raise
+            return seconds
         finally:
+            d.loading.discard(key)
+            self._started.pop(op, None)
             self._metrics.loads.labels(reason=reason, outcome=outcome).inc()
             self._metrics.load_seconds.labels(model=key, outcome=outcome).observe(
                 time.monotonic() - t0
@@ -178,12 +124,9 @@ class Loader:
             err = UpstreamStatus(status, body, "application/json")
             raise LoadFailed(f"loading {name} on {d.name} failed: {err.message}")
 
-    async def _unload(
-        self, d: DaemonState, key: str, reason: str, previous: asyncio.Task[None] | None
-    ) -> None:
-        if previous is not None:
-            with contextlib.suppress(BaseException):
-                await previous
+    async def unload(self, d: DaemonState, key: str, reason: str) -> bool:
+        """``keep_alive: 0``, then poll ``/api/ps`` until the runner is gone; True when
+        confirmed. Ollama unloads a runner only once its requests finished."""
         name = self._fleet.display_name(d, key)
         outcome = "failed"
         try:
@@ -194,12 +137,27 @@ class Loader:
                 deadline = time.monotonic() + _UNLOAD_CONFIRM_S
                 while time.monotonic() < deadline:
                     await self._fleet.refresh_ps(d)
-                    if key not in d.loaded:
-                        outcome = "ok"
+                    if key not in d.loaded or not d.up:
+                        outcome = "ok" if d.up else "failed"
                         break
                     await asyncio.sleep(_UNLOAD_POLL_S)
         except BridgeError:
             pass
         finally:
             self._metrics.unloads.labels(reason=reason, outcome=outcome).inc()
-        self._on_unloaded(d.name, key)
+        return outcome == "ok"
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the loader owns (cancelled by ``aclose``)."""
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def aclose(self) -> None:
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t

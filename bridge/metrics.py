@@ -119,6 +119,48 @@ class Metrics:
         self.daemon_up = Gauge(
             "alb_daemon_up", "1 when the daemon answered its last check.", ["daemon"], registry=r
         )
+        self.evictions = Counter(
+            "alb_evictions",
+            "Runners the bridge unloaded to make room, by daemon and reason.",
+            ["daemon", "reason"],
+            registry=r,
+        )
+        self.num_ctx_choices = Counter(
+            "alb_num_ctx_choices",
+            "Context decisions: fits-loaded, load, reload, rejected.",
+            ["choice"],
+            registry=r,
+        )
+        self.num_ctx_loaded = Histogram(
+            "alb_num_ctx_loaded",
+            "num_ctx of the runners the bridge loaded.",
+            buckets=(2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144),
+            registry=r,
+        )
+        self.memory = Gauge(
+            "alb_daemon_memory_bytes",
+            "Per daemon: capacity, budget (capacity minus headroom and others' use), used.",
+            ["daemon", "kind"],
+            registry=r,
+        )
+        self.breaker_open = Gauge(
+            "alb_daemon_circuit_open",
+            "1 while the daemon's circuit breaker keeps traffic away.",
+            ["daemon"],
+            registry=r,
+        )
+        self.health_checks = Counter(
+            "alb_health_checks",
+            "Active health checks, by daemon and outcome.",
+            ["daemon", "outcome"],
+            registry=r,
+        )
+        self.failovers = Counter(
+            "alb_failovers",
+            "Requests placed again on another daemon before their first byte.",
+            ["daemon"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

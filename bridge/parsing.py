@@ -143,17 +143,48 @@ def effective_keep_alive(parsed: Parsed, policy: str, low: float, high: float) -
     return keepalive.clamp(parsed.keep_alive, low, high)
 
 
-def rewrite(body: bytes, parsed: Parsed, policy: str, low: float, high: float) -> bytes:
-    """The bytes to forward: the original unless the keep-alive policy changes them."""
-    if parsed.keep_alive is None:
-        return body
-    if policy == "bridge":
-        doc = dict(parsed.doc)
-        del doc["keep_alive"]
-        return orjson.dumps(doc)
-    clamped = keepalive.clamp(parsed.keep_alive, low, high)
-    if clamped == parsed.keep_alive:
-        return body
-    doc = dict(parsed.doc)
-    doc["keep_alive"] = keepalive.to_wire(clamped)
-    return orjson.dumps(doc)
+#: ``rewrite``'s ``num_ctx`` default: leave the client's num_ctx as it is.
+KEEP = -1
+
+
+def rewrite(
+    body: bytes,
+    parsed: Parsed,
+    policy: str,
+    low: float,
+    high: float,
+    *,
+    num_ctx: int | None = KEEP,
+    strip_runner: bool = False,
+    native: bool = True,
+) -> bytes:
+    """The bytes to forward: the original unless something must change — the
+    keep-alive policy, or (native APIs) the runner options: ``num_ctx`` set to the
+    runner's (None: removed, for a runner loaded at the daemon's default) and,
+    with ``strip_runner``, the other runner options removed, so the request never
+    makes Ollama reload."""
+    doc: dict[str, Any] | None = None
+    if parsed.keep_alive is not None:
+        if policy == "bridge":
+            doc = dict(parsed.doc)
+            del doc["keep_alive"]
+        else:
+            clamped = keepalive.clamp(parsed.keep_alive, low, high)
+            if clamped != parsed.keep_alive:
+                doc = dict(parsed.doc)
+                doc["keep_alive"] = keepalive.to_wire(clamped)
+    if native and (num_ctx != KEEP or strip_runner):
+        old = parsed.doc.get("options")
+        opts = dict(old) if isinstance(old, dict) else {}
+        if strip_runner:
+            for k in RUNNER_OPTIONS - {"num_ctx"}:
+                opts.pop(k, None)
+        if num_ctx is None:
+            opts.pop("num_ctx", None)
+        elif num_ctx != KEEP:
+            opts["num_ctx"] = num_ctx
+        if opts != (old if isinstance(old, dict) else {}):
+            doc = dict(parsed.doc) if doc is None else doc
+            if opts or old is not None:
+                doc["options"] = opts
+    return body if doc is None else orjson.dumps(doc)

@@ -1,32 +1,261 @@
-"""Which daemon serves a request: a pure function of a fleet snapshot.
+"""Placement and eviction: pure functions of a fleet snapshot (theory of operation).
 
-Prefer a daemon that has the model loaded or is already loading it (joining
-that load beats starting a second one elsewhere), least outstanding requests
-first; otherwise any daemon that has the model in its store, the one with the
-fewest outstanding requests and loaded models first. Issue #4 replaces the
-cold branch with a memory-aware plan; the signature stays.
+The scheduler freezes the fleet into ``DaemonView``s (capacity, budget, the
+runners each daemon holds with their size, context, whether anything is in
+flight or queued for them, pins, idle time and reload cost) and asks:
+
+``route(views, key, need, size_of)`` — where does a request go?
+
+1. A daemon whose runner of the model fits the request (enough context; for the
+   OpenAI surface: loaded without num_ctx), or whose pending load will fit it:
+   the one with the fewest outstanding requests. No load.
+2. Else the daemon where loading costs least: a load that fits in free memory
+   beats one that needs evictions; among those that evict, the least value lost;
+   then the fewest outstanding requests. Reloading the model's own idle runner
+   with a bigger context frees that runner first (counted as a reload).
+3. Else, if some daemon could hold the model once busy runners go idle: wait there.
+4. Else ``Reject``: too big for any daemon (400), or only pinned models stand in the
+   way (503 with Retry-After).
+
+``plan_room(view, key, size, value)`` — which runners to unload so ``size`` bytes fit
+under the daemon's budget (capacity - headroom) and its ``max_loaded``: only idle
+(nothing in flight or queued), unpinned, not-loading runners of other models,
+lowest value first,
+least recently used first among equals; victims that turn out unnecessary are
+kept. ``None``: not now (busy runners hold the memory); ``NEVER``: the model
+cannot fit this daemon even empty (or pins block it for good).
+
+Value = predicted reuse x reload cost; reuse comes from a ``ReuseOracle`` (the
+predictor plugs in here), by default ``RecencyOracle``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Protocol
 
-from bridge.fleet import DaemonView
+from bridge.numctx import Need
 
 
-def place(views: Sequence[DaemonView], key: str) -> tuple[str, bool] | None:
-    """``(daemon, warm)`` for model ``key``, or None when no daemon that is up has it."""
-    candidates = [v for v in views if v.up and key in v.models]
-    if not candidates:
-        candidates = [v for v in views if v.up and (key in v.loaded or key in v.loading)]
+@dataclass(frozen=True, slots=True)
+class RunnerView:
+    """One model resident (or being loaded) on a daemon."""
+
+    key: str
+    size: int
+    ctx: int
+    auto: bool
+    #: Requests in flight or queued for it: never evicted.
+    busy: bool
+    pinned: bool
+    #: Seconds since it last served a request.
+    idle_s: float
+    #: Seconds a reload would take (learned load time, else an estimate from size).
+    reload_s: float
+    #: A load or unload of it is in progress: not a candidate for anything.
+    loading: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonView:
+    """An immutable picture of one daemon for the policies."""
+
+    name: str
+    up: bool
+    models: frozenset[str]
+    runners: Mapping[str, RunnerView]
+    #: Bytes the bridge may plan for (capacity - headroom); None = unknown (no limit).
+    budget: int | None
+    max_loaded: int
+    outstanding: int = 0
+    #: Models with requests waiting for a load here (joining beats a second load).
+    pending: frozenset[str] = frozenset()
+    #: Parallel slots a completion model gets on this daemon.
+    parallel: int = 1
+
+    @property
+    def used(self) -> int:
+        return sum(r.size for r in self.runners.values())
+
+
+class ReuseOracle(Protocol):
+    """How likely a resident model is to be wanted again soon (higher = keep)."""
+
+    def reuse(self, daemon: str, runner: RunnerView) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RecencyOracle:
+    """Until the predictor exists: the more recently used, the likelier reused.
+    ``half_life_s``: idle time at which the score halves."""
+
+    half_life_s: float = 300.0
+
+    def reuse(self, daemon: str, runner: RunnerView) -> float:
+        return 1.0 / (1.0 + max(runner.idle_s, 0.0) / self.half_life_s)
+
+
+def eviction_value(oracle: ReuseOracle, daemon: str, runner: RunnerView) -> float:
+    return oracle.reuse(daemon, runner) * max(runner.reload_s, 0.001)
+
+
+class _Never:
+    def __repr__(self) -> str:
+        return "NEVER"
+
+
+NEVER: Final = _Never()
+
+
+@dataclass(frozen=True, slots=True)
+class RoomPlan:
+    """Unload ``victims`` (in order), then load; ``freed`` bytes come back."""
+
+    victims: tuple[str, ...] = ()
+    freed: int = 0
+    value_lost: float = 0.0
+    #: The model's own runner is reloaded (a different context).
+    reload: bool = False
+
+
+def plan_room(
+    view: DaemonView,
+    key: str,
+    size: int,
+    value: Callable[[RunnerView], float],
+) -> RoomPlan | _Never | None:
+    """Make room for ``size`` bytes of ``key`` on ``view`` (see the module doc)."""
+    own = view.runners.get(key)
+    if own is not None and own.loading:
+        return None
+    # The model's own runner (a reload) is replaced once its in-flight requests
+    # finished: the scheduler drains it first; its queued requests wait for the new one.
+    others = {k: r for k, r in view.runners.items() if k != key}
+    budget = view.budget
+    pinned = [r for r in others.values() if r.pinned]
+    if budget is not None and size + sum(r.size for r in pinned) > budget:
+        return NEVER
+    if len(pinned) >= view.max_loaded:
+        return NEVER
+    used = sum(r.size for r in others.values())
+
+    def fits(freed: int, evicted: int) -> bool:
+        mem_ok = budget is None or used - freed + size <= budget
+        return mem_ok and len(others) - evicted + 1 <= view.max_loaded
+
+    reload = own is not None
+    if fits(0, 0):
+        return RoomPlan(reload=reload)
+    candidates = sorted(
+        (r for r in others.values() if not (r.busy or r.pinned or r.loading)),
+        key=lambda r: (value(r), -r.idle_s, r.key),
+    )
+    chosen: list[RunnerView] = []
+    freed = 0
+    for r in candidates:
+        chosen.append(r)
+        freed += r.size
+        if fits(freed, len(chosen)):
+            break
+    else:
+        return None
+    # Keep any victim the others already make room for (most valuable first).
+    for r in sorted(chosen, key=lambda r: (-value(r), r.key)):
+        if fits(freed - r.size, len(chosen) - 1):
+            chosen.remove(r)
+            freed -= r.size
+    return RoomPlan(
+        victims=tuple(r.key for r in chosen),
+        freed=freed,
+        value_lost=sum(value(r) for r in chosen),
+        reload=reload,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Serve:
+    """Use (or join the pending load of) the model on ``daemon``."""
+
+    daemon: str
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """Load the model on ``daemon``; ``plan`` None: wait there until room frees."""
+
+    daemon: str
+    plan: RoomPlan | None
+    reload: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Nowhere now or ever. ``status`` 400: cannot fit any daemon; 503: try later."""
+
+    status: int
+    reason: str
+    inputs: Mapping[str, object] = field(default_factory=dict)
+
+
+Route = Serve | Load | Reject
+
+
+def route(
+    views: Sequence[DaemonView],
+    key: str,
+    need: Need,
+    size_of: Callable[[DaemonView], int],
+    oracle: ReuseOracle,
+) -> Route | None:
+    """Where a request for ``key`` needing ``need`` goes; None when no daemon that
+    is up has the model. ``size_of(view)``: bytes the load would take there."""
+    candidates = [v for v in views if v.up and (key in v.models or key in v.runners)]
     if not candidates:
         return None
-    warm = [v for v in candidates if key in v.loaded or key in v.loading]
+    warm = [
+        v
+        for v in candidates
+        if (key in v.runners and need.fits(v.runners[key].ctx, v.runners[key].auto))
+        or key in v.pending
+    ]
     if warm:
-        best = min(warm, key=lambda v: (v.outstanding.get(key, 0), v.name))
-        return best.name, key in best.loaded
+        best = min(warm, key=lambda v: (key not in v.runners, v.outstanding, v.name))
+        return Serve(best.name)
+    options: list[tuple[tuple[float, ...], Load]] = []
+    waits: list[DaemonView] = []
+    sizes: dict[str, int] = {}
+    for v in candidates:
+        size = sizes[v.name] = size_of(v)
+        plan = plan_room(v, key, size, lambda r, v=v: eviction_value(oracle, v.name, r))  # type: ignore[misc]
+        if plan is NEVER:
+            continue
+        if plan is None:
+            waits.append(v)
+            continue
+        assert isinstance(plan, RoomPlan)
+        cost = (float(bool(plan.victims)), plan.value_lost, float(v.outstanding))
+        options.append(((*cost, float(plan.reload)), Load(v.name, plan, plan.reload)))
+    if options:
+        return min(options, key=lambda o: (o[0], o[1].daemon))[1]
+    if waits:
+        best = min(waits, key=lambda v: (v.outstanding, v.name))
+        return Load(best.name, None, key in best.runners)
+    budgets = {v.name: v.budget for v in candidates}
+    smallest = min(sizes.values()) if sizes else 0
+    if all(b is not None and smallest > b for b in budgets.values()):
+        return Reject(
+            400,
+            f"{key} needs about {_gib(smallest)} of memory but the largest daemon budget is "
+            f"{_gib(max(b or 0 for b in budgets.values()))} (capacity minus headroom)",
+            {"size": smallest, "budgets": budgets, "num_ctx": need.tokens},
+        )
+    return Reject(
+        503,
+        f"no daemon can hold {key} now: pinned models or loads in progress fill them",
+        {"size": smallest, "budgets": budgets},
+    )
 
-    def cold_cost(v: DaemonView) -> tuple[int, int, str]:
-        return (sum(v.outstanding.values()), len(v.loaded), v.name)
 
-    return min(candidates, key=cold_cost).name, False
+def _gib(n: int) -> str:
+    return f"{n / 1024**3:.1f} GiB"

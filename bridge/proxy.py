@@ -26,20 +26,25 @@ from bridge.context import Bridge, Runtime
 from bridge.errors import (
     JSON_TYPE,
     Api,
+    BadRequest,
     BridgeError,
     ClientGone,
     ModelNotFound,
+    Replaced,
     Unavailable,
     UpstreamTimeout,
 )
 from bridge.framing import End
-from bridge.loader import LoadSpec
-from bridge.parsing import Endpoint, Kind, Parsed, effective_keep_alive, parse, rewrite
+from bridge.memory import ModelInfo
+from bridge.numctx import Need, PromptSize, need_for, prompt_eval_count, prompt_size
+from bridge.parsing import KEEP, Endpoint, Kind, Parsed, parse, rewrite
 from bridge.records import RequestRecord
 from bridge.relay import HEARTBEAT, Exchange, read_body, relay, watch_disconnect
 from bridge.scheduler import Lease, Ticket
 
 _SSE_TYPE = b"text/event-stream"
+#: Placements one request may go through (failovers and re-placements included).
+_MAX_PLACEMENTS = 6
 
 
 def session_of(headers: list[tuple[bytes, bytes]], user: str | None, client: Any) -> str:
@@ -130,49 +135,113 @@ class InferenceRoute:
         if parsed.kind is Kind.UNLOAD and self._ep.can_unload:
             await self._unload(rt, ex, parsed)
             return
-        policy = settings.keep_alive_policy
-        spec = LoadSpec(
-            effective_keep_alive(parsed, policy, settings.keep_alive_min, settings.keep_alive_max),
-            parsed.runner_options,
-        )
-        forward = rewrite(body, parsed, policy, settings.keep_alive_min, settings.keep_alive_max)
-        got = rt.scheduler.admit(parsed.key)
-        if isinstance(got, Ticket):
-            state.daemon = got.daemon.name
-            sse = parsed.stream and self._ep.api is Api.OPENAI
-            lease = await self._wait(rt, ex, got, state.session, spec, sse=sse)
-        else:
-            lease = got
-        state.lease = lease
-        if not ex.started:
-            ex.extra_headers = _alb_headers(lease, lease.queue_ms, lease.load_ms)
+        info = await rt.fleet.model_info(parsed.key)
+        need = self._need(rt, parsed, info, state)
+        sse = parsed.stream and self._ep.api is Api.OPENAI
         metrics = self._bridge.metrics
-        in_flight = metrics.in_flight.labels(daemon=lease.daemon.name, model=lease.key)
-        in_flight.inc()
-        try:
-            end = await relay(
-                rt.upstream,
-                ex,
-                lease.daemon.url,
-                self._ep.path,
-                forward,
-                retries=settings.upstream_retries,
-                on_retry=metrics.upstream_retries.labels(daemon=lease.daemon.name).inc,
+        exclude: set[str] = set()
+        failure: BridgeError | None = None
+        for _ in range(_MAX_PLACEMENTS):
+            try:
+                got = rt.scheduler.admit(parsed.key, need, info, exclude=frozenset(exclude))
+            except Unavailable:
+                if failure is not None:
+                    raise failure from None
+                raise
+            try:
+                if isinstance(got, Ticket):
+                    state.daemon = got.daemon.name
+                    lease = await self._wait(rt, ex, got, state.session, sse=sse)
+                else:
+                    lease = got
+            except Replaced as err:
+                failure = err
+                continue
+            state.lease = lease
+            state.daemon = lease.daemon.name
+            if not ex.started:
+                ex.extra_headers = _alb_headers(lease, lease.queue_ms, lease.load_ms)
+            forward = rewrite(
+                body,
+                parsed,
+                settings.keep_alive_policy,
+                settings.keep_alive_min,
+                settings.keep_alive_max,
+                num_ctx=None if lease.gate.auto else lease.gate.ctx or KEEP,
+                strip_runner=settings.runner_options == "strip",
+                native=self._ep.api is Api.NATIVE,
             )
-            state.stream_failed = end is End.ERROR
-        except BridgeError:
-            state.stream_failed = ex.sent_upstream_bytes
+            in_flight = metrics.in_flight.labels(daemon=lease.daemon.name, model=lease.key)
+            in_flight.inc()
+            try:
+                end = await relay(
+                    rt.upstream,
+                    ex,
+                    lease.daemon.url,
+                    self._ep.path,
+                    forward,
+                    retries=settings.upstream_retries,
+                    on_retry=metrics.upstream_retries.labels(daemon=lease.daemon.name).inc,
+                )
+                state.stream_failed = end is End.ERROR
+            except BridgeError as err:
+                if err.retriable and not ex.sent_upstream_bytes:
+                    # Nothing reached the client: try another daemon.
+                    rt.scheduler.report_failure(lease.daemon, err.message)
+                    metrics.failovers.labels(daemon=lease.daemon.name).inc()
+                    exclude.add(lease.daemon.name)
+                    failure = err
+                    continue
+                state.stream_failed = ex.sent_upstream_bytes
+                raise
+            finally:
+                in_flight.dec()
+                rt.scheduler.release(lease)
+            self._calibrate(rt, parsed, ex, state)
+            return
+        raise failure or Unavailable("no daemon could serve the request", retry_after=5)
+
+    def _need(self, rt: Runtime, parsed: Parsed, info: ModelInfo | None, state: _State) -> Need:
+        ep = self._ep
+        embed = ep.payload == "input" or ep.path == "/api/embeddings"
+        ratio = rt.scheduler.calibrator.ratio(parsed.key)
+        state.prompt = None if embed else prompt_size(parsed.doc)
+        try:
+            return need_for(
+                parsed.doc,
+                embed=embed,
+                openai=ep.api is Api.OPENAI,
+                model_context=info.context_length if info is not None else 0,
+                chars_per_token=ratio,
+                limits=rt.scheduler.limits,
+            )
+        except BadRequest as err:
+            self._bridge.metrics.num_ctx_choices.labels(choice="rejected").inc()
+            rt.scheduler.decisions.record(
+                "reject",
+                parsed.key,
+                "",
+                err.message,
+                model_context=info.context_length if info else None,
+                chars_per_token=round(ratio, 3),
+            )
             raise
-        finally:
-            in_flight.dec()
-            rt.scheduler.release(lease)
+
+    def _calibrate(self, rt: Runtime, parsed: Parsed, ex: Exchange, state: _State) -> None:
+        if state.prompt is None or not ex.tail:
+            return
+        count = prompt_eval_count(ex.tail)
+        if count:
+            rt.scheduler.calibrator.observe(
+                parsed.key, state.prompt, count, self._bridge.settings.image_tokens
+            )
 
     async def _wait(
-        self, rt: Runtime, ex: Exchange, ticket: Ticket, session: str, spec: LoadSpec, *, sse: bool
+        self, rt: Runtime, ex: Exchange, ticket: Ticket, session: str, *, sse: bool
     ) -> Lease:
         if not sse:
-            return await rt.scheduler.wait(ticket, session, spec)
-        waiting = asyncio.ensure_future(rt.scheduler.wait(ticket, session, spec))
+            return await rt.scheduler.wait(ticket, session)
+        waiting = asyncio.ensure_future(rt.scheduler.wait(ticket, session))
         interval = self._bridge.settings.heartbeat_interval
         handed_over = False
         try:
@@ -199,10 +268,7 @@ class InferenceRoute:
         evict a model for everyone: the request is acknowledged and nothing unloads
         (the bridge unloads idle models itself). Under ``honour`` the bridge unloads."""
         if self._bridge.settings.keep_alive_policy == "honour":
-            for d in rt.fleet.daemons.values():
-                if parsed.key in d.loaded:
-                    rt.scheduler.gate(d.name, parsed.key).close()
-                    await rt.scheduler.loader.unload(d, parsed.key, "client")
+            await rt.scheduler.unload_model(parsed.key, None, "client", force=True)
         reply: dict[str, Any] = {"model": parsed.model, "created_at": _created_at()}
         if self._ep.path == "/api/chat":
             reply["message"] = {"role": "assistant", "content": ""}
@@ -248,7 +314,7 @@ class InferenceRoute:
 class _State:
     """What the record of one request needs, filled in as it progresses."""
 
-    __slots__ = ("daemon", "error", "lease", "model", "session", "stream_failed")
+    __slots__ = ("daemon", "error", "lease", "model", "prompt", "session", "stream_failed")
 
     def __init__(self) -> None:
         self.model = "-"
@@ -257,3 +323,4 @@ class _State:
         self.lease: Lease | None = None
         self.error: BridgeError | None = None
         self.stream_failed = False
+        self.prompt: PromptSize | None = None

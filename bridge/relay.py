@@ -57,6 +57,7 @@ class Exchange:
         "sent_upstream_bytes",
         "started",
         "status",
+        "tail",
     )
 
     def __init__(self, send: Send, api: Api) -> None:
@@ -69,6 +70,8 @@ class Exchange:
         self.status = 0
         self.first_byte_at: float | None = None
         self.extra_headers: Headers = []
+        #: The last upstream frame (or whole body) sent: its final stats.
+        self.tail = b""
 
     async def start(self, status: int, headers: Headers) -> None:
         self.started = True
@@ -191,6 +194,7 @@ async def _forward(resp: UpstreamResponse, ex: Exchange) -> End | None:
     framer = _framer(resp.content_type)
     if framer is None:
         data = await resp.read()
+        ex.tail = data
         if ex.started:  # heartbeats already went out: nothing left but in-band
             await ex.chunk(data)
             await ex.end()
@@ -204,6 +208,7 @@ async def _forward(resp: UpstreamResponse, ex: Exchange) -> End | None:
                 continue
             if not ex.started:
                 await ex.start(200, [(b"content-type", ctype)])
+            ex.tail = frames[-1]
             await ex.chunk(frames[0] if len(frames) == 1 else b"".join(frames))
         framer.close()
     except TruncatedFrame:

@@ -66,6 +66,9 @@ def routes(bridge: Bridge) -> list[BaseRoute]:
                     {
                         "model": key,
                         "state": state,
+                        "num_ctx": gate.ctx if gate and gate.ready else ps.get("context_length"),
+                        "num_ctx_auto": bool(gate and gate.auto),
+                        "pinned": rt.scheduler.pinned(d.name, key),
                         "size": ps.get("size"),
                         "size_vram": ps.get("size_vram"),
                         "context_length": ps.get("context_length"),
@@ -86,10 +89,22 @@ def routes(bridge: Bridge) -> list[BaseRoute]:
                     "error": d.error or None,
                     "parallel": d.spec.parallel,
                     "max_loaded": d.spec.max_loaded,
+                    "memory": {
+                        "capacity": d.capacity,
+                        "source": d.capacity_source,
+                        "budget": rt.fleet.budget(d, bridge.settings.headroom),
+                        "external": d.external,
+                        "used": sum(int(r.get("size") or 0) for r in d.loaded.values()),
+                    },
+                    "circuit": rt.scheduler.breakers[d.name].state,
                     "models": rows,
                 }
             )
-        return json_response({"daemons": out})
+        extra = {
+            "sizes_learned": rt.scheduler.sizes.as_dict(),
+            "chars_per_token": rt.scheduler.calibrator.as_dict(),
+        }
+        return json_response({"daemons": out, **extra})
 
     return [
         Route("/healthz", healthz, methods=["GET", "HEAD"]),

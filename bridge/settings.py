@@ -5,7 +5,8 @@ message that names the variable. Nothing below the CLI reads ``os.environ``.
 
 Daemons come from ``ALB_DAEMONS`` (``"gpu0=http://h:11434,gpu1=http://h2:11434"``;
 a bare URL is named after its host and port; per-daemon parallel slots and
-max-loaded as query parameters: ``gpu0=http://h:11434?parallel=2&max_loaded=3``),
+max-loaded as query parameters: ``gpu0=http://h:11434?parallel=2&max_loaded=3``;
+memory capacity and co-location likewise: ``?memory=24GiB&local=1``),
 else from ``OLLAMA_HOST`` in any of Ollama's forms (``host``, ``host:port``,
 ``http://host:port``; port 11434 by default), else ``http://127.0.0.1:11434``.
 """
@@ -13,12 +14,13 @@ else from ``OLLAMA_HOST`` in any of Ollama's forms (``host``, ``host:port``,
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_OLLAMA = "http://127.0.0.1:11434"
@@ -37,6 +39,33 @@ class DaemonSpec:
     url: str
     parallel: int
     max_loaded: int
+    #: Memory capacity in bytes (``?memory=24GiB`` or ``ALB_MEMORY``); None = unknown.
+    memory: int | None = None
+    #: The daemon runs beside the bridge: its capacity is read through NVML.
+    local: bool = False
+
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``"24GiB"`` (2**30), ``"24GB"`` (10**9) or a plain number of bytes."""
+    m = _SIZE.match(text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise SettingsError(f"invalid size {text!r}: use bytes or a string like '24GiB'")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
 def normalise_ollama_host(value: str) -> str:
@@ -103,6 +132,49 @@ class Settings(BaseSettings):
     refresh_interval: float = Field(5.0, gt=0)
     tags_ttl: float = Field(10.0, gt=0)
 
+    # --- memory budget, placement, num_ctx (issue #4) ---------------------------
+    #: Default memory capacity of a daemon without ``?memory=`` (``"24GiB"``; empty = unknown:
+    #: only ``max_loaded`` is enforced for it).
+    memory: str = ""
+    #: The daemon running beside the bridge (its capacity comes from NVML); or ``?local=1``.
+    local_daemon: str = ""
+    #: Fraction of each daemon's capacity never planned for (Ollama's estimates run low).
+    headroom: float = Field(0.1, ge=0, lt=1)
+    #: KV-cache bytes per element: 2 for f16 (Ollama's default), 1 for q8_0, 0.5 for q4_0.
+    kv_bytes_per_element: float = Field(2.0, gt=0, le=4)
+    #: Context buckets a load is rounded up to (beyond the last one: doubling).
+    num_ctx_buckets: str = "2048,4096,8192,16384,32768,65536,131072"
+    #: Load without num_ctx (the daemon's default context) whenever that default covers
+    #: the need: such a runner serves every client, /v1 included (Ollama's OpenAI surface
+    #: cannot send num_ctx), without a reload. False: always the smallest bucket (less
+    #: memory; /v1 requests then need a runner of their own at the default).
+    num_ctx_prefer_default: bool = True
+    #: Bounds on a client-supplied ``num_ctx`` (clamped into them).
+    num_ctx_min: int = Field(2048, ge=4)
+    num_ctx_max: int = Field(262144, ge=4)
+    #: Tokens reserved for the answer when the request sets no ``num_predict``/``max_tokens``.
+    num_predict_default: int = Field(512, ge=0)
+    #: Tokens one image counts for in the context estimate.
+    image_tokens: int = Field(768, ge=0)
+    #: Characters per token before a model's ratio is calibrated from ``prompt_eval_count``.
+    chars_per_token: float = Field(3.5, gt=0.5, le=16)
+    #: ``strip``: drop num_batch/num_gpu/main_gpu/use_mmap/num_thread from clients' options
+    #: (they would force reloads); ``forward``: pass them on unchanged.
+    runner_options: Literal["strip", "forward"] = "strip"
+    #: Models never evicted: ``model`` or ``model@daemon``, comma-separated; loaded at start.
+    pinned: str = ""
+    #: Admin routes (``/alb/v1/models/{m}/load|unload|pin|unpin``) need this bearer token;
+    #: unset: they answer only loopback clients.
+    admin_token: SecretStr | None = None
+    #: Active health checks (a one-token generate on a loaded model, else /api/version).
+    health_interval: float = Field(10.0, gt=0)
+    health_timeout: float = Field(10.0, gt=0)
+    #: Consecutive failures that open a daemon's circuit; seconds before a half-open probe.
+    breaker_failures: int = Field(3, ge=1)
+    breaker_cooldown: float = Field(10.0, gt=0)
+    #: Decision records kept in memory (``GET /alb/v1/decisions``).
+    decisions_capacity: int = Field(2048, ge=1)
+
     allow_store_changes: bool = False
     #: ``make run``: start a simulated fleet when nothing answers at the default host.
     sim_fallback: bool = False
@@ -115,7 +187,30 @@ class Settings(BaseSettings):
 
     def daemon_specs(self) -> tuple[DaemonSpec, ...]:
         """The upstream daemons, parsed from ``daemons`` or ``ollama_host``."""
-        return parse_daemons(self.daemons or self.ollama_host, self.parallel, self.max_loaded)
+        specs = parse_daemons(self.daemons or self.ollama_host, self.parallel, self.max_loaded)
+        try:
+            default_memory = parse_size(self.memory) if self.memory else None
+        except SettingsError as exc:
+            raise SettingsError(f"ALB_MEMORY: {exc}") from None
+        out = []
+        for s in specs:
+            memory = s.memory if s.memory is not None else default_memory
+            local = s.local or s.name == self.local_daemon
+            out.append(DaemonSpec(s.name, s.url, s.parallel, s.max_loaded, memory, local))
+        return tuple(out)
+
+    def bucket_list(self) -> tuple[int, ...]:
+        """``num_ctx_buckets`` parsed, sorted."""
+        return parse_buckets(self.num_ctx_buckets)
+
+    def pins(self) -> tuple[tuple[str, str | None], ...]:
+        """``(model, daemon or None)`` from ``pinned``."""
+        out = []
+        for item in (p.strip() for p in self.pinned.split(",")):
+            if item:
+                model, _, daemon = item.partition("@")
+                out.append((model.strip(), daemon.strip() or None))
+        return tuple(out)
 
     @property
     def high_water_depth(self) -> int:
@@ -133,14 +228,29 @@ def parse_daemons(text: str, parallel: int, max_loaded: int) -> tuple[DaemonSpec
         query = parse_qs(urlsplit(url).query)
         par = _int_param(query, "parallel", parallel)
         mx = _int_param(query, "max_loaded", max_loaded)
+        try:
+            memory = parse_size(query["memory"][0]) if query.get("memory") else None
+        except SettingsError as exc:
+            raise SettingsError(f"ALB_DAEMONS: {exc}") from None
+        local = (query.get("local") or ["0"])[0].lower() in ("1", "true", "yes")
         name = name.strip() or base.split("://", 1)[1]
-        specs.append(DaemonSpec(name, base, par, mx))
+        specs.append(DaemonSpec(name, base, par, mx, memory, local))
     if not specs:
         raise SettingsError("ALB_DAEMONS: no daemon given")
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise SettingsError(f"ALB_DAEMONS: duplicate daemon names in {text!r}")
     return tuple(specs)
+
+
+def parse_buckets(text: str) -> tuple[int, ...]:
+    try:
+        values = sorted({int(p) for p in text.split(",") if p.strip()})
+    except ValueError:
+        raise SettingsError(f"ALB_NUM_CTX_BUCKETS: integers expected, got {text!r}") from None
+    if not values or values[0] < 4:
+        raise SettingsError("ALB_NUM_CTX_BUCKETS: give at least one bucket of 4 tokens or more")
+    return tuple(values)
 
 
 def _int_param(query: Mapping[str, list[str]], key: str, default: int) -> int:
@@ -165,12 +275,21 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
     try:
         settings = Settings.model_validate(_known(values))
         settings.daemon_specs()
+        settings.bucket_list()
     except ValidationError as exc:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else "?"
         raise SettingsError(f"ALB_{field.upper()}: {err['msg']}") from None
     if settings.keep_alive_min > settings.keep_alive_max:
         raise SettingsError("ALB_KEEP_ALIVE_MIN: must not exceed ALB_KEEP_ALIVE_MAX")
+    if settings.num_ctx_min > settings.num_ctx_max:
+        raise SettingsError("ALB_NUM_CTX_MIN: must not exceed ALB_NUM_CTX_MAX")
+    names = {s.name for s in settings.daemon_specs()}
+    if settings.local_daemon and settings.local_daemon not in names:
+        raise SettingsError(f"ALB_LOCAL_DAEMON: no daemon named {settings.local_daemon!r}")
+    for model, daemon in settings.pins():
+        if daemon is not None and daemon not in names:
+            raise SettingsError(f"ALB_PINNED: {model}@{daemon} names no configured daemon")
     return settings
 
 

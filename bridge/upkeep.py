@@ -1,0 +1,204 @@
+"""The scheduler's background work: reconciliation, idle unloads, health, pins.
+
+* ``refresh_loop`` (every ``ALB_REFRESH_INTERVAL``): ``/api/ps`` and ``/api/tags`` of
+  every daemon, NVML for the local one, then ``reconcile`` and idle unloads.
+* ``reconcile``: gates follow what the daemons really hold. A model loaded behind
+  the bridge's back gets an open gate (its context from ``/api/ps``); one that
+  vanished gets a closed gate and, if requests wait for it, a new load. A daemon
+  that stopped answering hands its queued requests back to be placed elsewhere.
+* ``health_loop`` (every ``ALB_HEALTH_INTERVAL``): a one-token generate through a
+  loaded model's free slot (the real request path, not just ``/api/version``, which
+  is the fallback when nothing is loaded), feeding each daemon's circuit breaker.
+* ``pin``: load a pinned model (configuration or admin API) and keep it loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from bridge import names
+from bridge.errors import BridgeError, ModelNotFound
+from bridge.fleet import DaemonState
+from bridge.numctx import Need
+from bridge.scheduler import Lease, Scheduler
+
+
+async def refresh_loop(s: Scheduler) -> None:
+    interval = s.settings.refresh_interval
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await s.fleet.refresh_all()
+            await s.fleet.read_local_memory()
+            reconcile(s)
+            unload_idle(s)
+        except BridgeError:  # a daemon being down is recorded on its state
+            continue
+
+
+def reconcile(s: Scheduler) -> None:
+    m = s.metrics
+    for d in s.fleet.daemons.values():
+        m.daemon_up.labels(daemon=d.name).set(1 if d.up else 0)
+        budget = s.fleet.budget(d, s.settings.headroom)
+        if d.capacity is not None:
+            m.memory.labels(daemon=d.name, kind="capacity").set(d.capacity)
+        if budget is not None:
+            m.memory.labels(daemon=d.name, kind="budget").set(budget)
+        used = sum(int(r.get("size") or 0) for r in d.loaded.values())
+        m.memory.labels(daemon=d.name, kind="used").set(used)
+        was_up = s.was_up(d.name, d.up)
+        if not d.up:
+            if was_up:
+                _went_down(s, d)
+            continue
+        if not was_up:
+            s.decisions.record("health", "", d.name, "answering-again")
+        for key in d.loaded:
+            s.gate(d.name, key)
+    for (name, key), gate in s.gates.items():
+        d = s.fleet.get(name)
+        if not d.up or s.busy_op(name, key):
+            continue
+        row = d.loaded.get(key)
+        if row is not None and not gate.ready:
+            s.decisions.record("load", key, name, "appeared-behind-the-bridge", ps=_ps(row))
+            gate.auto = False
+            gate.open(ctx=int(row.get("context_length") or 0))
+        elif row is None and gate.ready:
+            s.decisions.record("unload", key, name, "vanished-behind-the-bridge")
+            gate.close()
+            if gate.depth:
+                s.kick(name)
+        elif row is not None and gate.ready and not gate.auto:
+            ctx = int(row.get("context_length") or 0)
+            if ctx and ctx != gate.ctx:  # reloaded by someone else with another context
+                s.decisions.record(
+                    "num_ctx", key, name, "changed-behind-the-bridge", was=gate.ctx, now=ctx
+                )
+                gate.ctx = ctx
+    for d in s.fleet.daemons.values():
+        if d.up and any(g.depth for (n, _), g in s.gates.items() if n == d.name):
+            s.kick(d.name)
+
+
+def _ps(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: row.get(k) for k in ("size", "size_vram", "context_length", "expires_at")}
+
+
+def _went_down(s: Scheduler, d: DaemonState) -> None:
+    """Close its gates, forget its runners (a restart comes back empty), re-place
+    its queued requests."""
+    s.decisions.record("health", "", d.name, "not-answering", error=d.error)
+    for (name, _key), gate in s.gates.items():
+        if name == d.name:
+            gate.close()
+    d.loaded = {}
+    s.replace_waiters(d, f"daemon {d.name} stopped answering: {d.error}")
+
+
+def unload_idle(s: Scheduler) -> None:
+    idle_after = s.settings.idle_unload_after
+    if s.settings.keep_alive_policy != "bridge" or idle_after <= 0:
+        return
+    now = time.monotonic()
+    for (name, key), gate in list(s.gates.items()):
+        last = s.last_used(name, key) or now
+        if (
+            gate.ready
+            and gate.outstanding == 0
+            and now - last >= idle_after
+            and not s.pinned(name, key)
+            and not s.busy_op(name, key)
+        ):
+            s.loader.spawn(s.unload_model(key, name, "idle"))
+
+
+async def health_loop(s: Scheduler) -> None:
+    while True:
+        await asyncio.sleep(s.settings.health_interval)
+        now = time.monotonic()
+        due = [d for d in s.fleet.daemons.values() if s.breakers[d.name].wants_probe(now)]
+        await asyncio.gather(*(_check(s, d) for d in due), return_exceptions=True)
+
+
+async def _check(s: Scheduler, d: DaemonState) -> None:
+    breaker = s.breakers[d.name]
+    try:
+        what = await probe(s, d)
+    except BridgeError as exc:
+        s.metrics.health_checks.labels(daemon=d.name, outcome="failed").inc()
+        if breaker.failure(time.monotonic(), exc.message):
+            s.circuit_opened(d, exc.message)
+        return
+    s.metrics.health_checks.labels(daemon=d.name, outcome="ok").inc()
+    if breaker.success():
+        s.metrics.breaker_open.labels(daemon=d.name).set(0)
+        s.decisions.record("health", "", d.name, "circuit-closed", probe=what)
+        s.kick(d.name)
+
+
+async def probe(s: Scheduler, d: DaemonState) -> str:
+    """One health check of ``d``; returns what was probed, raises on failure."""
+    timeout = s.settings.health_timeout
+    for (name, key), gate in list(s.gates.items()):
+        if name != d.name or "completion" not in d.capabilities.get(key, ("completion",)):
+            continue
+        if not gate.try_acquire(Need(1)):
+            continue
+        try:
+            options: dict[str, Any] = {"num_predict": 1}
+            if not gate.auto and gate.ctx:
+                options["num_ctx"] = gate.ctx
+            body: dict[str, Any] = {
+                "model": s.fleet.display_name(d, key),
+                "prompt": "ping",
+                "stream": False,
+                "options": options,
+            }
+            if s.settings.keep_alive_policy == "bridge":
+                body["keep_alive"] = -1
+            status, raw = await s.upstream.call(
+                d.url, "POST", "/api/generate", body, read_timeout=timeout
+            )
+            if status != 200 or b'"done":true' not in raw:
+                raise BridgeError(f"health check of {key} answered {status}")
+            return f"generate {key}"
+        finally:
+            gate.release()
+    status, _ = await s.upstream.call(d.url, "GET", "/api/version", read_timeout=timeout)
+    if status != 200:
+        raise BridgeError(f"/api/version answered {status}")
+    return "version"
+
+
+async def pin(s: Scheduler, model: str, daemon: str | None, num_ctx: int | None) -> str:
+    """Pin ``model`` (on ``daemon``, else wherever placement puts it) and load it
+    there; returns the daemon. Raises the bridge's error when it cannot be loaded
+    (the pin stays: a later request or restart loads it)."""
+    key = names.key(model)
+    s.pins.add((key, daemon))
+    s.decisions.record("pin", key, daemon or "", "pinned", num_ctx=num_ctx)
+    return await load(s, key, daemon, num_ctx)
+
+
+async def load(s: Scheduler, key: str, daemon: str | None, num_ctx: int | None) -> str:
+    """Make sure ``key`` is loaded (on ``daemon``) with at least ``num_ctx``."""
+    if not await s.fleet.ensure_known(key):
+        raise ModelNotFound(f"model '{key}' not found")
+    info = await s.fleet.model_info(key)
+    tokens = num_ctx or s.limits.num_ctx_min
+    got = s.admit(key, Need(tokens, client_num_ctx=num_ctx), info, only=daemon)
+    lease = got if isinstance(got, Lease) else await s.wait(got, "alb:admin")
+    s.release(lease, used=False)
+    return lease.daemon.name
+
+
+async def pin_quietly(s: Scheduler, model: str, daemon: str | None) -> None:
+    """A pin from configuration: failures are decision records, not crashes."""
+    try:
+        await pin(s, model, daemon, None)
+    except BridgeError as exc:
+        s.decisions.record("pin", names.key(model), daemon or "", "load-failed", error=exc.message)
