@@ -53,7 +53,9 @@ async def export_topic(
     ``on_total`` gets the number of records to expect once known; ``on_progress``
     the number just written, after each fetch.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     written = 0
     try:
         await consumer.start()
@@ -62,7 +64,11 @@ async def export_topic(
         starts = await consumer.beginning_offsets(partitions)
         ends = await consumer.end_offsets(partitions)
         on_total(sum(ends[tp] - starts[tp] for tp in partitions))
-        await consumer.seek_to_beginning(*partitions)
+        for tp in partitions:
+            consumer.seek(tp, starts[tp])
+        # Done with a partition once a record at or past its end offset was seen
+        # (tracked from the records themselves: ``position`` can lag a seek).
+        following = dict(starts)
         remaining = {tp for tp in partitions if ends[tp] > starts[tp]}
         with out.open("wb") as sink:
             while remaining:
@@ -73,9 +79,8 @@ async def export_topic(
                         if message.offset < ends[tp]:
                             sink.write(_line(message.value))
                             count += 1
-                for tp in list(remaining):
-                    if await consumer.position(tp) >= ends[tp]:
-                        remaining.discard(tp)
+                        following[tp] = message.offset + 1
+                remaining = {tp for tp in remaining if following[tp] < ends[tp]}
                 written += count
                 on_progress(count)
     except KafkaError as exc:

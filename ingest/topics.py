@@ -19,6 +19,7 @@ Choices (DESIGN.md "Topics and events"):
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -101,6 +102,11 @@ async def ensure_topics(
                 await _create(admin, missing, replication)
                 created = {s.name for s in missing}
         states = await _describe(admin, specs)
+        for _ in range(50):  # a new topic reaches the brokers' metadata a moment later
+            if not any(s.name in created and not s.exists for s in states):
+                break
+            await asyncio.sleep(0.1)
+            states = await _describe(admin, specs)
     except KafkaError as exc:
         raise BusUnavailable(f"Kafka admin at {bootstrap} failed: {exc!r}") from exc
     finally:

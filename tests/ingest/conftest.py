@@ -35,13 +35,22 @@ class BusEnv:
 
 
 @pytest.fixture(params=["memory", pytest.param("kafka", marks=pytest.mark.kafka)])
-async def bus_env(request: pytest.FixtureRequest) -> AsyncIterator[BusEnv]:
-    """The same tests against ``MemoryBus`` and ``KafkaBus`` on the real broker."""
+def bus_bootstrap(request: pytest.FixtureRequest) -> str | None:
+    """None for the in-process bus, else the real broker (resolved outside any event loop:
+    the session fixture starts the broker with ``asyncio.run``)."""
     if request.param == "memory":
+        return None
+    bootstrap: str = request.getfixturevalue("kafka_bootstrap")
+    return bootstrap
+
+
+@pytest.fixture
+async def bus_env(bus_bootstrap: str | None) -> AsyncIterator[BusEnv]:
+    """The same tests against ``MemoryBus`` and ``KafkaBus`` on the real broker."""
+    if bus_bootstrap is None:
         bus = MemoryBus(partitions=PARTITIONS)
         yield BusEnv("memory", bus)
         await bus.close()
         return
-    bootstrap: str = request.getfixturevalue("kafka_bootstrap")
-    async with KafkaBus(KafkaConfig(bootstrap, client_id="alb-test")) as kafka:
-        yield BusEnv("kafka", kafka, bootstrap)
+    async with KafkaBus(KafkaConfig(bus_bootstrap, client_id="alb-test")) as kafka:
+        yield BusEnv("kafka", kafka, bus_bootstrap)
