@@ -103,7 +103,7 @@ def test_breaking_changes_are_refused_and_named(name: str) -> None:
 
 
 def test_nested_objects_are_compared() -> None:
-    old = {"type": "object", "properties": {"inputs": BASE}}
+    old: dict[str, Any] = {"type": "object", "properties": {"inputs": BASE}}
     new = copy.deepcopy(old)
     new["properties"]["inputs"]["properties"].pop("model")
     assert compare(old, new) == ["/properties/inputs: field 'model' removed (or renamed)"]

@@ -197,7 +197,7 @@ def test_interval_fsync_never_syncs_in_append_and_waits_for_its_interval(
     assert len(synced) == 3  # interval not over
     now[0] = 2.6
     spool.sync_if_due()
-    assert len(synced) == 6  # the new segment, its directory entry, the active one
+    assert len(synced) == 6  # the retired second segment, the new one, the directory
 
 
 async def test_sync_in_a_thread_keeps_data_readable(tmp_path: Path) -> None:
