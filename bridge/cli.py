@@ -75,9 +75,12 @@ def serve(
 
 def _mount_subcommands() -> None:
     # Sub-apps own their commands; their heavy imports happen inside the commands.
+    from ingest.cli import replay_app, topics_app
     from predictor.cli import trace_app
 
     app.add_typer(trace_app, name="trace")
+    app.add_typer(topics_app, name="topics")
+    app.add_typer(replay_app, name="replay")
 
 
 _mount_subcommands()

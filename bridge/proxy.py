@@ -33,6 +33,7 @@ from bridge.errors import (
     Replaced,
     Unavailable,
     UpstreamTimeout,
+    UpstreamUnreachable,
 )
 from bridge.framing import End
 from bridge.memory import ModelInfo
@@ -186,8 +187,10 @@ class InferenceRoute:
                 state.stream_failed = end is End.ERROR
             except BridgeError as err:
                 if err.retriable and not ex.sent_upstream_bytes:
-                    # Nothing reached the client: try another daemon.
-                    rt.scheduler.report_failure(lease.daemon, err.message)
+                    # Nothing reached the client: try another daemon. Only transport
+                    # failures count against the daemon's circuit (a 5xx is the model's).
+                    if isinstance(err, UpstreamUnreachable):
+                        rt.scheduler.report_failure(lease.daemon, err.message)
                     metrics.failovers.labels(daemon=lease.daemon.name).inc()
                     exclude.add(lease.daemon.name)
                     failure = err

@@ -141,12 +141,19 @@ async def _check(s: Scheduler, d: DaemonState) -> None:
 
 
 async def probe(s: Scheduler, d: DaemonState) -> str:
-    """One health check of ``d``; returns what was probed, raises on failure."""
+    """One health check of ``d``: a one-token generate on a loaded completion model
+    with a free slot (with the runner's own num_ctx, so it never reloads), else
+    ``/api/version``. Returns what was probed; raises on a transport failure, a
+    timeout or a 5xx (a 4xx says the daemon answers: the model is the problem)."""
     timeout = s.settings.health_timeout
     for (name, key), gate in list(s.gates.items()):
-        if name != d.name or "completion" not in d.capabilities.get(key, ("completion",)):
+        if name != d.name or not gate.ready or key not in d.loaded:
             continue
-        if not gate.try_acquire(Need(1)):
+        try:
+            caps = await s.fleet.capabilities(d, key)
+        except BridgeError:
+            continue
+        if "completion" not in caps or not gate.try_acquire(Need(1)):
             continue
         try:
             options: dict[str, Any] = {"num_predict": 1}
@@ -163,11 +170,13 @@ async def probe(s: Scheduler, d: DaemonState) -> str:
             status, raw = await s.upstream.call(
                 d.url, "POST", "/api/generate", body, read_timeout=timeout
             )
-            if status != 200 or b'"done":true' not in raw:
-                raise BridgeError(f"health check of {key} answered {status}")
-            return f"generate {key}"
         finally:
             gate.release()
+        if status >= 500:
+            raise BridgeError(f"health check of {key} answered {status}")
+        if status == 200 and b'"done":true' in raw:
+            return f"generate {key}"
+        break
     status, _ = await s.upstream.call(d.url, "GET", "/api/version", read_timeout=timeout)
     if status != 200:
         raise BridgeError(f"/api/version answered {status}")
