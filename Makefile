@@ -40,6 +40,7 @@ check: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/mypy tests/services tests/integration
+	$(BIN)/python -m ingest.schema_compat
 
 fmt: venv
 	$(BIN)/ruff check --fix .
