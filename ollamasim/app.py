@@ -98,7 +98,9 @@ def _guard(
 
 async def _events(request: Request) -> Response:
     log = request.app.state.daemon.log
-    return json_response([e.to_json() for e in log.snapshot()])
+    response = json_response([e.to_json() for e in log.snapshot()])
+    response.headers["x-sim-events-dropped"] = str(log.dropped)
+    return response
 
 
 async def _faults(request: Request) -> Response:

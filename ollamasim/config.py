@@ -136,6 +136,9 @@ class FleetConfig(_Frozen):
     """The whole fleet file."""
 
     time_scale: float = 1.0
+    # Events each daemon keeps for /_sim/events (newest first to go: the oldest);
+    # 0 keeps all. Bounded so a long-running sim does not grow without limit.
+    event_log_limit: int = Field(default=100_000, ge=0)
     seed: int = 0
     version: str = "0.30.0"
     gen_tokens_per_s: float = 50.0

@@ -7,6 +7,7 @@ after it, so a test can check that capacity was never exceeded.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -42,15 +43,22 @@ class SimEvent:
 
 
 class EventLog:
-    """Append-only, thread-safe (tests read it from another thread)."""
+    """Append-only, thread-safe (tests read it from another thread).
 
-    def __init__(self) -> None:
+    Bounded: a long-running ``alb sim`` or ``make run`` fallback keeps the newest
+    ``limit`` events (0 = all) and counts the ones it let go in ``dropped``.
+    """
+
+    def __init__(self, limit: int = 0) -> None:
         self._lock = threading.Lock()
-        self._events: list[SimEvent] = []
+        self._events: deque[SimEvent] = deque(maxlen=limit or None)
         self._cond = threading.Condition(self._lock)
+        self.dropped = 0
 
     def append(self, event: SimEvent) -> None:
         with self._cond:
+            if len(self._events) == self._events.maxlen:
+                self.dropped += 1
             self._events.append(event)
             self._cond.notify_all()
 

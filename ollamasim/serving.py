@@ -61,7 +61,7 @@ class DaemonServer:
         self.config = config
         self.host = host
         self.port = config.port
-        self.log = EventLog()
+        self.log = EventLog(fleet.event_log_limit)
         self.faults = Faults()
         self.clock = Clock(fleet.time_scale)
         self.engine = self._new_engine()

@@ -362,3 +362,20 @@ def test_parallel_slots_queue_inside_runner() -> None:
         assert all(o["done"] for o in out)
         ps = httpx.get(d.base_url + "/api/ps").json()["models"][0]
         assert ps["size"] == 2 * GIB + 1024 * 4096 * 2  # KV for both slots
+
+
+def test_event_log_is_bounded_and_counts_what_it_let_go() -> None:
+    cfg = {**fleet_config(), "event_log_limit": 4}
+    with serve_in_thread(cfg) as f:
+        url = f.daemons[0].base_url
+        for _ in range(3):  # a load, then request-start/request-end pairs
+            r = httpx.post(
+                f"{url}/api/generate", json={"model": "small", "prompt": "hi", "stream": False}
+            )
+            assert r.status_code == 200
+        r = httpx.get(f"{url}/_sim/events")
+        kinds = [e["kind"] for e in r.json()]
+        assert len(kinds) == 4
+        assert kinds[-1] == "request-end"
+        total = int(r.headers["x-sim-events-dropped"]) + len(kinds)
+        assert total >= 8  # load-start, loaded, 3 x (request-start, request-end)
