@@ -182,6 +182,9 @@ class Gate:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         item = (fut, need)
         self.queue.push(session, item)
+        # The gate may have opened between admission and now (the caller's task ran
+        # later): hand out whatever is free, or this waiter would wait for nobody.
+        self._dispatch()
         try:
             await fut
         except BaseException:

@@ -164,7 +164,10 @@ def rewrite(
     with ``strip_runner``, the other runner options removed, so the request never
     makes Ollama reload."""
     doc: dict[str, Any] | None = None
-    if parsed.keep_alive is not None:
+    if policy == "bridge" and parsed.keep_alive is None and "keep_alive" in parsed.doc:
+        doc = dict(parsed.doc)  # an explicit null: the bridge's policy forwards none at all
+        del doc["keep_alive"]
+    elif parsed.keep_alive is not None:
         if policy == "bridge":
             doc = dict(parsed.doc)
             del doc["keep_alive"]

@@ -69,6 +69,8 @@ def routes(bridge: Bridge) -> list[BaseRoute]:
                         "num_ctx": gate.ctx if gate and gate.ready else ps.get("context_length"),
                         "num_ctx_auto": bool(gate and gate.auto),
                         "pinned": rt.scheduler.pinned(d.name, key),
+                        "accepting": bool(gate and gate.ready and not gate.hold),
+                        "draining": bool(gate and gate.hold),
                         "size": ps.get("size"),
                         "size_vram": ps.get("size_vram"),
                         "context_length": ps.get("context_length"),

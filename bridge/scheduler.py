@@ -330,10 +330,9 @@ class Scheduler:
         depth = self._metrics.queue_depth.labels(daemon=d.name, model=key)
         depth.inc()
         try:
-            waiter = asyncio.ensure_future(gate.wait(session, ticket.need))
             if not gate.ready or not gate.fits(ticket.need):
-                self.kick(d.name)
-            await waiter
+                self.kick(d.name)  # the driver runs after the waiter is queued
+            await gate.wait(session, ticket.need)
         finally:
             depth.dec()
         now = time.monotonic()

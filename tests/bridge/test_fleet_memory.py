@@ -57,7 +57,7 @@ async def _traffic(base_url: str, seed: int, stop_at: float) -> list[tuple[str, 
     names = list(SIZES)
     weights = [8, 6, 5, 4, 3, 3, 2, 0.3]  # Zipf-ish; m40 now and then
     out: list[tuple[str, int, str]] = []
-    async with httpx.AsyncClient(base_url=base_url, timeout=60) as c:
+    async with httpx.AsyncClient(base_url=base_url, timeout=20) as c:
         while time.monotonic() < stop_at:
             model = rng.choices(names, weights)[0]
             body = {"model": model, "prompt": f"q{rng.randint(0, 9)} hello", "stream": False}

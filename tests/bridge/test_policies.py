@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime
 
@@ -319,3 +320,19 @@ def test_model_info_for_embedding_models() -> None:
     info = ModelInfo("e", GB, 512, 1024, embedding_only=True)
     assert model_info_from_show("e", GB, {"capabilities": ["embedding"]}).embedding_only
     assert info.context_length == 512
+
+
+async def test_a_waiter_queued_on_an_open_gate_is_served_at_once() -> None:
+    """Regression: a request admitted while the gate was closed, queued after it opened
+    (its task ran later), must not wait for a release that never comes."""
+    from bridge.admission import Gate  # noqa: PLC0415
+
+    gate = Gate(slots=2)
+    gate.open(ctx=4096, auto=True)
+    await asyncio.wait_for(gate.wait("s", Need(100)), 1)
+    assert gate.busy == 1
+    big = asyncio.ensure_future(gate.wait("t", Need(9000)))
+    await asyncio.sleep(0.01)
+    assert not big.done()  # does not fit the runner: stays queued for a reload
+    assert [n.tokens for n in gate.unfit()] == [9000]
+    big.cancel()
