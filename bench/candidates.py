@@ -31,7 +31,7 @@ import argparse
 import contextlib
 import gc
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Protocol
 
 SERVERS = ("uvicorn-httptools", "uvicorn-h11", "uvicorn-asyncio", "granian")
@@ -59,7 +59,7 @@ _DROP = frozenset(
 POOL_SIZE = 512
 
 Headers = list[tuple[bytes, bytes]]
-Scope = dict[str, Any]
+Scope = MutableMapping[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
@@ -114,6 +114,7 @@ class _HttpxUpstream:
     """httpx (or its API twin httpx2), optionally over aiohttp's transport."""
 
     def __init__(self, base_url: str, flavour: str) -> None:
+        hx: Any
         if flavour == "httpx2":
             import httpx2 as hx  # noqa: PLC0415
         else:

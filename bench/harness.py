@@ -34,11 +34,14 @@ def _chat(model: str, stream: bool) -> bytes:
     )
 
 
-#: The four request kinds, named by API and mode.
+#: The request kinds, named by API and mode ("paced": a non-streaming reply that
+#: takes 80 ms, like a short real completion; the others answer at once).
 WORKLOADS = {
     "native": Workload("native", "/api/chat", _chat("bench-fast", False)),
     "native-stream": Workload("native-stream", "/api/chat", _chat("bench-stream", True), b"\n"),
+    "native-paced": Workload("native-paced", "/api/chat", _chat("bench-paced", False)),
     "openai": Workload("openai", "/v1/chat/completions", _chat("bench-fast", False)),
+    "openai-paced": Workload("openai-paced", "/v1/chat/completions", _chat("bench-paced", False)),
     "openai-stream": Workload(
         "openai-stream", "/v1/chat/completions", _chat("bench-stream", True), b"\n\n"
     ),

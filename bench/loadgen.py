@@ -26,7 +26,10 @@ import time
 from dataclasses import dataclass, field
 from typing import cast
 
-import httptools  # type: ignore[import-untyped]
+import httptools
+
+#: Reconnect rather than reuse a connection idle this long (uvicorn's keep-alive is 5 s).
+IDLE_REUSE_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class _Connection(asyncio.Protocol):
         self.frames: list[float] = []
         self.done_at = 0.0
         self.closed = False
+        self.last_used = time.monotonic()
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -118,6 +122,9 @@ class _Connection(asyncio.Protocol):
     async def request(self, payload: bytes, frame_sep: bytes | None) -> tuple[int, float]:
         """Send ``payload``; return (status, send time) once the response is complete."""
         assert self._transport is not None
+        if self.closed or self._transport.is_closing():
+            raise ConnectionResetError("connection closed before the request")
+        self.last_used = time.monotonic()
         self._waiter = asyncio.get_running_loop().create_future()
         self._sep = frame_sep or b""
         self._tail = b""
@@ -148,8 +155,18 @@ class Target:
         return proto
 
     async def ensure(self, n: int) -> None:
-        """Open connections until the pool has ``n`` live ones."""
-        self._pool = [c for c in self._pool if not c.closed]
+        """Open connections until the pool has ``n`` live ones.
+
+        Connections idle for longer than ``IDLE_REUSE_S`` are replaced first:
+        uvicorn closes idle keep-alive connections after 5 s, and a request
+        written as that close arrives would count as an error that is not
+        the server's.
+        """
+        stale = time.monotonic() - IDLE_REUSE_S
+        for c in self._pool:
+            if c.last_used < stale:
+                c.close()
+        self._pool = [c for c in self._pool if not c.closed and c.last_used >= stale]
         while len(self._pool) < n:
             self._pool.append(await self._connect())
 
@@ -175,7 +192,7 @@ class Target:
                 remaining -= 1
                 try:
                     status, sent = await conn.request(payload, workload.frame_sep)
-                except (OSError, httptools.HttpParserError):
+                except (OSError, RuntimeError, httptools.HttpParserError):
                     result.errors += 1
                     conn.close()
                     conn = self._pool[index] = await self._connect()

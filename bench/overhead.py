@@ -7,7 +7,13 @@ up, then measures them from this process (the load generator,
 
 * non-streaming and streaming chat on the Ollama API (``/api/chat``) and the
   OpenAI API (``/v1/chat/completions``), at concurrency 1 and 64: latency (or,
-  for streams, time to first token and the gap between chunks) p50 and p99;
+  for streams, time to first token and the gap between chunks) p50 and p99.
+  Non-streaming requests at concurrency 1 are answered at once (the pure
+  per-request overhead); at concurrency 64 each reply takes 80 ms ("paced", as
+  a short real completion would), so 64 clients offer a load the machine can
+  carry instead of measuring who gets how much of two saturated cores. At
+  concurrency 64 the connections' first requests are spread over one reply's
+  duration, so the 64 clients do not arrive in lockstep waves;
 * a concurrency sweep of non-streaming ``/api/chat``: requests/s and p99 at each
   step, and the highest requests/s whose p99 stays under ``--p99-budget-ms``.
 
@@ -20,6 +26,7 @@ checked and printed as PASS / FAIL: at most 1 ms added at p50 with concurrency
     .venv/bin/python -m bench.overhead --proxy-cmd \\
         '{python} -m bench.candidates --stack uvicorn-httptools/aiohttp/starlette \\
          --port {port} --upstream {upstream}'               # any other proxy
+    .venv/bin/python -m bench.overhead --whatif aiohttp,gc-freeze   # plus a variant
 """
 
 from __future__ import annotations
@@ -40,7 +47,9 @@ from bench.procs import HOST, REPO, Service, free_port, snapshot, start_sim
 from bench.report import load_note, ms, ratio, table
 
 BRIDGE = "bridge"
-#: Wall time of one bench-stream reply (8 tokens at 100 tokens/s): the stagger at c=64.
+#: Wall time of one bench-stream / bench-paced reply (8 tokens at 100 tokens/s): the
+#: stagger at c=64, so 64 equally long requests do not start and end in lockstep
+#: waves (which would measure 64 simultaneous arrivals, not a steady load).
 STREAM_S = 0.08
 P50_C1_TARGET_MS = 1.0
 P99_C64_TARGET_MS = 5.0
@@ -61,10 +70,11 @@ def _plan(args: argparse.Namespace) -> _Plan:
     for api in ("native", "openai"):
         main += [
             Scenario(WORKLOADS[api], 1, args.n1),
-            Scenario(WORKLOADS[api], 64, args.n64),
+            Scenario(WORKLOADS[f"{api}-paced"], 64, args.n64, STREAM_S),
             Scenario(WORKLOADS[f"{api}-stream"], 1, args.streams1),
             Scenario(WORKLOADS[f"{api}-stream"], 64, args.streams64, STREAM_S),
         ]
+    # The sweep is where saturation is measured: instant replies, rising concurrency.
     steps = [int(c) for c in args.sweep.split(",") if c]
     sweep = [Scenario(WORKLOADS["native"], c, max(300, 40 * c)) for c in steps]
     return _Plan(main, sweep)
@@ -163,12 +173,14 @@ def _sweep_table(res: Results, sweep: Sequence[Scenario], budget_s: float) -> tu
     return table(header, rows), summary
 
 
-def _start_proxy(args: argparse.Namespace, upstream: str) -> Service:
+def _start_proxy(args: argparse.Namespace, upstream: str, patches: str = "") -> Service:
+    """The proxy under test; with ``patches``, ``alb serve`` under ``bench.bridge_whatif``."""
     port = free_port()
     env = dict(kv.split("=", 1) for kv in args.proxy_env)
+    name = f"{BRIDGE}+{patches}" if patches else BRIDGE
     if args.proxy_cmd:
         cmd = args.proxy_cmd.format(python=sys.executable, port=port, upstream=upstream)
-        proxy = Service(BRIDGE, shlex.split(cmd), port, env=env)
+        proxy = Service(name, shlex.split(cmd), port, env=env)
     else:
         src = REPO if args.rev == "worktree" else snapshot(args.rev, BRIDGE_PACKAGES)
         env = {
@@ -176,10 +188,35 @@ def _start_proxy(args: argparse.Namespace, upstream: str) -> Service:
             "OLLAMA_HOST": upstream,
             **env,
         }
-        argv = [sys.executable, "-m", "bridge.cli", "serve", "--host", HOST, "--port", str(port)]
-        proxy = Service(BRIDGE, argv, port, env=env, cwd=src, owns_cwd=src != REPO)
+        serve = ["serve", "--host", HOST, "--port", str(port)]
+        if patches:
+            argv = [sys.executable, "-m", "bench.bridge_whatif", "--patch", patches, *serve]
+        else:
+            argv = [sys.executable, "-m", "bridge.cli", *serve]
+        proxy = Service(name, argv, port, env=env, cwd=src, owns_cwd=src != REPO)
     proxy.wait_ready(args.ready_path, timeout=60)
     return proxy
+
+
+def _whatif_table(res: Results, scenarios: Sequence[Scenario], names: Sequence[str]) -> str:
+    """Added p50 / p99 (TTFT for streams) of the bridge and each patched variant."""
+    rows = []
+    for s in scenarios:
+        stream = s.workload.frame_sep is not None
+        p50, p99 = ("ttft_p50", "ttft_p99") if stream else ("p50", "p99")
+        row = [s.name + (" (TTFT)" if stream else "")]
+        for n in names:
+            row += ["+" + ms(res.added(s.name, n, p50)), "+" + ms(res.added(s.name, n, p99))]
+        rows.append(row)
+    for s in scenarios[-1:]:
+        row = [f"req/s, {s.name}"]
+        for n in names:
+            row += [f"{res.absolute(s.name, n, 'rps'):.0f}", ""]
+        rows.append(row)
+    header = ["scenario"]
+    for n in names:
+        header += [f"{n} p50", f"{n} p99"]
+    return table(header, rows)
 
 
 async def _measure(ports: dict[str, int], plan: _Plan, rounds: int) -> Results:
@@ -232,10 +269,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="extra environment for the proxy (repeatable)",
     )
+    parser.add_argument(
+        "--whatif",
+        action="append",
+        default=[],
+        metavar="PATCHES",
+        help="also measure alb serve with these bench/bridge_whatif.py patches "
+        "(comma-separated, e.g. aiohttp,gc-freeze; repeatable)",
+    )
     parser.add_argument("--ready-path", default="/api/version", help="GET that answers 200")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (%(default)s)")
     parser.add_argument("--n1", type=int, default=300, help="requests per c=1 batch")
-    parser.add_argument("--n64", type=int, default=2000, help="requests per c=64 batch")
+    parser.add_argument("--n64", type=int, default=640, help="requests per c=64 batch")
     parser.add_argument("--streams1", type=int, default=20, help="streams per c=1 batch")
     parser.add_argument("--streams64", type=int, default=192, help="streams per c=64 batch")
     parser.add_argument(
@@ -255,12 +300,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         sim = start_sim(args.fleet)
         services.append(sim)
-        services.append(_start_proxy(args, sim.url))
+        ports = {DIRECT: sim.port}
+        for patches in ["", *args.whatif]:
+            proxy = _start_proxy(args, sim.url, patches)
+            services.append(proxy)
+            ports[proxy.name] = proxy.port
         loop = new_event_loop()
         try:
-            res = loop.run_until_complete(
-                _measure({DIRECT: sim.port, BRIDGE: services[1].port}, plan, args.rounds)
-            )
+            res = loop.run_until_complete(_measure(ports, plan, args.rounds))
         finally:
             loop.close()
     finally:
@@ -289,6 +336,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Targets: {verdict}" + "".join(f"\n  FAIL {f}" for f in fails))
     if res.errors(BRIDGE):
         print(f"  FAIL {res.errors(BRIDGE)} requests through the bridge did not answer 200")
+    if args.whatif:
+        variants = [BRIDGE, *(f"{BRIDGE}+{p}" for p in args.whatif)]
+        print()
+        print("What if (bench/bridge_whatif.py): added ms, same rounds, medians")
+        print()
+        print(_whatif_table(res, [*plan.main, plan.sweep[-1]], variants))
+        print("# errors: " + ", ".join(f"{n} {res.errors(n)}" for n in variants))
     return 0 if verdict == "PASS" else 1
 
 
