@@ -1,15 +1,18 @@
 """``create_app(settings)``: the bridge as an ASGI app.
 
-The lifespan owns every resource: it creates the upstream client, the fleet
-view and the scheduler (which starts its refresh task), and closes them in
-the reverse order — background tasks and loads first, the connection pool
-last. Plain Starlette routes; the inference routes are raw ASGI handlers.
+The lifespan owns every resource: it creates the upstream client, the events
+pipeline (bus, spool, sender, prompt registry, recorder: ``bridge.events``), the
+fleet view, the scheduler (which starts its refresh task) and the prefetch /
+warm-cache consumer (``bridge.prefetch``), and closes them in the reverse order —
+the consumer, then background tasks and loads, then the events pipeline (bounded
+drain, the rest stays spooled), the connection pool last. Plain Starlette
+routes; the inference routes are raw ASGI handlers.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -17,9 +20,13 @@ from starlette.responses import Response
 
 from bridge import routes_admin, routes_native, routes_openai, routes_ops
 from bridge.context import Bridge, Runtime
+from bridge.events import Events, open_events
 from bridge.fleet import Fleet
+from bridge.loader import StateChange
 from bridge.metrics import Metrics
-from bridge.records import RecordSink
+from bridge.placement import RecencyOracle
+from bridge.prefetch import Consumer, PrefetchBook, PrefetchMetrics, PrefetchOracle
+from bridge.records import RecordSink, RequestRecord
 from bridge.scheduler import Scheduler
 from bridge.settings import Settings
 from bridge.upstream import Upstream
@@ -31,28 +38,62 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 
 def create_app(settings: Settings, *, sink: RecordSink | None = None) -> Starlette:
-    """A new bridge app; nothing starts until its lifespan runs."""
+    """A new bridge app; nothing starts until its lifespan runs. ``sink`` (tests) sees
+    every request record besides the events pipeline."""
     bridge = Bridge(settings, Metrics(), sink)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        registry = bridge.metrics.registry
         upstream = Upstream.create(settings)
         try:
-            fleet = Fleet(
-                settings.daemon_specs(),
-                upstream,
-                settings.tags_ttl,
-                kv_bytes_per_element=settings.kv_bytes_per_element,
-            )
-            scheduler = Scheduler(settings, fleet, upstream, bridge.metrics, bridge.decisions)
-            await scheduler.start()
-            try:
-                bridge.runtime = Runtime(upstream, fleet, scheduler)
-                yield
-            finally:
-                bridge.draining = True
-                bridge.runtime = None
-                await scheduler.aclose()
+            async with AsyncExitStack() as stack:
+                events: Events | None = None
+                if settings.events:
+                    events = await stack.enter_async_context(open_events(settings, registry))
+                prefetch_metrics = PrefetchMetrics(registry)
+                book = PrefetchBook(prefetch_metrics)
+                fleet = Fleet(
+                    settings.daemon_specs(),
+                    upstream,
+                    settings.tags_ttl,
+                    kv_bytes_per_element=settings.kv_bytes_per_element,
+                )
+                scheduler = Scheduler(
+                    settings,
+                    fleet,
+                    upstream,
+                    bridge.metrics,
+                    bridge.decisions,
+                    oracle=PrefetchOracle(RecencyOracle(), book),
+                )
+                _wire(bridge, scheduler, events, book, sink)
+                consumer: Consumer | None = None
+                try:
+                    await scheduler.start()
+                    if events is not None:
+                        consumer = Consumer(
+                            settings,
+                            events.bus,
+                            scheduler,
+                            upstream,
+                            bridge.decisions,
+                            events.prompts,
+                            book,
+                            prefetch_metrics,
+                        )
+                        consumer.start()
+                    bridge.runtime = Runtime(upstream, fleet, scheduler, events, consumer)
+                    yield
+                finally:
+                    # Order: stop taking work, stop the consumer, stop loads and
+                    # background tasks; then (stack) the recorder drains, the sender
+                    # delivers or spools, the bus closes; the connection pool last.
+                    bridge.draining = True
+                    bridge.runtime = None
+                    if consumer is not None:
+                        await consumer.aclose()
+                    await scheduler.aclose()
         finally:
             await upstream.aclose()
 
@@ -68,3 +109,30 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> Starlet
     )
     app.state.bridge = bridge
     return app
+
+
+def _wire(
+    bridge: Bridge,
+    scheduler: Scheduler,
+    events: Events | None,
+    book: PrefetchBook,
+    sink: RecordSink | None,
+) -> None:
+    """Point the proxy's records, the decision log and the loader at their listeners."""
+
+    def finished(record: RequestRecord) -> None:
+        if record.status == 200 and record.daemon:
+            book.used(record.daemon, record.model)
+        if events is not None:
+            events.request_finished(record)
+        if sink is not None:
+            sink(record)
+
+    def state_changed(change: StateChange) -> None:
+        book.state_changed(change)
+        if events is not None:
+            events.state_changed(change)
+
+    bridge.sink = finished
+    bridge.on_decision = None if events is None else events.decided
+    scheduler.loader.on_state = state_changed

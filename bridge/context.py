@@ -1,15 +1,18 @@
 """What every route handler shares: settings, metrics, and the runtime the
-lifespan creates (upstream client, fleet, scheduler). Passed down typed; no
-module-level state."""
+lifespan creates (upstream client, fleet, scheduler, events pipeline, prefetch
+consumer). Passed down typed; no module-level state."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from bridge.decisions import DecisionLog
+from bridge.decisions import Decision, DecisionLog
 from bridge.errors import Unavailable
+from bridge.events import Events
 from bridge.fleet import Fleet
 from bridge.metrics import Metrics
+from bridge.prefetch import Consumer
 from bridge.records import RecordSink
 from bridge.scheduler import Scheduler
 from bridge.settings import Settings
@@ -23,6 +26,10 @@ class Runtime:
     upstream: Upstream
     fleet: Fleet
     scheduler: Scheduler
+    #: The events pipeline (None with ``ALB_EVENTS=false``). Its ``bus`` is where an
+    #: embedded subscriber (the predictor) joins: ``events.bus.subscribe([...], group)``.
+    events: Events | None = None
+    consumer: Consumer | None = None
 
 
 class Bridge:
@@ -32,9 +39,15 @@ class Bridge:
         self.settings = settings
         self.metrics = metrics
         self.sink = sink
-        self.decisions = DecisionLog(settings.decisions_capacity)
+        #: Sees every decision too (the lifespan points it at the events pipeline).
+        self.on_decision: Callable[[Decision], None] | None = None
+        self.decisions = DecisionLog(settings.decisions_capacity, sink=self._decided)
         self.runtime: Runtime | None = None
         self.draining = False
+
+    def _decided(self, decision: Decision) -> None:
+        if self.on_decision is not None:
+            self.on_decision(decision)
 
     def rt(self) -> Runtime:
         if self.runtime is None:

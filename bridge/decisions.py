@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-Kind = Literal["load", "evict", "unload", "reject", "num_ctx", "route", "health", "pin"]
+Kind = Literal[
+    "load", "evict", "unload", "reject", "num_ctx", "route", "health", "pin", "prefetch", "warm"
+]
 
 
 @dataclass(frozen=True, slots=True)

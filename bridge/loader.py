@@ -13,6 +13,10 @@ models (capabilities from ``/api/show``), carrying the bridge's keep_alive and
 the chosen ``num_ctx`` (none for an "auto" runner: the daemon's default).
 Unload = the same with ``keep_alive: 0``, confirmed by polling ``/api/ps``
 (Ollama replies before the runner is gone).
+
+Every confirmed change is reported to ``on_state`` (a ``StateChange``: loaded,
+unloaded, evicted, load_failed, with the reason and durations); the lifespan points
+it at the events pipeline (``alb.model-state.v1``).
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from bridge import keepalive
 from bridge.errors import BridgeError, LoadFailed, UpstreamStatus, UpstreamTimeout
@@ -43,6 +47,23 @@ class LoadSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """A runner changed state on a daemon because of the bridge."""
+
+    daemon: str
+    model: str
+    state: Literal["loaded", "unloaded", "evicted", "load_failed"]
+    reason: str
+    load_ms: float | None = None
+    #: How long the runner had been resident (None: loaded before the bridge saw it).
+    resident_ms: float | None = None
+    #: The runner's ``/api/ps`` row (sizes, context) when known.
+    row: Mapping[str, Any] = field(default_factory=dict)
+    keep_alive_s: float | None = None
+    error: str | None = None
+
+
 class Loader:
     """Bridge-started loads and confirmed unloads, with their timings."""
 
@@ -57,6 +78,9 @@ class Loader:
         #: Learned load seconds per model (drives Retry-After and reload cost).
         self.estimate: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._loaded_at: dict[tuple[str, str], float] = {}
+        #: Told of every load, failed load and unload (the events pipeline).
+        self.on_state: Callable[[StateChange], None] | None = None
 
     # --- queries ---------------------------------------------------------------
     def loading(self, daemon: str, key: str) -> bool:
@@ -90,12 +114,29 @@ class Loader:
                     await self._fleet.refresh_ps(d)
             except TimeoutError:
                 outcome = "timeout"
-                raise UpstreamTimeout(
+                err = UpstreamTimeout(
                     f"loading {key} on {d.name} took longer than {self._load_timeout:g}s"
-                ) from None
+                )
+                self._tell(StateChange(d.name, key, "load_failed", reason, error=err.message))
+                raise err from None
+            except BridgeError as exc:
+                self._tell(StateChange(d.name, key, "load_failed", reason, error=exc.message))
+                raise
             seconds = time.monotonic() - t0
             self.estimate[key] = seconds
             outcome = "ok"
+            self._loaded_at[op] = time.monotonic()
+            self._tell(
+                StateChange(
+                    d.name,
+                    key,
+                    "loaded",
+                    reason,
+                    load_ms=seconds * 1000,
+                    row=d.loaded.get(key) or {},
+                    keep_alive_s=spec.keep_alive,
+                )
+            )
             return seconds
         finally:
             d.loading.discard(key)
@@ -129,6 +170,7 @@ class Loader:
         confirmed. Ollama unloads a runner only once its requests finished."""
         name = self._fleet.display_name(d, key)
         outcome = "failed"
+        row = d.loaded.get(key) or {}
         try:
             status, _ = await self._upstream.call(
                 d.url, "POST", "/api/generate", {"model": name, "keep_alive": 0}, read_timeout=30
@@ -145,7 +187,16 @@ class Loader:
             pass
         finally:
             self._metrics.unloads.labels(reason=reason, outcome=outcome).inc()
+        if outcome == "ok":
+            since = self._loaded_at.pop((d.name, key), None)
+            resident = None if since is None else (time.monotonic() - since) * 1000
+            state: Literal["evicted", "unloaded"] = "evicted" if reason == "evict" else "unloaded"
+            self._tell(StateChange(d.name, key, state, reason, resident_ms=resident, row=row))
         return outcome == "ok"
+
+    def _tell(self, change: StateChange) -> None:
+        if self.on_state is not None:
+            self.on_state(change)
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the loader owns (cancelled by ``aclose``)."""

@@ -100,6 +100,7 @@ class InferenceRoute:
                 raise ClientGone("client went away while sending") from None
             watcher = asyncio.get_running_loop().create_task(watch_disconnect(receive, ex, task))
             parsed = parse(body, ep)
+            state.parsed = parsed
             state.model = parsed.key
             rt = bridge.rt()
             if not await rt.fleet.ensure_known(parsed.key):
@@ -127,7 +128,7 @@ class InferenceRoute:
         finally:
             if watcher is not None:
                 watcher.cancel()
-            self._record(ex, state, t0)
+            self._record(ex, state, t0, scope)
 
     async def _serve(
         self, rt: Runtime, ex: Exchange, body: bytes, parsed: Parsed, state: _State
@@ -280,7 +281,7 @@ class InferenceRoute:
             reply.update(response="", done=True, done_reason="unload")
         await ex.respond(200, [(b"content-type", JSON_TYPE)], orjson.dumps(reply))
 
-    def _record(self, ex: Exchange, state: _State, t0: float) -> None:
+    def _record(self, ex: Exchange, state: _State, t0: float, scope: Scope) -> None:
         bridge = self._bridge
         now = time.monotonic()
         status = 499 if ex.client_gone else (ex.status or 500)
@@ -296,7 +297,10 @@ class InferenceRoute:
             m.stream_failures.labels(endpoint=path, reason="upstream").inc()
         if bridge.sink is None:
             return
+        # References only (body, headers, last frame): the access-log event is built
+        # from them off the request path (bridge.events).
         lease = state.lease
+        parsed = state.parsed
         bridge.sink(
             RequestRecord(
                 endpoint=path,
@@ -310,14 +314,35 @@ class InferenceRoute:
                 ttft_ms=ttft,
                 total_ms=(now - t0) * 1000,
                 stream_failed=state.stream_failed,
+                api=self._ep.api.value,
+                stream=parsed.stream if parsed else False,
+                error="ClientGone" if ex.client_gone else _error_name(state.error),
+                num_ctx_applied=lease.gate.ctx if lease else 0,
+                finished_at=time.time(),
+                doc=parsed.doc if parsed else None,
+                headers=scope["headers"],
+                tail=ex.tail,
             )
         )
+
+
+def _error_name(err: BridgeError | None) -> str | None:
+    return None if err is None else type(err).__name__
 
 
 class _State:
     """What the record of one request needs, filled in as it progresses."""
 
-    __slots__ = ("daemon", "error", "lease", "model", "prompt", "session", "stream_failed")
+    __slots__ = (
+        "daemon",
+        "error",
+        "lease",
+        "model",
+        "parsed",
+        "prompt",
+        "session",
+        "stream_failed",
+    )
 
     def __init__(self) -> None:
         self.model = "-"
@@ -327,3 +352,4 @@ class _State:
         self.error: BridgeError | None = None
         self.stream_failed = False
         self.prompt: PromptSize | None = None
+        self.parsed: Parsed | None = None

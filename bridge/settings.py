@@ -175,6 +175,42 @@ class Settings(BaseSettings):
     #: Decision records kept in memory (``GET /alb/v1/decisions``).
     decisions_capacity: int = Field(2048, ge=1)
 
+    # --- events (issue #5) -----------------------------------------------------------
+    #: Produce access-log, model-state and decision events (``false``: none at all).
+    events: bool = True
+    #: Kafka bootstrap servers (``host:port,...``); empty: the embedded in-process bus.
+    kafka_bootstrap_servers: str = ""
+    #: Create the bridge's topics on Kafka at start-up (in the background; Kafka may be down).
+    kafka_create_topics: bool = True
+    #: The disk spool the sender spills to while Kafka is down or slow. Empty: a per-process
+    #: temporary directory for the embedded bus; ``$XDG_STATE_HOME/alb/spool/<producer>``
+    #: (``~/.local/state/...``) with Kafka, so a restart resends what was left.
+    events_spool_dir: str = ""
+    #: The spool's bound on disk; past it, events are dropped (counted and logged).
+    events_spool_max: str = "1GiB"
+    #: Events held in memory before they spill to the spool.
+    events_queue_max: int = Field(10_000, ge=1)
+    #: Seconds the sender gets at shutdown to hand its queue to the bus (the rest is spooled).
+    events_close_timeout: float = Field(5.0, ge=0)
+    #: ``redis://`` URL of the system-prompt registry shared by replicas; unset: in memory.
+    redis_url: SecretStr | None = None
+    #: ``producer`` of every event; empty: ``alb-bridge/<version> <hostname>:<port>``.
+    producer_id: str = ""
+    #: The consumer group reading prefetch and warm-cache events.
+    consumer_group: str = Field("alb-bridge", min_length=1)
+    #: Act on prefetch / warm-cache events at all.
+    prefetch: bool = True
+    #: Prefetch loads per second (token bucket) and the bucket's size.
+    prefetch_rate: float = Field(0.5, gt=0)
+    prefetch_burst: int = Field(3, ge=1)
+    #: Share of a daemon's memory budget that prefetched, not yet used runners may hold.
+    prefetch_budget: float = Field(0.5, ge=0, le=1)
+    #: Warm-cache generations per second (token bucket) and the bucket's size.
+    warm_rate: float = Field(2.0, gt=0)
+    warm_burst: int = Field(5, ge=1)
+    #: Event ids remembered for idempotence (prefetch and warm-cache).
+    events_seen_capacity: int = Field(100_000, ge=1)
+
     allow_store_changes: bool = False
     #: ``make run``: start a simulated fleet when nothing answers at the default host.
     sim_fallback: bool = False
@@ -202,6 +238,13 @@ class Settings(BaseSettings):
     def bucket_list(self) -> tuple[int, ...]:
         """``num_ctx_buckets`` parsed, sorted."""
         return parse_buckets(self.num_ctx_buckets)
+
+    def spool_max_bytes(self) -> int:
+        """``events_spool_max`` in bytes."""
+        try:
+            return parse_size(self.events_spool_max)
+        except SettingsError as exc:
+            raise SettingsError(f"ALB_EVENTS_SPOOL_MAX: {exc}") from None
 
     def pins(self) -> tuple[tuple[str, str | None], ...]:
         """``(model, daemon or None)`` from ``pinned``."""
@@ -276,6 +319,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         settings = Settings.model_validate(_known(values))
         settings.daemon_specs()
         settings.bucket_list()
+        settings.spool_max_bytes()
     except ValidationError as exc:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else "?"
