@@ -121,6 +121,11 @@ class Events:
         self._task: asyncio.Task[None] | None = None
         self._last_warning = 0.0
 
+    @property
+    def backlog(self) -> int:
+        """Records not yet turned into events."""
+        return len(self._backlog)
+
     # --- called synchronously by the proxy, the decision log and the loader ------------
     def request_finished(self, record: RequestRecord) -> None:
         """The ``RecordSink``: one access-log event per finished request."""
