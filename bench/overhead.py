@@ -26,7 +26,7 @@ checked and printed as PASS / FAIL: at most 1 ms added at p50 with concurrency
     .venv/bin/python -m bench.overhead --proxy-cmd \\
         '{python} -m bench.candidates --stack uvicorn-httptools/aiohttp/starlette \\
          --port {port} --upstream {upstream}'               # any other proxy
-    .venv/bin/python -m bench.overhead --whatif aiohttp,gc-freeze   # plus a variant
+    .venv/bin/python -m bench.overhead --whatif no-gc-freeze   # plus a variant
 """
 
 from __future__ import annotations
@@ -275,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         metavar="PATCHES",
         help="also measure alb serve with these bench/bridge_whatif.py patches "
-        "(comma-separated, e.g. aiohttp,gc-freeze; repeatable)",
+        "(comma-separated, e.g. no-gc-freeze; repeatable)",
     )
     parser.add_argument("--ready-path", default="/api/version", help="GET that answers 200")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (%(default)s)")

@@ -12,6 +12,9 @@ Two things make the simulator a steadier upstream to measure against:
   14-17 ms, every 0.3-0.5 s at concurrency 64, each one a p99 spike for every
   request in flight; after ``gc.freeze()``, ~1 ms.
 
+``alb sim`` (``ollamasim.cli.serve_fleet``) does both itself now; this entry point
+stays so that ``bench.procs.start_sim`` can also run it on the stdlib loop.
+
     python -m bench.sim --config bench/fleet.yaml
 """
 
@@ -35,14 +38,19 @@ def main() -> None:
     parser.add_argument("--config", type=Path, required=True, help="fleet file (YAML)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument(
-        "--stdlib-loop", action="store_true", help="run on the stdlib loop, as `alb sim` does"
+        "--stdlib-loop",
+        action="store_true",
+        help="run on the stdlib loop (as `alb sim` did before it moved to uvloop)",
     )
     args = parser.parse_args()
     if not args.stdlib_loop:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     gc.collect()
     gc.freeze()
-    serve_fleet(args.config, host=args.host)
+    if args.stdlib_loop:  # alb sim picks uvloop itself now
+        serve_fleet(args.config, host=args.host, use_uvloop=False)
+    else:
+        serve_fleet(args.config, host=args.host)
 
 
 if __name__ == "__main__":

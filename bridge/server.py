@@ -8,12 +8,18 @@ With ``sim_fallback`` (what ``make run`` asks for), when no daemon was
 configured (neither ``ALB_DAEMONS`` nor ``OLLAMA_HOST``) and nothing answers at
 the default Ollama address, a simulated fleet (``ollamasim``) is started in
 this process and the banner says so plainly.
+
+Once the server is listening, the start-up heap (uvicorn, starlette, pydantic,
+prometheus_client, the app and its resources) is frozen out of the garbage
+collector's sight: a full collection would otherwise walk all of it, a stall
+of 10+ ms for every request in flight (``BENCHMARKS.md``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import math
 import signal
 import sys
@@ -125,6 +131,7 @@ async def run(settings: Settings, *, explicit_upstream: bool, out: TextIO = sys.
                 task.result()
                 raise SystemExit(1)
             await asyncio.sleep(0.01)
+        freeze_heap()
         port = server.servers[0].sockets[0].getsockname()[1] if server.servers else settings.port
         _banner(settings, out, sim_note, port)
         await task
@@ -132,6 +139,12 @@ async def run(settings: Settings, *, explicit_upstream: bool, out: TextIO = sys.
         for s in sim_servers:
             with contextlib.suppress(Exception):
                 await s.stop()
+
+
+def freeze_heap() -> None:
+    """Collect once, then move every surviving object to the permanent generation."""
+    gc.collect()
+    gc.freeze()
 
 
 def _banner(settings: Settings, out: TextIO, sim_note: str, port: int) -> None:

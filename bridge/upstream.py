@@ -1,11 +1,18 @@
-"""The HTTP client side: the only module that touches httpx and its exceptions.
+"""The HTTP client side: the only module that touches aiohttp and its exceptions.
 
-One ``httpx.AsyncClient`` per app (created by the lifespan, explicit limits and
-timeouts from settings). Requests carry only the headers the bridge chooses:
-``Host`` is the daemon's own ``host:port`` (Ollama answers 403 to a foreign
-Host on a loopback listener), ``Accept-Encoding: identity`` keeps the bytes
-the daemon wrote. Transport failures become the bridge's error tree; the
-``retriable`` flag says whether nothing reached the daemon's handler yet.
+One ``aiohttp.ClientSession`` per app, created by the lifespan, with explicit
+limits and timeouts from settings: connect (waiting for a pooled connection
+included), read (the longest silence: before the status line and between two
+chunks, ``sock_read``) and an overall backstop (the request deadline). aiohttp
+and not httpx, by measurement (``BENCHMARKS.md``): httpx's pool does O(pool)
+work per request and collapsed at concurrency 64.
+
+Requests carry only the headers the bridge chooses: ``Host`` is the daemon's own
+``host:port`` (Ollama answers 403 to a foreign Host on a loopback listener),
+``Accept-Encoding: identity`` and ``auto_decompress=False`` keep the bytes the
+daemon wrote, no cookie jar, no redirects followed. Transport failures become
+the bridge's error tree; ``retriable`` says whether nothing reached the
+daemon's handler yet (the relay retries only before the first byte).
 """
 
 from __future__ import annotations
@@ -14,12 +21,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 import orjson
 
 from bridge.errors import (
     BridgeError,
-    Unavailable,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnreachable,
@@ -27,16 +33,26 @@ from bridge.errors import (
 from bridge.settings import Settings
 
 _JSON = "application/json"
+#: Headers aiohttp would add by itself that the bridge must not send (it sets its own).
+_SKIP_AUTO_HEADERS = ("User-Agent", "Accept-Encoding", "Content-Type")
+_USER_AGENT = "alb-bridge"
+_KEEPALIVE_S = 30.0
 
 
-def _translate(exc: httpx.HTTPError, where: str) -> BridgeError:
-    if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
-        return UpstreamUnreachable(f"cannot reach {where}: {exc or type(exc).__name__}")
-    if isinstance(exc, httpx.PoolTimeout):
-        return Unavailable(f"no free upstream connection to {where}", retry_after=1)
-    if isinstance(exc, httpx.TimeoutException):
+def _translate(exc: BaseException, where: str) -> BridgeError:
+    """aiohttp's failure as the bridge's error (``retriable``: try again is safe)."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        # Connecting, or waiting for a free pooled connection, took too long.
+        return UpstreamUnreachable(f"cannot reach {where} in time")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamUnreachable(f"cannot reach {where}: {exc.os_error or exc}")
+    if isinstance(exc, TimeoutError):  # sock_read or the overall backstop
         return UpstreamTimeout(f"{where} did not answer in time")
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
+    if isinstance(
+        exc,
+        aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | aiohttp.ClientPayloadError,
+    ):
+        # A kept-alive connection the daemon had just closed, or a reply cut short.
         return UpstreamUnreachable(f"connection to {where} broke: {exc or type(exc).__name__}")
     return UpstreamError(f"upstream failure at {where}: {exc or type(exc).__name__}")
 
@@ -46,57 +62,98 @@ class UpstreamResponse:
 
     __slots__ = ("_resp", "_where", "content_type", "status")
 
-    def __init__(self, resp: httpx.Response, where: str) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, where: str) -> None:
         self._resp = resp
         self._where = where
-        self.status = resp.status_code
+        self.status = resp.status
         self.content_type = resp.headers.get("content-type", _JSON)
 
     @property
     def content_length(self) -> int | None:
-        raw = self._resp.headers.get("content-length")
-        return int(raw) if raw is not None and raw.isdigit() else None
+        return self._resp.content_length
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, in the pieces the socket delivered."""
+        content = self._resp.content
         try:
-            async for chunk in self._resp.aiter_raw():
-                if chunk:
-                    yield chunk
-        except httpx.HTTPError as exc:
+            while True:
+                chunk = await content.readany()
+                if not chunk:
+                    return
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise _translate(exc, self._where) from None
 
     async def read(self) -> bytes:
-        parts = [c async for c in self.chunks()]
-        return b"".join(parts)
+        """The whole body (sized replies: no per-chunk round trips)."""
+        try:
+            return await self._resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _translate(exc, self._where) from None
 
     async def aclose(self) -> None:
-        await self._resp.aclose()
+        """Back to the pool when the body was read whole; else the connection is
+        closed, which is how the daemon learns that the client went away."""
+        if self._resp.content.is_eof():
+            self._resp.release()
+        else:
+            self._resp.close()
 
 
 class Upstream:
     """Requests to daemons over one shared connection pool."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self._client = client
+    def __init__(self, session: aiohttp.ClientSession, settings: Settings) -> None:
+        self._session = session
+        self._connect_timeout = settings.connect_timeout
+        self._total_timeout = settings.request_timeout
+        #: Per-request timeouts (``read_timeout=``), one object per distinct value.
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        #: ``Host`` per daemon base URL (a handful of entries).
+        self._hosts: dict[str, str] = {}
 
     @classmethod
     def create(cls, settings: Settings) -> Upstream:
-        timeout = httpx.Timeout(
-            connect=settings.connect_timeout,
-            read=settings.read_timeout,
-            write=settings.read_timeout,
-            pool=settings.connect_timeout,
+        """The session and its pool; call inside the running loop (the lifespan)."""
+        connector = aiohttp.TCPConnector(
+            limit=settings.max_connections,
+            limit_per_host=settings.max_connections,
+            keepalive_timeout=_KEEPALIVE_S,
         )
-        limits = httpx.Limits(
-            max_connections=settings.max_connections,
-            max_keepalive_connections=settings.max_connections,
-            keepalive_expiry=30.0,
+        session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=settings.request_timeout,
+                connect=settings.connect_timeout,
+                sock_connect=settings.connect_timeout,
+                sock_read=settings.read_timeout,
+            ),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            trust_env=False,
+            skip_auto_headers=_SKIP_AUTO_HEADERS,
         )
-        client = httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False)
-        return cls(client)
+        return cls(session, settings)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._session.close()
+
+    def _timeout(self, read_timeout: float) -> aiohttp.ClientTimeout:
+        timeout = self._timeouts.get(read_timeout)
+        if timeout is None:
+            timeout = self._timeouts[read_timeout] = aiohttp.ClientTimeout(
+                total=self._total_timeout,
+                connect=self._connect_timeout,
+                sock_connect=self._connect_timeout,
+                sock_read=read_timeout,
+            )
+        return timeout
+
+    def _host(self, base_url: str) -> str:
+        host = self._hosts.get(base_url)
+        if host is None:
+            host = self._hosts[base_url] = urlsplit(base_url).netloc
+        return host
 
     async def open(
         self,
@@ -108,29 +165,26 @@ class Upstream:
         read_timeout: float | None = None,
     ) -> UpstreamResponse:
         """Send and return once the status line and headers arrived."""
-        url = base_url + path
         headers = {
-            "host": urlsplit(base_url).netloc,
-            "accept-encoding": "identity",
-            "user-agent": "alb-bridge",
+            "Host": self._host(base_url),
+            "Accept-Encoding": "identity",
+            "User-Agent": _USER_AGENT,
         }
         if body is not None:
-            headers["content-type"] = _JSON
-        extensions: dict[str, Any] = {}
+            headers["Content-Type"] = _JSON
+        kwargs: dict[str, Any] = {}
         if read_timeout is not None:
-            t = self._client.timeout
-            extensions["timeout"] = {
-                "connect": t.connect,
-                "read": read_timeout,
-                "write": t.write,
-                "pool": t.pool,
-            }
-        request = self._client.build_request(
-            method, url, content=body, headers=headers, extensions=extensions
-        )
+            kwargs["timeout"] = self._timeout(read_timeout)
         try:
-            resp = await self._client.send(request, stream=True)
-        except httpx.HTTPError as exc:
+            resp = await self._session.request(
+                method,
+                base_url + path,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                **kwargs,
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise _translate(exc, base_url) from None
         return UpstreamResponse(resp, base_url)
 
