@@ -1,0 +1,154 @@
+"""What a replay measures, and the table it prints.
+
+* **cold-start rate**: requests that found no ready runner able to serve them on
+  arrival (a load or a reload was needed, or one was still in progress) / requests;
+* **p50 / p99 latency** (arrival -> last token) and **TTFT** (arrival -> first token)
+  over the requests that completed;
+* **prefetch precision**: prefetch loads whose runner served a real request before it
+  left the daemon / prefetch loads; **recall**: those hits / (hits + loads that real
+  requests had to wait for);
+* **wasted loads**: loads whose runner left (or the replay ended) before serving any
+  request;
+* **idle memory-seconds**: the integral over time of the bytes held by runners that are
+  loaded with nothing in flight or queued, up to the last request's completion
+  (reported in GB-hours, GB = 10^9 bytes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["COLUMNS", "ReplayReport", "Tally", "markdown_table", "percentile"]
+
+GB = 1e9
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (``p`` in [0, 100]); 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100.0 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+@dataclass(slots=True)
+class Tally:
+    """Counters the simulation updates as it goes."""
+
+    requests: int = 0
+    completed: int = 0
+    errors: int = 0
+    cold: int = 0
+    latencies: list[float] = field(default_factory=list)
+    ttfts: list[float] = field(default_factory=list)
+    loads: int = 0
+    demand_loads: int = 0
+    reloads: int = 0
+    evictions: int = 0
+    idle_unloads: int = 0
+    prefetch_events: int = 0
+    prefetch_accepted: int = 0
+    prefetch_loads: int = 0
+    prefetch_hits: int = 0
+    wasted_loads: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    idle_byte_s: float = 0.0
+    max_memory_share: float = 0.0
+    horizon_s: float = 0.0
+
+    def refuse(self, why: str) -> None:
+        self.refused[why] = self.refused.get(why, 0) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayReport:
+    """The metrics of one replay of one policy."""
+
+    policy: str
+    requests: int
+    completed: int
+    errors: int
+    cold_start_rate: float
+    p50_latency_s: float
+    p99_latency_s: float
+    p50_ttft_s: float
+    p99_ttft_s: float
+    mean_latency_s: float
+    loads: int
+    demand_loads: int
+    reloads: int
+    evictions: int
+    prefetch_loads: int
+    prefetch_hits: int
+    prefetch_precision: float
+    prefetch_recall: float
+    wasted_loads: int
+    idle_gb_h: float
+    max_memory_share: float
+    horizon_s: float
+    refused: dict[str, int]
+
+    @classmethod
+    def from_tally(cls, policy: str, t: Tally) -> ReplayReport:
+        hits = t.prefetch_hits
+        return cls(
+            policy=policy,
+            requests=t.requests,
+            completed=t.completed,
+            errors=t.errors,
+            cold_start_rate=t.cold / t.requests if t.requests else 0.0,
+            p50_latency_s=percentile(t.latencies, 50),
+            p99_latency_s=percentile(t.latencies, 99),
+            p50_ttft_s=percentile(t.ttfts, 50),
+            p99_ttft_s=percentile(t.ttfts, 99),
+            mean_latency_s=sum(t.latencies) / len(t.latencies) if t.latencies else 0.0,
+            loads=t.loads,
+            demand_loads=t.demand_loads,
+            reloads=t.reloads,
+            evictions=t.evictions,
+            prefetch_loads=t.prefetch_loads,
+            prefetch_hits=hits,
+            prefetch_precision=hits / t.prefetch_loads if t.prefetch_loads else 0.0,
+            prefetch_recall=hits / (hits + t.demand_loads) if hits + t.demand_loads else 0.0,
+            wasted_loads=t.wasted_loads,
+            idle_gb_h=t.idle_byte_s / GB / 3600.0,
+            max_memory_share=t.max_memory_share,
+            horizon_s=t.horizon_s,
+            refused=dict(sorted(t.refused.items())),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON / CSV ready; ``refused`` stays a dict)."""
+        return asdict(self)
+
+
+#: (header, field, format) of the printed table.
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("policy", "policy", "{}"),
+    ("cold %", "cold_start_rate", "{:.2%}"),
+    ("p50 lat s", "p50_latency_s", "{:.2f}"),
+    ("p99 lat s", "p99_latency_s", "{:.2f}"),
+    ("p50 TTFT s", "p50_ttft_s", "{:.3f}"),
+    ("p99 TTFT s", "p99_ttft_s", "{:.2f}"),
+    ("loads", "loads", "{}"),
+    ("prefetch P", "prefetch_precision", "{:.2f}"),
+    ("prefetch R", "prefetch_recall", "{:.2f}"),
+    ("wasted", "wasted_loads", "{}"),
+    ("idle GB·h", "idle_gb_h", "{:.1f}"),
+    ("errors", "errors", "{}"),
+)
+
+
+def markdown_table(reports: Sequence[ReplayReport]) -> str:
+    """One Markdown table, a row per report."""
+    head = "| " + " | ".join(h for h, _, _ in COLUMNS) + " |"
+    rule = "| " + " | ".join("---" if f == "policy" else "---:" for _, f, _ in COLUMNS) + " |"
+    rows = [
+        "| " + " | ".join(fmt.format(getattr(r, f)) for _, f, fmt in COLUMNS) + " |"
+        for r in reports
+    ]
+    return "\n".join([head, rule, *rows])

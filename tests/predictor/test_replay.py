@@ -1,0 +1,297 @@
+"""The replay DES: determinism, conservation, Ollama's scheduler, the bridge's policies."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from bridge.settings import Settings
+from ollamasim.config import FleetConfig
+from predictor.replay.bridge import BridgeFleet
+from predictor.replay.des import BridgeKnobs, Job, Runner, Simulation, simulate
+from predictor.replay.fleets import SYNTH_SIZES_GB, make_fleet
+from predictor.replay.ollama import OllamaFleet, static_assignment
+from predictor.replay.policies import OURS, POLICIES
+from predictor.replay.workload import Request, requests_from_records
+from predictor.traces.format import DEFAULT_EPOCH, TraceRecord
+from predictor.traces.synth import SynthParams, synthesize
+
+GB = 10**9
+NAMES = [f"model-{i:02d}" for i in range(12)]
+
+
+def _synth(seed: int, duration_s: float = 900.0, spm: float = 5.0) -> list[Request]:
+    params = SynthParams(seed=seed, duration_s=duration_s, sessions_per_minute=spm)
+    return requests_from_records(synthesize(params))
+
+
+def _fleet() -> FleetConfig:
+    return make_fleet(NAMES, SYNTH_SIZES_GB)
+
+
+def _req(idx: int, t: float, model: str, **kw: Any) -> Request:
+    base: dict[str, Any] = {
+        "session": "s",
+        "prompt_tokens": 100,
+        "output_tokens": 60,
+        "num_ctx": None,
+        "openai": False,
+    }
+    base.update(kw)
+    return Request(idx, t, f"{model}:latest", **base)
+
+
+def _one_daemon(models: dict[str, float], **daemon: Any) -> FleetConfig:
+    return FleetConfig.model_validate(
+        {
+            "gen_tokens_per_s": 60.0,
+            "prefill_tokens_per_s": 1000.0,
+            "models": [{"name": n, "size": int(s * GB)} for n, s in models.items()],
+            "daemons": [{"name": "d0", "memory": "24GB", "load_fixed_s": 1.0, **daemon}],
+        }
+    )
+
+
+# --- determinism and conservation ------------------------------------------------------
+@pytest.mark.parametrize("policy", ["ollama", "bridge-lru", "ours"])
+def test_same_seed_same_metrics(policy: str) -> None:
+    a = simulate(_fleet(), POLICIES[policy], _synth(7))
+    b = simulate(_fleet(), POLICIES[policy], _synth(7))
+    assert a == b
+    assert a.as_dict() != simulate(_fleet(), POLICIES[policy], _synth(8)).as_dict()
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_every_request_ends_exactly_once_and_memory_stays_under_capacity(policy: str) -> None:
+    requests = _synth(11, spm=8.0)
+    sim = Simulation(_fleet(), POLICIES[policy], requests)
+    ended: Counter[int] = Counter()
+    finish, fail = sim._finish, sim.fail
+
+    def on_finish(job: Job, runner: Runner) -> None:
+        ended[job.req.idx] += 1
+        assert runner.ready
+        assert runner.size <= sim.daemon_cfg[runner.daemon].memory
+        finish(job, runner)
+
+    def on_fail(job: Job, status: int) -> None:
+        ended[job.req.idx] += 1
+        fail(job, status)
+
+    sim._finish = on_finish  # type: ignore[method-assign]
+    sim.fail = on_fail  # type: ignore[method-assign]
+    report = sim.run()  # the DES itself raises if any daemon goes above its capacity
+    assert set(ended) == {r.idx for r in requests}
+    assert set(ended.values()) == {1}
+    assert report.completed + report.errors == report.requests == len(requests)
+    assert report.max_memory_share <= 1.0
+    if POLICIES[policy].kind == "bridge":
+        assert report.max_memory_share <= 1 - BridgeKnobs().headroom + 1e-9
+    assert len(report_latencies := sim.tally.latencies) == report.completed
+    assert all(lat > 0 for lat in report_latencies)
+
+
+# --- Ollama's scheduler ----------------------------------------------------------------------
+def test_ollama_keep_alive_expires_after_five_minutes() -> None:
+    fleet = _one_daemon({"a": 2.0})
+    requests = [_req(0, 0.0, "a"), _req(1, 200.0, "a"), _req(2, 200.0 + 1.0 + 301.0, "a")]
+    sim = Simulation(fleet, POLICIES["ollama"], requests)
+    colds: list[bool] = []
+    start = sim.start
+
+    def on_start(job: Job, runner: Runner) -> None:
+        colds.append(job.cold)
+        start(job, runner)
+
+    sim.start = on_start  # type: ignore[method-assign]
+    report = sim.run()
+    # Cold, warm (within 5 min of the last request's end), cold again (expired).
+    assert colds == [True, False, True]
+    assert report.loads == 2
+    assert sim.tally.idle_unloads == 1
+
+
+def test_ollama_evicts_the_shortest_keep_alive_not_the_least_recently_used() -> None:
+    fleet = _one_daemon({"a": 8.0, "b": 8.0, "c": 8.0})
+    requests = [_req(0, 0.0, "a"), _req(1, 10.0, "b"), _req(2, 20.0, "a"), _req(3, 40.0, "c")]
+    sim = Simulation(fleet, POLICIES["ollama"], requests)
+    ctl = sim.controller
+    assert isinstance(ctl, OllamaFleet)
+    evicted: list[str] = []
+    unload = ctl._unload
+
+    def on_unload(d: Any, r: Runner, *, evicted: bool, kick: bool = True) -> None:
+        if evicted:
+            evicted_models.append(r.model)
+        unload(d, r, evicted=evicted, kick=kick)
+
+    evicted_models = evicted
+    ctl._unload = on_unload  # type: ignore[method-assign]
+    sim.run()
+    # Equal keep_alive: sorted by name, so "a" goes although "b" is the least recently used.
+    assert evicted == ["a:latest"]
+
+    # A client gave "a" a longer keep_alive (sticky): now "b" is the shortest and goes.
+    sim = Simulation(fleet, POLICIES["ollama"], requests)
+    ctl = sim.controller
+    assert isinstance(ctl, OllamaFleet)
+    evicted.clear()
+    unload = ctl._unload
+    ctl._unload = on_unload  # type: ignore[method-assign]
+
+    def longer() -> None:
+        ctl.daemons["d0"].runners["a:latest"].keep_alive_s = 3600.0
+
+    sim.at(30.0, longer)
+    sim.run()
+    assert evicted == ["b:latest"]
+
+
+def test_ollama_cold_load_blocks_other_cold_loads_on_the_daemon() -> None:
+    fleet = _one_daemon({"a": 10.0, "b": 2.0}, load_bandwidth="1GB")
+    requests = [_req(0, 0.0, "a"), _req(1, 0.5, "b")]
+    sim = Simulation(fleet, POLICIES["ollama"], requests)
+    starts: dict[str, float] = {}
+    start = sim.start
+
+    def on_start(job: Job, runner: Runner) -> None:
+        starts[runner.model] = sim.now
+        start(job, runner)
+
+    sim.start = on_start  # type: ignore[method-assign]
+    sim.run()
+    assert starts["a:latest"] == pytest.approx(11.0)  # 1 s + 10 GB at 1 GB/s
+    assert starts["b:latest"] == pytest.approx(11.0 + 3.0)  # only after a's load
+
+
+def test_static_assignment_balances_bytes() -> None:
+    home = static_assignment(_fleet())
+    per: Counter[str] = Counter()
+    for m in _fleet().models:
+        per[home[m.key]] += m.size
+    assert len(per) == 3
+    assert max(per.values()) - min(per.values()) <= 9 * GB
+
+
+# --- the bridge's policies ----------------------------------------------------------------
+@pytest.mark.parametrize("policy", ["bridge-lru", "seed", "histogram", "ours"])
+def test_bridge_policies_never_evict_a_busy_model(policy: str) -> None:
+    sim = Simulation(_fleet(), POLICIES[policy], _synth(5, spm=8.0))
+    ctl = sim.controller
+    assert isinstance(ctl, BridgeFleet)
+    execute = ctl._execute
+    seen = 0
+
+    def on_execute(d: Any, key: str, target: Any, plan: Any, *, prefetch_only: bool) -> None:
+        nonlocal seen
+        for victim in plan.victims:
+            seen += 1
+            r = d.runners[victim]
+            assert r.active == 0, f"{victim} evicted with requests in flight"
+            assert not d.gates.get(victim), f"{victim} evicted with requests queued"
+            assert r.ready
+        execute(d, key, target, plan, prefetch_only=prefetch_only)
+
+    ctl._execute = on_execute  # type: ignore[method-assign]
+    sim.run()
+    assert seen > 0
+
+
+def test_bridge_reuses_a_big_enough_runner_instead_of_reloading() -> None:
+    fleet = _one_daemon({"a": 2.0})
+    # 8192 first, then smaller asks: all fit the 8192 runner (Ollama would reload twice).
+    requests = [
+        _req(0, 0.0, "a", num_ctx=8192),
+        _req(1, 30.0, "a", num_ctx=2048),
+        _req(2, 60.0, "a", num_ctx=4096),
+    ]
+    bridge = simulate(fleet, POLICIES["bridge-lru"], requests)
+    ollama = simulate(fleet, POLICIES["ollama"], requests)
+    assert (bridge.loads, bridge.reloads) == (1, 0)
+    assert ollama.loads == 3
+
+
+def test_prefetch_loads_the_predicted_model_before_it_is_asked_for() -> None:
+    fleet = _one_daemon({"a": 2.0, "b": 2.0, "c": 2.0, "d": 2.0}, max_loaded_models=2)
+    requests: list[Request] = []
+    t = 0.0
+    for k in range(12):  # sessions go a -> b, 30 s apart; c and d push b out meanwhile
+        requests.append(_req(len(requests), t, "a", session=f"s{k}"))
+        requests.append(_req(len(requests), t + 30.0, "b", session=f"s{k}"))
+        requests.append(_req(len(requests), t + 60.0, "c", session=f"x{k}"))
+        requests.append(_req(len(requests), t + 90.0, "d", session=f"y{k}"))
+        t += 120.0
+    requests.sort(key=lambda r: r.t)
+    requests = [Request(i, r.t, *_fields(r)) for i, r in enumerate(requests)]
+    ours = simulate(fleet, POLICIES["ours"].__class__(**{**_spec(POLICIES["ours"])}), requests)
+    lru = simulate(fleet, POLICIES["bridge-lru"], requests)
+    assert ours.prefetch_hits > 0
+    assert ours.cold_start_rate < lru.cold_start_rate
+
+
+def _fields(r: Request) -> tuple[Any, ...]:
+    return (r.model, r.session, r.prompt_tokens, r.output_tokens, r.num_ctx, r.openai)
+
+
+def _spec(p: Any) -> dict[str, Any]:
+    return {
+        "name": p.name,
+        "kind": p.kind,
+        "predictor": OURS.replace(confidence_threshold=0.5),
+        "oracle": p.oracle,
+        "keep_alive": p.keep_alive,
+    }
+
+
+# --- the five policies, quickly ----------------------------------------------------------------
+def test_five_policies_on_a_short_synthetic_trace_finish_quickly() -> None:
+    requests = _synth(1, duration_s=1200.0, spm=6.0)
+    fleet = _fleet()
+    t0 = time.perf_counter()
+    reports = [simulate(fleet, spec, requests) for spec in POLICIES.values()]
+    assert time.perf_counter() - t0 < 20.0
+    assert [r.policy for r in reports] == ["ollama", "bridge-lru", "seed", "histogram", "ours"]
+    for r in reports:
+        assert r.completed + r.errors == len(requests)
+        assert 0.0 <= r.cold_start_rate <= 1.0
+        assert r.p50_latency_s <= r.p99_latency_s
+        assert r.idle_gb_h >= 0.0
+    assert reports[0].prefetch_loads == 0  # Ollama never prefetches
+
+
+def test_workload_times_are_relative_and_ordered() -> None:
+    recs = [
+        TraceRecord(
+            ts=DEFAULT_EPOCH + timedelta(seconds=s),
+            session=None,
+            model="m",
+            endpoint="/v1/chat/completions",
+            api="openai",
+            prompt_tokens=None,
+            output_tokens=None,
+            system_prompt_hash=None,
+            prefix_hash=None,
+            num_ctx=None,
+            stream=False,
+        )
+        for s in (5.0, 1.0, 3.0)
+    ]
+    reqs = requests_from_records(recs)
+    assert [r.t for r in reqs] == [0.0, 2.0, 4.0]
+    assert reqs[0].model == "m:latest"
+    assert reqs[0].openai
+    assert reqs[0].prompt_tokens > 0
+
+
+def test_bridge_knobs_match_the_bridge_settings_defaults() -> None:
+    fields = Settings.model_fields
+    knobs = BridgeKnobs()
+    assert knobs.headroom == fields["headroom"].default
+    assert knobs.num_predict_default == fields["num_predict_default"].default
+    assert knobs.chars_per_token == fields["chars_per_token"].default
+    assert ",".join(map(str, knobs.buckets)) == fields["num_ctx_buckets"].default
+    assert POLICIES["bridge-lru"].idle_unload_after_s == fields["idle_unload_after"].default
