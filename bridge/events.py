@@ -59,6 +59,9 @@ from ingest.topics import ensure_topics
 log = logging.getLogger(__name__)
 Item = RequestRecord | Decision | StateChange
 _YIELD_EVERY = 256
+#: The recorder wakes at most this often: records are handled in batches, so a busy
+#: bridge pays one wake-up (and the sender one send) per batch, not per request.
+_BATCH_S = 0.05
 _WARN_INTERVAL_S = 30.0
 _TOPICS_RETRY_S = 5.0
 
@@ -119,6 +122,10 @@ class Events:
         self.metrics = EventsMetrics(registry, self._backlog)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._built = {
+            kind: self.metrics.built.labels(kind)
+            for kind in ("access_log", "decision", "model_state")
+        }
         self._last_warning = 0.0
 
     @property
@@ -140,7 +147,8 @@ class Events:
     def _put(self, item: Item) -> None:
         if len(self._backlog) < self._backlog_max:
             self._backlog.append(item)
-            self._wake.set()
+            if not self._wake.is_set():
+                self._wake.set()
         else:  # the recorder is far behind: build it here rather than lose it
             self._offer(item, register=False)
 
@@ -151,6 +159,7 @@ class Events:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
+            await asyncio.sleep(_BATCH_S)  # let the batch fill (later puts do not wake us)
             self._wake.clear()
             await self._drain()
 
@@ -185,7 +194,7 @@ class Events:
             log.exception("could not build the event of %r", type(item).__name__)
             return None
         self.sender.offer(event)
-        self.metrics.built.labels(kind).inc()
+        self._built[kind].inc()
         return system if register else None
 
     async def _register(self, system: str) -> None:

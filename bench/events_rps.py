@@ -1,0 +1,267 @@
+"""Bridge requests/s with event logging off, on Kafka, and embedded, side by side.
+
+Starts the simulator (``bench/fleet.yaml``, its own process) and three ``alb serve``
+processes (as committed at ``--rev``) in front of it:
+
+* ``off``: ``ALB_EVENTS=false`` (no access log, no consumer);
+* ``kafka``: ``ALB_KAFKA_BOOTSTRAP_SERVERS`` set: every request's access-log event
+  goes through the sender to a real broker (``acks=all``, lz4), the consumer group
+  polls the prefetch / warm-cache topics;
+* ``embedded``: the default (in-process bus, no Kafka).
+
+Then measures them from this process in interleaved rounds (the order rotates each
+round): closed-loop non-streaming ``/api/chat`` with an ``X-ALB-Session`` header at
+``--concurrency`` (instant replies: the saturation req/s, where logging costs show
+most) and ``bench-paced`` at concurrency 64 (80 ms replies: a steady load). Ratios
+are paired within a round (kafka / off), medians over rounds. The target (issue #5):
+Kafka logging costs at most 5 % of the saturation req/s. After the rounds the Kafka
+bridge's ``/metrics`` must show every request's event sent and none spooled or dropped.
+
+The broker: ``--kafka HOST:PORT`` or ``KAFKA_BOOTSTRAP_SERVERS``, else a local
+Kafka 4.0 JVM broker started through the test harness (``tests/services``).
+
+    .venv/bin/python -m bench.events_rps
+    .venv/bin/python -m bench.events_rps --rounds 7 --total 3000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import platform
+import re
+import shlex
+import sys
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from bench.harness import Results, Scenario, _chat, interleave, warm_up
+from bench.loadgen import BatchResult, Target, Workload, new_event_loop
+from bench.procs import HOST, REPO, Service, free_port, snapshot, start_sim
+from bench.report import load_note, median, table
+
+#: What ``alb serve`` imports.
+BRIDGE_PACKAGES = ("bridge", "ingest", "predictor", "ollamasim")
+SIM_PARALLEL = 64
+OFF, KAFKA, EMBEDDED = "off", "kafka", "embedded"
+TARGET_RATIO = 0.95
+
+
+@dataclass(frozen=True)
+class SessionWorkload(Workload):
+    """A workload whose requests carry ``X-ALB-Session`` (the access log's key)."""
+
+    session: str = "bench-session"
+
+    def request_bytes(self, host: str, port: int) -> bytes:
+        raw = super().request_bytes(host, port)
+        return raw.replace(b"\r\n\r\n", f"\r\nX-ALB-Session: {self.session}\r\n\r\n".encode(), 1)
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class MeteredTarget(Target):
+    """A target that also measures, per batch, the CPU its bridge process (and the
+    broker) spent per answered request."""
+
+    def __init__(self, name: str, port: int, pid: int, broker_pid: int | None) -> None:
+        super().__init__(name, HOST, port)
+        self._pids = (pid, broker_pid)
+        #: (scenario workload name, bridge µs/request, broker µs/request) per batch.
+        self.cpu: list[tuple[str, float, float]] = []
+
+    async def run(
+        self, workload: Workload, concurrency: int, total: int, stagger: float = 0.0
+    ) -> BatchResult:
+        pid, broker = self._pids
+        before = (_cpu_s(pid), _cpu_s(broker) if broker else 0.0)
+        result = await super().run(workload, concurrency, total, stagger)
+        after = (_cpu_s(pid), _cpu_s(broker) if broker else 0.0)
+        n = max(len(result.latencies), 1)
+        self.cpu.append(
+            (workload.name, (after[0] - before[0]) / n * 1e6, (after[1] - before[1]) / n * 1e6)
+        )
+        return result
+
+
+def _bridge(name: str, upstream: str, rev: str, env: dict[str, str]) -> Service:
+    port = free_port()
+    src = REPO if rev == "worktree" else snapshot(rev, BRIDGE_PACKAGES)
+    full = {
+        "ALB_DAEMONS": f"bench0={upstream}?parallel={SIM_PARALLEL}",
+        "OLLAMA_HOST": upstream,
+        **env,
+    }
+    argv = [sys.executable, "-m", "bridge.cli", "serve", "--host", HOST, "--port", str(port)]
+    svc = Service(name, argv, port, env=full, cwd=src, owns_cwd=src != REPO)
+    svc.wait_ready("/api/version", timeout=60)
+    return svc
+
+
+def _kafka(args: argparse.Namespace) -> tuple[str, object | None]:
+    given = args.kafka or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if given:
+        return given, None
+    from tests.services import kafka_broker  # noqa: PLC0415  (a bench-only convenience)
+
+    broker = kafka_broker.start()
+    return broker.bootstrap, broker
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    match = re.search(rf"^{re.escape(name)}\{{{re.escape(want)}\}} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+async def _measure(
+    targets: Sequence[MeteredTarget], scenarios: Sequence[Scenario], rounds: int
+) -> Results:
+    try:
+        await warm_up(targets, scenarios)
+        for t in targets:
+            t.cpu.clear()
+        return await interleave(
+            targets, scenarios, rounds, lambda m: print(m, file=sys.stderr, flush=True)
+        )
+    finally:
+        for t in targets:
+            t.close()
+
+
+def _paired(res: Results, scenario: str, a: str, b: str) -> float:
+    mine = res.batches.get((scenario, a), [])
+    base = res.batches.get((scenario, b), [])
+    return median([x.rps / y.rps for x, y in zip(mine, base, strict=False) if y.rps])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.events_rps",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    parser.add_argument("--rev", default="HEAD", help="git revision of the bridge, or 'worktree'")
+    parser.add_argument("--kafka", help="bootstrap servers (default: start a local broker)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (%(default)s)")
+    parser.add_argument("--concurrency", type=int, default=16, help="saturation concurrency")
+    parser.add_argument("--total", type=int, default=2000, help="requests per saturation batch")
+    parser.add_argument("--paced", type=int, default=640, help="requests per paced c=64 batch")
+    parser.add_argument("--no-embedded", action="store_true", help="skip the embedded bridge")
+    args = parser.parse_args(argv)
+
+    given = sys.argv[1:] if argv is None else list(argv)
+    print(f"# python -m bench.events_rps {shlex.join(given)}")
+    print(f"# {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}")
+    print(f"# bridge at {args.rev}; before: {load_note()}")
+    fast = SessionWorkload("native", "/api/chat", _chat("bench-fast", False))
+    paced = SessionWorkload("native-paced", "/api/chat", _chat("bench-paced", False))
+    scenarios = [
+        Scenario(fast, args.concurrency, args.total),
+        Scenario(paced, 64, args.paced, 0.08),
+    ]
+    services: list[Service] = []
+    bootstrap, broker = _kafka(args)
+    print(f"# kafka at {bootstrap}{' (started for this run)' if broker else ''}")
+    try:
+        from ingest.topics import ensure_topics  # noqa: PLC0415
+
+        asyncio.run(ensure_topics(bootstrap))
+        sim = start_sim(REPO / "bench" / "fleet.yaml", rev=args.rev)
+        services.append(sim)
+        producer = f"alb-bench-{uuid.uuid4().hex[:8]}"
+        kinds = {
+            OFF: {"ALB_EVENTS": "false"},
+            KAFKA: {
+                "ALB_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                "ALB_PRODUCER_ID": producer,
+                "ALB_CONSUMER_GROUP": producer,
+                "ALB_EVENTS_SPOOL_DIR": f"/tmp/{producer}-spool",
+            },
+        }
+        if not args.no_embedded:
+            kinds[EMBEDDED] = {}
+        ports: dict[str, int] = {}
+        targets: list[MeteredTarget] = []
+        broker_pid = getattr(broker, "pid", None)
+        for name, env in kinds.items():
+            svc = _bridge(name, sim.url, args.rev, env)
+            services.append(svc)
+            ports[name] = svc.port
+            targets.append(MeteredTarget(name, svc.port, svc.proc.pid, broker_pid))
+        loop = new_event_loop()
+        try:
+            res = loop.run_until_complete(_measure(targets, scenarios, args.rounds))
+        finally:
+            loop.close()
+        metrics = httpx.get(f"http://{HOST}:{ports[KAFKA]}/metrics", timeout=10).text
+    finally:
+        for svc in reversed(services):
+            svc.stop()
+        if broker is not None:
+            broker.stop()  # type: ignore[attr-defined]
+    print(f"# after: {load_note()}")
+    print(f"# errors: {', '.join(f'{n} {res.errors(n)}' for n in ports)}")
+    topic = "alb.access-log.v1"
+    sent = _metric(metrics, "alb_events_sent_total", topic=topic)
+    spooled = _metric(metrics, "alb_events_spooled_total", topic=topic)
+    dropped = sum(
+        _metric(metrics, "alb_events_dropped_total", topic=topic, reason=r)
+        for r in ("spool_full", "rejected", "spool_error", "closed")
+    )
+    requests = sum(
+        float(v)
+        for v in re.findall(r'^alb_requests_total\{[^}]*status="200"[^}]*\} (\S+)$', metrics, re.M)
+    )
+    print(
+        f"# kafka bridge: {requests:.0f} requests answered, {sent:.0f} access-log events "
+        f"acknowledged by Kafka, {spooled:.0f} spooled, {dropped:.0f} dropped"
+    )
+    print()
+    header = ["scenario", *[f"{n} req/s" for n in ports], "kafka / off"]
+    if EMBEDDED in ports:
+        header.append("embedded / off")
+    rows = []
+    verdict = ""
+    for s in scenarios:
+        row = [s.name, *[f"{res.absolute(s.name, n, 'rps'):.0f}" for n in ports]]
+        k = _paired(res, s.name, KAFKA, OFF)
+        row.append(f"{k:.3f}")
+        if EMBEDDED in ports:
+            row.append(f"{_paired(res, s.name, EMBEDDED, OFF):.3f}")
+        rows.append(row)
+        if s is scenarios[0]:
+            verdict = "PASS" if k >= TARGET_RATIO else "FAIL"
+            verdict = f"{verdict}: kafka / off = {k:.3f} at {s.name} (target >= {TARGET_RATIO})"
+    print(f"Requests/s, medians of {args.rounds} interleaved rounds; ratios paired by round")
+    print()
+    print(table(header, rows))
+    print()
+    print(verdict)
+    print()
+    print("CPU per answered request, µs (medians over rounds; /proc of each process)")
+    print()
+    cpu_rows = []
+    for s in scenarios:
+        row = [s.workload.name]
+        for t in targets:
+            row.append(f"{median([c for w, c, _ in t.cpu if w == s.workload.name]):.0f}")
+        kafka = next(t for t in targets if t.name == KAFKA)
+        broker_us = [b for w, _, b in kafka.cpu if w == s.workload.name]
+        row.append(f"{median(broker_us):.0f}" if broker is not None else "-")
+        cpu_rows.append(row)
+    print(table(["workload", *[f"bridge {t.name}" for t in targets], "broker (kafka)"], cpu_rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
