@@ -77,6 +77,9 @@ def _mount_subcommands() -> None:
     # Sub-apps own their commands; their heavy imports happen inside the commands.
     from ingest.cli import replay_app, topics_app
     from predictor.cli import trace_app
+    from predictor.replay.cli import register_replay_eval_commands
+
+    register_replay_eval_commands(replay_app)
 
     app.add_typer(trace_app, name="trace")
     app.add_typer(topics_app, name="topics")
