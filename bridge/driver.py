@@ -1,0 +1,240 @@
+"""The per-daemon load driver: carries out plans, one operation at a time (theory of operation).
+
+One driver task per daemon (Ollama loads one model at a time per daemon too),
+started by ``kick`` when idle. Each step finds a gate whose waiters need a load
+(a cold model, or a runner whose context is too small, drained first), asks
+``placement.plan_room`` on a fresh snapshot which idle runners to unload,
+unloads them (``keep_alive: 0``, confirmed with ``/api/ps``), then loads with
+the chosen ``num_ctx``. When nothing can be freed the waiters stay queued; a
+release that leaves a model idle while others wait, every unload and every
+refresh kicks the driver again. Victims' gates are closed before the first
+await, so no request can reach a runner that is being evicted.
+
+``unload_model`` is the explicit unload (admin API, honour-policy clients, idle
+unloads): it closes the gate, lets the model's requests finish, then unloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import Any
+
+from bridge.admission import Gate
+from bridge.errors import BadRequest, BridgeError, Conflict, LoadFailed, Replaced
+from bridge.fleet import DaemonState
+from bridge.loader import LoadSpec
+from bridge.numctx import Need
+from bridge.placement import NEVER, RoomPlan, eviction_value, plan_room
+from bridge.residency import GIB, Residency, Target
+
+
+class Driver:
+    """Loads, evictions and explicit unloads on the daemons of one ``Residency``."""
+
+    def __init__(self, r: Residency) -> None:
+        self._r = r
+        self._dirty: set[str] = set()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def kick(self, daemon: str) -> None:
+        """Ask ``daemon``'s driver to look for work (starts it when idle)."""
+        self._dirty.add(daemon)
+        if daemon not in self._tasks:
+            self._tasks[daemon] = self._r.loader.spawn(self._drive(daemon))
+
+    async def _drive(self, name: str) -> None:
+        try:
+            while name in self._dirty:
+                self._dirty.discard(name)
+                if await self._step(self._r.fleet.get(name)):
+                    self._dirty.add(name)
+        finally:
+            self._tasks.pop(name, None)
+
+    async def _step(self, d: DaemonState) -> bool:
+        """Carry out at most one load (with its evictions); True when one ran."""
+        r = self._r
+        if not r.available(d):
+            return False
+        for (name, key), gate in list(r.gates.items()):
+            if name != d.name or (name, key) in r.ops:
+                continue
+            reload = gate.ready
+            if not reload and gate.depth:
+                needs = gate.needs()
+            elif reload and gate.unfit():
+                gate.hold = True  # drain: no new slots for the runner being replaced
+                if gate.busy:
+                    continue
+                needs = gate.needs()
+            else:
+                continue
+            info = await r.fleet.model_info(key)
+            if info is None:
+                gate.fail(LoadFailed(f"no daemon can describe {key} (/api/show failed)"))
+                continue
+            target = r.target(info, d, needs)
+            plan = plan_room(r.view(d), key, target.size, r.value_fn(d.name))
+            if plan is NEVER:
+                budget = r.fleet.budget(d, r.settings.headroom)
+                why = (
+                    f"{key} with num_ctx {target.ctx} needs about {target.size / GIB:.1f} GiB; "
+                    f"{d.name} can plan for {(budget or 0) / GIB:.1f} GiB besides pinned models"
+                )
+                r.decisions.record("reject", key, d.name, why, size=target.size, num_ctx=target.ctx)
+                gate.hold = False
+                err = BadRequest(why)
+                if reload:
+                    for fut, n in list(gate.queue):
+                        if n is not None and not gate.fits(n) and not fut.done():
+                            fut.set_exception(err)
+                    gate.open()
+                else:
+                    gate.fail(err)
+                continue
+            if plan is None:
+                continue  # busy runners hold the room: wait for a release
+            assert isinstance(plan, RoomPlan)
+            await self._execute(d, key, gate, target, plan, needs)
+            return True
+        return False
+
+    async def _execute(  # noqa: PLR0917
+        self,
+        d: DaemonState,
+        key: str,
+        gate: Gate,
+        target: Target,
+        plan: RoomPlan,
+        needs: list[Need],
+    ) -> None:
+        r = self._r
+        now = time.monotonic()
+        view = r.view(d, now)
+        for v in plan.victims:
+            r.gate(d.name, v).close()
+            r.ops.add((d.name, v))
+        r.ops.add((d.name, key))
+        r.targets[(d.name, key)] = target
+        reloading = gate.ready
+        old_ctx = gate.ctx
+        gate.close()
+        try:
+            for v in plan.victims:
+                rv = view.runners[v]
+                r.decisions.record(
+                    "evict",
+                    v,
+                    d.name,
+                    f"room for {key}",
+                    size=rv.size,
+                    idle_s=round(rv.idle_s, 3),
+                    reload_s=round(rv.reload_s, 3),
+                    value=round(eviction_value(r.oracle, d.name, rv), 6),
+                    budget=view.budget,
+                    used=view.used,
+                    needed=target.size,
+                )
+                r.metrics.evictions.labels(daemon=d.name, reason="room").inc()
+                ok = await r.loader.unload(d, v, "evict")
+                r.ops.discard((d.name, v))
+                if not ok:
+                    raise LoadFailed(f"could not unload {v} from {d.name} to make room for {key}")
+            if reloading:
+                await r.loader.unload(d, key, "reload")
+            reason = (
+                "openai-surface-needs-default-context"
+                if target.auto and reloading
+                else "bigger-context"
+                if reloading
+                else "request"
+            )
+            r.decisions.record(
+                "num_ctx",
+                key,
+                d.name,
+                reason,
+                num_ctx=target.ctx,
+                auto=target.auto,
+                previous_num_ctx=old_ctx if reloading else None,
+                needs=sorted({n.tokens for n in needs})[-5:],
+                buckets=list(r.limits.buckets),
+            )
+            r.decisions.record(
+                "load",
+                key,
+                d.name,
+                "reload" if reloading else "request",
+                num_ctx=target.ctx,
+                auto=target.auto,
+                estimated_size=target.size,
+                budget=view.budget,
+                used_before=view.used - plan.freed,
+                evicted=list(plan.victims),
+            )
+            options: dict[str, Any] = {} if target.auto else {"num_ctx": target.ctx}
+            keep = math.inf if r.settings.keep_alive_policy == "bridge" else None
+            await r.loader.load(
+                d, key, LoadSpec(keep, options), "reload" if reloading else "request"
+            )
+            row = d.loaded.get(key) or {}
+            ctx = int(row.get("context_length") or 0) or target.ctx
+            info = r.fleet.infos.get(key)
+            par = r.parallel(d, info)
+            real = int(row.get("size") or 0)
+            r.sizes.learn(key, target.ctx, par, real)
+            if target.auto:
+                r.auto_ctx[(d.name, key)] = ctx
+            r.metrics.num_ctx_loaded.observe(target.ctx)
+            if real and real != target.size:
+                r.decisions.record(
+                    "load", key, d.name, "size-learned", estimated=target.size, actual=real
+                )
+            gate.last_load_at = time.monotonic()
+            gate.open(ctx=ctx if target.auto else target.ctx, auto=target.auto)
+        except BridgeError as exc:
+            await r.fleet.refresh_ps(d)
+            r.decisions.record("load", key, d.name, "failed", error=exc.message)
+            if not d.up:
+                gate.fail(Replaced(f"{d.name} went away while loading {key}", retry_after=1))
+            else:
+                gate.fail(exc)
+        finally:
+            for v in plan.victims:
+                r.ops.discard((d.name, v))
+            r.ops.discard((d.name, key))
+            r.targets.pop((d.name, key), None)
+
+    async def unload_model(
+        self, key: str, daemon: str | None, reason: str, *, force: bool = False
+    ) -> list[str]:
+        """Unload ``key`` (from ``daemon`` or everywhere) once its requests finished;
+        returns the daemons it left. ``Conflict`` for a pinned model unless ``force``."""
+        r = self._r
+        done: list[str] = []
+        for d in r.fleet.daemons.values():
+            if (daemon is not None and d.name != daemon) or key not in d.loaded:
+                continue
+            if r.pinned(d.name, key):
+                if force:
+                    continue
+                raise Conflict(f"{key} is pinned on {d.name}: unpin it first")
+            if (d.name, key) in r.ops:
+                continue
+            gate = r.gate(d.name, key)
+            r.ops.add((d.name, key))
+            gate.close()
+            try:
+                while gate.busy:  # noqa: ASYNC110  (its requests finish first)
+                    await asyncio.sleep(0.01)
+                r.decisions.record("unload", key, d.name, reason)
+                if await r.loader.unload(d, key, reason):
+                    done.append(d.name)
+            finally:
+                r.ops.discard((d.name, key))
+                if key in d.loaded:
+                    gate.open()
+                self.kick(d.name)
+        return done

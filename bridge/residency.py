@@ -1,0 +1,213 @@
+"""What is resident where: the scheduler's shared state and the snapshots policies read.
+
+``Residency`` holds one ``Gate`` per (daemon, model), when each was last used,
+which (daemon, model) pairs have a bridge load or unload in progress (``ops``:
+reconciliation keeps off them) and what those loads aim for (``targets``), the
+pins and the daemons' circuit breakers. It answers the questions admission, the
+load driver and the background upkeep share: is a daemon available, what
+runner would a load ask for (``target``), and ``view``: a daemon frozen into a
+``placement.DaemonView`` for the pure policies. ``Scheduler`` builds on it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bridge.admission import Gate
+from bridge.decisions import DecisionLog
+from bridge.fleet import DaemonState, Fleet
+from bridge.health import Breaker
+from bridge.loader import Loader
+from bridge.memory import ModelInfo, SizeBook
+from bridge.metrics import Metrics
+from bridge.numctx import Calibrator, Limits, Need, bucket
+from bridge.placement import (
+    DaemonView,
+    RecencyOracle,
+    ReuseOracle,
+    RunnerView,
+    eviction_value,
+)
+from bridge.settings import Settings
+from bridge.upstream import Upstream
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a load asks for: per-sequence context, auto (no num_ctx), bytes."""
+
+    ctx: int
+    auto: bool
+    size: int
+
+
+def vram_tier_ctx(capacity: int | None) -> int:
+    """Ollama's default num_ctx for a daemon of ``capacity`` bytes (routes.go ``Serve``)."""
+    if capacity is None:
+        return 4096
+    return 262144 if capacity >= 47 * GIB else 32768 if capacity >= 23 * GIB else 4096
+
+
+class Residency:
+    """Gates, runners and their bookkeeping, shared by admission, driver and upkeep."""
+
+    def __init__(  # noqa: PLR0917
+        self,
+        settings: Settings,
+        fleet: Fleet,
+        upstream: Upstream,
+        metrics: Metrics,
+        decisions: DecisionLog,
+        oracle: ReuseOracle | None = None,
+    ) -> None:
+        self._settings = settings
+        self.fleet = fleet
+        self._upstream = upstream
+        self._metrics = metrics
+        self.decisions = decisions
+        self.oracle: ReuseOracle = oracle or RecencyOracle()
+        self.gates: dict[tuple[str, str], Gate] = {}
+        #: The same gates by daemon (admission and release look at one daemon's only).
+        self.gates_of: dict[str, dict[str, Gate]] = {name: {} for name in fleet.daemons}
+        #: Monotonic time each (daemon, model) was last admitted or released.
+        self.used_at: dict[tuple[str, str], float] = {}
+        self.loader = Loader(fleet, upstream, metrics, load_timeout=settings.load_timeout)
+        self.sizes = SizeBook()
+        self.calibrator = Calibrator(settings.chars_per_token)
+        self.limits = Limits(
+            settings.bucket_list(),
+            settings.num_ctx_min,
+            settings.num_ctx_max,
+            settings.num_predict_default,
+            settings.image_tokens,
+        )
+        self.breakers = {
+            name: Breaker(settings.breaker_failures, settings.breaker_cooldown)
+            for name in fleet.daemons
+        }
+        self.pins: set[tuple[str, str | None]] = set()
+        #: (daemon, model) with a bridge load/unload in progress: reconcile keeps off.
+        self.ops: set[tuple[str, str]] = set()
+        self.targets: dict[tuple[str, str], Target] = {}
+        #: Context an auto (no num_ctx) load got, per (daemon, model), from /api/ps.
+        self.auto_ctx: dict[tuple[str, str], int] = {}
+        self._was_up: dict[str, bool] = {}
+
+    # --- queries -------------------------------------------------------------------
+    def gate(self, daemon: str, key: str) -> Gate:
+        gate = self.gates.get((daemon, key))
+        if gate is None:
+            d = self.fleet.get(daemon)
+            gate = self.gates[(daemon, key)] = Gate(d.spec.parallel)
+            self.gates_of.setdefault(daemon, {})[key] = gate
+            row = d.loaded.get(key)
+            if row is not None and (daemon, key) not in self.ops:
+                gate.ready = True
+                gate.ctx = int(row.get("context_length") or 0)
+            self.used_at.setdefault((daemon, key), time.monotonic())
+        return gate
+
+    def available(self, d: DaemonState) -> bool:
+        return d.up and self.breakers[d.name].allows_traffic(time.monotonic())
+
+    def pinned(self, daemon: str, key: str) -> bool:
+        return (key, daemon) in self.pins or (key, None) in self.pins
+
+    def busy_op(self, daemon: str, key: str) -> bool:
+        return (daemon, key) in self.ops
+
+    def parallel(self, d: DaemonState, info: ModelInfo | None) -> int:
+        return 1 if info is not None and info.embedding_only else d.spec.parallel
+
+    def outstanding(self, daemon: str) -> int:
+        """Requests in flight or queued on ``daemon``, every model."""
+        return sum(g.outstanding for g in self.gates_of.get(daemon, {}).values())
+
+    def target(self, info: ModelInfo, d: DaemonState, needs: list[Need]) -> Target:
+        """The runner a load for ``needs`` asks for on ``d``."""
+        par = self.parallel(d, info)
+        default = self.auto_ctx.get((d.name, info.key)) or vram_tier_ctx(d.capacity)
+        if info.context_length:
+            default = min(default, info.context_length)
+        tokens = max((n.tokens for n in needs), default=self.limits.num_ctx_min)
+        if any(n.auto for n in needs) or (
+            self._settings.num_ctx_prefer_default and tokens <= default
+        ):
+            return Target(default, True, self.sizes.size(info, default, par))
+        ctx = bucket(tokens, self.limits.buckets, info.context_length)
+        return Target(ctx, False, self.sizes.size(info, ctx, par))
+
+    def view(self, d: DaemonState, now: float | None = None) -> DaemonView:
+        now = time.monotonic() if now is None else now
+        runners: dict[str, RunnerView] = {}
+        for key, row in d.loaded.items():
+            gate = self.gates.get((d.name, key))
+            size = int(row.get("size") or 0)
+            runners[key] = RunnerView(
+                key=key,
+                size=size,
+                ctx=gate.ctx
+                if gate is not None and gate.ready
+                else int(row.get("context_length") or 0),
+                auto=gate.auto if gate is not None else False,
+                busy=gate is not None and gate.outstanding > 0,
+                pinned=self.pinned(d.name, key),
+                idle_s=now - self.used_at.get((d.name, key), now),
+                reload_s=self.loader.load_seconds(key, size),
+                loading=(d.name, key) in self.ops,
+            )
+        for (name, key), t in self.targets.items():
+            if name == d.name and key not in runners:
+                runners[key] = RunnerView(key, t.size, t.ctx, t.auto, True, False, 0.0, 1.0, True)
+        gates = [(k, g) for (n, k), g in self.gates.items() if n == d.name]
+        pending = frozenset(
+            k for k, g in gates if not g.ready and g.depth and (d.name, k) not in self.ops
+        )
+        return DaemonView(
+            name=d.name,
+            up=self.available(d),
+            models=frozenset(d.catalog),
+            runners=runners,
+            budget=self.fleet.budget(d, self._settings.headroom),
+            max_loaded=d.spec.max_loaded,
+            outstanding=sum(g.outstanding for _, g in gates),
+            pending=pending,
+            parallel=d.spec.parallel,
+        )
+
+    def value_fn(self, daemon: str) -> Callable[[RunnerView], float]:
+        return lambda r: eviction_value(self.oracle, daemon, r)
+
+    def idle_expiry(self, daemon: str, key: str) -> float | None:
+        """Monotonic time at which the bridge will unload the model (bridge policy)."""
+        if self._settings.keep_alive_policy != "bridge" or self._settings.idle_unload_after <= 0:
+            return None
+        if self.pinned(daemon, key):
+            return None
+        last = self.used_at.get((daemon, key))
+        return None if last is None else last + self._settings.idle_unload_after
+
+    def last_used(self, daemon: str, key: str) -> float | None:
+        return self.used_at.get((daemon, key))
+
+    def was_up(self, name: str, up: bool) -> bool:
+        """Record ``up`` for ``name``; returns the previous value (True at first)."""
+        before = self._was_up.get(name, True)
+        self._was_up[name] = up
+        return before
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @property
+    def metrics(self) -> Metrics:
+        return self._metrics
+
+    @property
+    def upstream(self) -> Upstream:
+        return self._upstream
