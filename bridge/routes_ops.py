@@ -108,7 +108,30 @@ def routes(bridge: Bridge) -> list[BaseRoute]:
         }
         return json_response({"daemons": out, **extra})
 
+    async def events(request: Request) -> Response:
+        """The events pipeline: mode, producer, what is waiting, the consumer's state."""
+        rt = bridge.runtime
+        if rt is None:
+            return json_response({"mode": None}, 503)
+        ev = rt.events
+        if ev is None:
+            return json_response({"mode": "off"})
+        settings = bridge.settings
+        consumer = rt.consumer
+        return json_response(
+            {
+                "mode": "kafka" if settings.kafka_bootstrap_servers else "embedded",
+                "producer": ev.producer,
+                "backlog": ev.backlog,
+                "sender_idle": ev.sender.idle,
+                "consumer_group": settings.consumer_group,
+                "consumer_ready": bool(consumer and consumer.ready.is_set()),
+                "prefetched_unused": len(consumer.book) if consumer else 0,
+            }
+        )
+
     return [
+        Route("/alb/v1/events", events, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/readyz", readyz, methods=["GET", "HEAD"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -212,6 +212,15 @@ async def test_every_request_leaves_one_valid_event_and_no_prompt_text(
     assert invalid(Topic.DECISIONS.value, decisions) == []
 
 
+async def test_events_status_route(bridge: RunningBridge, client: httpx.AsyncClient) -> None:
+    r = await client.get("/alb/v1/events")
+    assert r.status_code == 200
+    doc = r.json()
+    assert doc["mode"] == "embedded"
+    assert doc["consumer_group"] == "alb-bridge"
+    assert doc["producer"].startswith("alb-bridge/")
+
+
 async def test_events_off_means_no_pipeline(fleet: RunningFleet) -> None:
     async with running_bridge(settings_for(fleet, events=False)) as b:
         async with httpx.AsyncClient(base_url=b.base_url, timeout=20) as c:
