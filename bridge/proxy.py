@@ -173,7 +173,7 @@ class InferenceRoute:
                 strip_runner=settings.runner_options == "strip",
                 native=self._ep.api is Api.NATIVE,
             )
-            in_flight = metrics.in_flight.labels(daemon=lease.daemon.name, model=lease.key)
+            in_flight = metrics.in_flight_by(lease.daemon.name, lease.key)
             in_flight.inc()
             try:
                 end = await relay(
@@ -183,7 +183,7 @@ class InferenceRoute:
                     self._ep.path,
                     forward,
                     retries=settings.upstream_retries,
-                    on_retry=metrics.upstream_retries.labels(daemon=lease.daemon.name).inc,
+                    on_retry=metrics.retries_by(lease.daemon.name).inc,
                 )
                 state.stream_failed = end is End.ERROR
             except BridgeError as err:
@@ -287,12 +287,12 @@ class InferenceRoute:
         status = 499 if ex.client_gone else (ex.status or 500)
         path = self._ep.path
         m = bridge.metrics
-        m.requests.labels(endpoint=path, model=state.model, status=str(status)).inc()
-        m.latency.labels(endpoint=path, model=state.model).observe(now - t0)
+        m.requests_by(path, state.model, str(status)).inc()
+        m.latency_by(path, state.model).observe(now - t0)
         ttft = None
         if ex.first_byte_at is not None:
             ttft = (ex.first_byte_at - t0) * 1000
-            m.ttft.labels(endpoint=path, model=state.model).observe(ttft / 1000)
+            m.ttft_by(path, state.model).observe(ttft / 1000)
         if state.stream_failed:
             m.stream_failures.labels(endpoint=path, reason="upstream").inc()
         if bridge.sink is None:

@@ -1,12 +1,14 @@
 """The scheduler: route, admit, wait, release, on top of ``Residency`` (theory of operation).
 
-``admit`` freezes the fleet into ``placement.DaemonView``s and asks
-``placement.route`` where the request goes. ``Serve``: take a slot at the
+``admit`` first looks for a free slot where ``route`` would send the request
+anyway (the usual case: the model is loaded and a slot is free), without
+building any views. Otherwise it freezes the fleet into ``placement.DaemonView``s
+and asks ``placement.route`` where the request goes. ``Serve``: take a slot at the
 model's ``Gate`` at once, or queue there (refused with 503 and Retry-After above
 the high-water mark). ``Load``: queue at that daemon's gate and kick the
 daemon's driver (``bridge.driver``: plans and carries out loads and evictions,
 one at a time per daemon). ``release`` hands the slot back and kicks the driver
-when the model went idle or waiters need it.
+only when requests wait on that daemon (an idle model may make room for them).
 
 Module map: ``residency`` (gates, runners, pins, breakers; the snapshots the pure
 policies read), ``driver`` (loads, evictions, explicit unloads), ``upkeep``
@@ -118,6 +120,9 @@ class Scheduler(Residency):
         (no daemon), ``Overloaded`` (high-water mark) or ``BadRequest`` (cannot fit)."""
         t0 = time.monotonic()
         need = need if need is not None else Need(0)
+        lease = self._free_slot(key, need, exclude, only, t0)
+        if lease is not None:
+            return lease
         views = [
             self.view(d, t0)
             for d in self.fleet.daemons.values()
@@ -139,7 +144,7 @@ class Scheduler(Residency):
         gate = self.gate(d.name, key)
         self.used_at[(d.name, key)] = t0
         if gate.try_acquire(need):
-            self._metrics.num_ctx_choices.labels(choice="fits-loaded").inc()
+            self._metrics.num_ctx_choice("fits-loaded").inc()
             return Lease(d, key, gate, False, 0.0, 0.0, t0)
         if gate.depth >= self._settings.high_water_depth:
             self._metrics.rejections.labels(reason="high-water").inc()
@@ -158,6 +163,36 @@ class Scheduler(Residency):
         elif gate.ready and gate.fits(need):
             self._metrics.num_ctx_choices.labels(choice="fits-loaded").inc()
         return Ticket(d, key, gate, not (gate.ready and gate.fits(need)), t0, need)
+
+    def _free_slot(
+        self, key: str, need: Need, exclude: frozenset[str], only: str | None, now: float
+    ) -> Lease | None:
+        """The fast path: a free slot where ``route`` would send the request anyway,
+        found without freezing the fleet into views; None: ask ``route``.
+
+        ``route`` serves a request from the daemon with the fewest outstanding
+        requests among those whose runner of the model fits it. Every such daemon
+        holds the model (loaded, or loading), so if the holder with the fewest
+        outstanding requests has a free slot that fits, ``route`` picks it too."""
+        holders = [
+            d
+            for d in self.fleet.daemons.values()
+            if (key in d.loaded or (d.name, key) in self.targets)
+            and d.name not in exclude
+            and (only is None or d.name == only)
+            and self.available(d)
+        ]
+        if not holders:
+            return None
+        d = holders[0]
+        if len(holders) > 1:
+            d = min(holders, key=lambda h: (self.outstanding(h.name), h.name))
+        gate = self.gates.get((d.name, key))
+        if gate is None or not gate.try_acquire(need):
+            return None
+        self.used_at[(d.name, key)] = now
+        self._metrics.num_ctx_choice("fits-loaded").inc()
+        return Lease(d, key, gate, False, 0.0, 0.0, now)
 
     def _reject(self, key: str, where: Reject, need: Need) -> BridgeError:
         self._metrics.rejections.labels(reason="no-room").inc()
@@ -202,8 +237,16 @@ class Scheduler(Residency):
             self.used_at[(lease.daemon.name, lease.key)] = now
         gate = lease.gate
         gate.release(now - lease.acquired_at if used else None)
-        if gate.outstanding == 0 or gate.hold or (gate.depth and not gate.busy):
+        # The driver only acts on queued requests (a load, or a reload to drain for):
+        # a model going idle matters when requests wait on this daemon.
+        if gate.hold or (
+            (gate.outstanding == 0 or (gate.depth and not gate.busy))
+            and self._has_waiters(lease.daemon.name)
+        ):
             self.kick(lease.daemon.name)
+
+    def _has_waiters(self, daemon: str) -> bool:
+        return any(g.depth for g in self.gates_of.get(daemon, {}).values())
 
     def report_failure(self, d: DaemonState, why: str) -> None:
         """A request to ``d`` failed in transport: count it and re-check the daemon."""
