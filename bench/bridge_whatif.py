@@ -5,20 +5,23 @@ process only, so ``bench.overhead --whatif ...`` can put a number on a change
 side by side with the unchanged bridge in the same rounds. Patches:
 
 * ``no-gc-freeze``: skip ``bridge.server.freeze_heap`` (the ``gc.collect();
-  gc.freeze()`` after start-up), to see what the frozen heap is worth.
+  gc.freeze()`` after start-up), to see what the frozen heap is worth;
+* ``no-events``: ``ALB_EVENTS=false`` (no access-log / model-state / decision
+  events, no prefetch consumer), to see what the events pipeline costs per request.
 
 The earlier ``aiohttp`` and ``gc-freeze`` patches are the bridge's own code now
 (``bridge/upstream.py``, ``bridge/server.py``); ``BENCHMARKS.md`` keeps their
 figures.
 
-    python -m bench.bridge_whatif --patch no-gc-freeze serve --host H --port P
+    python -m bench.bridge_whatif --patch no-gc-freeze,no-events serve --host H --port P
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
-PATCHES = ("no-gc-freeze",)
+PATCHES = ("no-gc-freeze", "no-events")
 
 
 def _skip_gc_freeze() -> None:
@@ -43,6 +46,8 @@ def main() -> None:
 
     if "no-gc-freeze" in patches:
         _skip_gc_freeze()
+    if "no-events" in patches:
+        os.environ["ALB_EVENTS"] = "false"
     sys.argv = ["alb", *args]
     app()
 
