@@ -9,9 +9,10 @@ One workload, three ways, each repeated ``--repeats`` times in interleaved order
 * **faust app**: a real worker subprocess (``python -m predictor.stream``, memory
   store, fresh app id each run) on a real Kafka broker. The access log is produced
   before the worker starts; the clock runs from the first observation the worker
-  writes to the moment the global stage has committed the last one (commit interval
-  0.1 s), so start-up is excluded and the whole pipeline — both stages, the session
-  table's changelog, the snapshots, the published events — is included.
+  writes to the moment the group has committed every access-log record and the
+  global stage every observation (commit interval 0.1 s), so start-up is excluded
+  and the whole pipeline (both stages, the session table's changelog, the
+  snapshots, the published events) is included.
 
 Workload: a seeded synthetic trace (``predictor.traces.synth``) of about
 ``--requests`` requests, shifted so that it ends now (its prefetches are live, not
@@ -142,8 +143,9 @@ async def _produce(bootstrap: str, topic: str, events: list[tuple[str, bytes]]) 
         await producer.stop()
 
 
-async def _progress(bootstrap: str, app_id: str) -> tuple[int, int]:
-    """(end offset of the observations topic, offset its group has committed)."""
+async def _progress(bootstrap: str, app_id: str, source: str) -> tuple[int, int, int]:
+    """(access-log records the group has committed, end offset of the observations
+    topic, the offset of it the group has committed)."""
     topic = observations_topic(app_id)
     tp = TopicPartition(topic, 0)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -152,11 +154,12 @@ async def _progress(bootstrap: str, app_id: str) -> tuple[int, int]:
     await admin.start()
     try:
         if topic not in await consumer.topics():
-            return 0, 0
+            return 0, 0, 0
         end = (await consumer.end_offsets([tp]))[tp]
         committed = await admin.list_consumer_group_offsets(app_id)
         meta = committed.get(tp)
-        return end, meta.offset if meta is not None else 0
+        done = sum(m.offset for t, m in committed.items() if t.topic == source and m.offset > 0)
+        return done, end, meta.offset if meta is not None else 0
     finally:
         await consumer.stop()
         await admin.close()
@@ -189,10 +192,10 @@ def _faust_rate(bootstrap: str, topic: str, n: int, timeout_s: float) -> tuple[f
                     raise RuntimeError(f"worker exited:\n{log.read_text()[-3000:]}")
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"timed out:\n{log.read_text()[-3000:]}")
-                end, committed = asyncio.run(_progress(bootstrap, app_id))
+                done, end, committed = asyncio.run(_progress(bootstrap, app_id, topic))
                 if first is None and end > 0:
                     first = time.monotonic()
-                if end >= n and committed >= end:
+                if done >= n and committed >= end:
                     assert first is not None
                     elapsed = time.monotonic() - first
                     return n / elapsed, elapsed
