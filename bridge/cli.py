@@ -73,6 +73,23 @@ def serve(
     run_server(settings, explicit_upstream=explicit)
 
 
+@app.command()
+def predictor(
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="Log level.")] = "info",
+) -> None:
+    """Run the Faust predictor worker (settings from ALB_PREDICTOR_* variables)."""
+    from predictor.stream.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        typer.echo(f"alb predictor: {exc}", err=True)
+        raise typer.Exit(2) from None
+    from predictor.stream.app import run_worker
+
+    run_worker(settings, loglevel=loglevel)
+
+
 def _mount_subcommands() -> None:
     # Sub-apps own their commands; their heavy imports happen inside the commands.
     from ingest.cli import replay_app, topics_app
