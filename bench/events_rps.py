@@ -16,6 +16,8 @@ most) and ``bench-paced`` at concurrency 64 (80 ms replies: a steady load). Rati
 are paired within a round (kafka / off), medians over rounds. The target (issue #5):
 Kafka logging costs at most 5 % of the saturation req/s. After the rounds the Kafka
 bridge's ``/metrics`` must show every request's event sent and none spooled or dropped.
+``--base REV`` adds a fourth bridge, ``kafka-base``: the Kafka one at another revision,
+measured in the same interleaved rounds (a before / after of the logging path).
 
 The broker: ``--kafka HOST:PORT`` or ``KAFKA_BOOTSTRAP_SERVERS``, else a local
 Kafka 4.0 JVM broker started through the test harness (``tests/services``).
@@ -34,6 +36,7 @@ import platform
 import re
 import shlex
 import sys
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,7 +52,7 @@ from bench.report import load_note, median, table
 #: What ``alb serve`` imports.
 BRIDGE_PACKAGES = ("bridge", "ingest", "predictor", "ollamasim")
 SIM_PARALLEL = 64
-OFF, KAFKA, EMBEDDED = "off", "kafka", "embedded"
+OFF, KAFKA, EMBEDDED, BASE = "off", "kafka", "embedded", "kafka-base"
 TARGET_RATIO = 0.95
 
 
@@ -120,7 +123,8 @@ def _kafka(args: argparse.Namespace) -> tuple[str, object | None]:
 
 def _metric(text: str, name: str, **labels: str) -> float:
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    match = re.search(rf"^{re.escape(name)}\{{{re.escape(want)}\}} (\S+)$", text, re.MULTILINE)
+    braces = rf"\{{{re.escape(want)}\}}" if labels else ""
+    match = re.search(rf"^{re.escape(name)}{braces} (\S+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 
 
@@ -137,6 +141,18 @@ async def _measure(
     finally:
         for t in targets:
             t.close()
+
+
+def _settled_metrics(port: int, timeout_s: float = 10.0) -> str:
+    """The Kafka bridge's ``/metrics`` once its sender has nothing queued (the last
+    requests' events are at most one recorder batch + linger behind)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = httpx.get(f"http://{HOST}:{port}/metrics", timeout=10).text
+        busy = _metric(text, "alb_events_queued") + _metric(text, "alb_events_backlog")
+        if busy == 0 or time.monotonic() > deadline:
+            return text
+        time.sleep(0.2)
 
 
 def _paired(res: Results, scenario: str, a: str, b: str) -> float:
@@ -157,12 +173,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--total", type=int, default=2000, help="requests per saturation batch")
     parser.add_argument("--paced", type=int, default=640, help="requests per paced c=64 batch")
     parser.add_argument("--no-embedded", action="store_true", help="skip the embedded bridge")
+    parser.add_argument("--base", help="also run the Kafka bridge at this revision (kafka-base)")
     args = parser.parse_args(argv)
 
     given = sys.argv[1:] if argv is None else list(argv)
     print(f"# python -m bench.events_rps {shlex.join(given)}")
     print(f"# {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}")
-    print(f"# bridge at {args.rev}; before: {load_note()}")
+    base = f", kafka-base at {args.base}" if args.base else ""
+    print(f"# bridge at {args.rev}{base}; before: {load_note()}")
     fast = SessionWorkload("native", "/api/chat", _chat("bench-fast", False))
     paced = SessionWorkload("native-paced", "/api/chat", _chat("bench-paced", False))
     scenarios = [
@@ -179,22 +197,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         sim = start_sim(REPO / "bench" / "fleet.yaml", rev=args.rev)
         services.append(sim)
         producer = f"alb-bench-{uuid.uuid4().hex[:8]}"
-        kinds = {
-            OFF: {"ALB_EVENTS": "false"},
-            KAFKA: {
+
+        def kafka_env(producer: str) -> dict[str, str]:
+            return {
                 "ALB_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                 "ALB_PRODUCER_ID": producer,
                 "ALB_CONSUMER_GROUP": producer,
                 "ALB_EVENTS_SPOOL_DIR": f"/tmp/{producer}-spool",
-            },
-        }
+            }
+
+        kinds = {OFF: (args.rev, {"ALB_EVENTS": "false"}), KAFKA: (args.rev, kafka_env(producer))}
+        if args.base:
+            kinds[BASE] = (args.base, kafka_env(f"{producer}-base"))
         if not args.no_embedded:
-            kinds[EMBEDDED] = {}
+            kinds[EMBEDDED] = (args.rev, {})
         ports: dict[str, int] = {}
         targets: list[MeteredTarget] = []
         broker_pid = getattr(broker, "pid", None)
-        for name, env in kinds.items():
-            svc = _bridge(name, sim.url, args.rev, env)
+        for name, (rev, env) in kinds.items():
+            svc = _bridge(name, sim.url, rev, env)
             services.append(svc)
             ports[name] = svc.port
             targets.append(MeteredTarget(name, svc.port, svc.proc.pid, broker_pid))
@@ -203,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             res = loop.run_until_complete(_measure(targets, scenarios, args.rounds))
         finally:
             loop.close()
-        metrics = httpx.get(f"http://{HOST}:{ports[KAFKA]}/metrics", timeout=10).text
+        metrics = _settled_metrics(ports[KAFKA])
     finally:
         for svc in reversed(services):
             svc.stop()
@@ -227,17 +248,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"acknowledged by Kafka, {spooled:.0f} spooled, {dropped:.0f} dropped"
     )
     print()
+    others = [n for n in (BASE, EMBEDDED) if n in ports]
     header = ["scenario", *[f"{n} req/s" for n in ports], "kafka / off"]
-    if EMBEDDED in ports:
-        header.append("embedded / off")
+    header += [f"{n} / off" for n in others]
     rows = []
     verdict = ""
     for s in scenarios:
         row = [s.name, *[f"{res.absolute(s.name, n, 'rps'):.0f}" for n in ports]]
         k = _paired(res, s.name, KAFKA, OFF)
         row.append(f"{k:.3f}")
-        if EMBEDDED in ports:
-            row.append(f"{_paired(res, s.name, EMBEDDED, OFF):.3f}")
+        row += [f"{_paired(res, s.name, n, OFF):.3f}" for n in others]
         rows.append(row)
         if s is scenarios[0]:
             verdict = "PASS" if k >= TARGET_RATIO else "FAIL"
@@ -255,11 +275,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         row = [s.workload.name]
         for t in targets:
             row.append(f"{median([c for w, c, _ in t.cpu if w == s.workload.name]):.0f}")
-        kafka = next(t for t in targets if t.name == KAFKA)
-        broker_us = [b for w, _, b in kafka.cpu if w == s.workload.name]
-        row.append(f"{median(broker_us):.0f}" if broker is not None else "-")
+        for t in targets:
+            if t.name in (KAFKA, BASE):
+                broker_us = [b for w, _, b in t.cpu if w == s.workload.name]
+                row.append(f"{median(broker_us):.0f}" if broker is not None else "-")
         cpu_rows.append(row)
-    print(table(["workload", *[f"bridge {t.name}" for t in targets], "broker (kafka)"], cpu_rows))
+    brokers = [f"broker ({t.name})" for t in targets if t.name in (KAFKA, BASE)]
+    print(table(["workload", *[f"bridge {t.name}" for t in targets], *brokers], cpu_rows))
     return 0
 
 

@@ -43,11 +43,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.asyncio import Redis
 
 from bridge.decisions import Decision
-from bridge.events_build import access_log_event, decision_event, model_state_event
+from bridge.events_build import access_log_record, decision_event, model_state_event
 from bridge.loader import StateChange
 from bridge.records import RequestRecord
 from bridge.settings import Settings
-from ingest.bus import EventBus
+from ingest.bus import EventBus, Record
 from ingest.bus_kafka import KafkaBus, KafkaConfig
 from ingest.bus_memory import MemoryBus
 from ingest.events import Event
@@ -177,10 +177,10 @@ class Events:
     def _offer(self, item: Item, *, register: bool) -> str | None:
         """Build ``item``'s event and offer it; return a system prompt to register."""
         try:
-            event: Event | None
+            event: Event | Record | None
             system = None
             if isinstance(item, RequestRecord):
-                event, system = access_log_event(item, self.producer)
+                event, system = access_log_record(item, self.producer)
                 kind = "access_log"
             elif isinstance(item, Decision):
                 event, kind = decision_event(item, self.producer), "decision"

@@ -1,13 +1,15 @@
 """Pure conversions from what the bridge knows to the events of ``alb.*.v1``.
 
-No I/O, no clock except the timestamps the inputs carry. ``access_log_event``
-derives everything from a ``RequestRecord``: the session (``X-ALB-Session``, else
-the OpenAI ``user``, else the API key's id), the token counts from the final
-upstream frame (a regex over that one frame, not a re-parse of the stream), the
-system-prompt and prefix hashes from the parsed body, the outcome from the status
-and the error class. It also returns the system prompt text, which goes to the
-prompt registry, never into an event. ``decision_event`` and ``model_state_event``
-map the decision log's records and the loader's state changes onto their topics.
+No I/O, no clock except the timestamps the inputs carry. ``access_log_record`` (what
+the bridge publishes: JSON straight from a dict, no pydantic model on the hot path)
+and ``access_log_event`` (the same fields as the validated model) derive everything
+from a ``RequestRecord``: the session (``X-ALB-Session``, else the OpenAI ``user``,
+else the API key's id), the token counts from the final upstream frame (a regex over
+that one frame, not a re-parse of the stream), the system-prompt and prefix hashes
+from the parsed body, the outcome from the status and the error class. Both also
+return the system prompt text, which goes to the prompt registry, never into an
+event. ``decision_event`` and ``model_state_event`` map the decision log's records
+and the loader's state changes onto their topics.
 """
 
 from __future__ import annotations
@@ -26,13 +28,24 @@ from bridge.decisions import Decision
 from bridge.loader import StateChange
 from bridge.numctx import client_num_ctx
 from bridge.records import RequestRecord
-from ingest.events import AccessLogEvent, DecisionEvent, ModelStateEvent, Scalar, utcnow
+from ingest.bus import Record
+from ingest.events import (
+    AccessLogEvent,
+    DecisionEvent,
+    ModelStateEvent,
+    Scalar,
+    Topic,
+    access_log_json,
+    new_event_id,
+    utcnow,
+)
 from ingest.hashing import prefix_hash, system_prompt_hash
 
 _CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _COUNTS = re.compile(rb'"(prompt_eval_count|eval_count|prompt_tokens|completion_tokens)":\s*(\d+)')
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 _NAME_MAX = 512
+_ACCESS_LOG = Topic.ACCESS_LOG.value
 #: Errors the bridge answers before any daemon worked on the request.
 _REFUSALS = frozenset(
     {
@@ -140,12 +153,13 @@ def status_of(record: RequestRecord) -> tuple[Status, str | None]:
         if record.status < 400:
             return "ok", None
         return "error", f"http_{record.status}"
-    kind = error_kind(record.error)
+    kind = code(error_kind(record.error))
     return ("rejected" if record.error in _REFUSALS else "error"), kind
 
 
-def access_log_event(record: RequestRecord, producer: str) -> tuple[AccessLogEvent, str | None]:
-    """The access-log event of ``record`` and the system prompt to register (or None)."""
+def _access_log_fields(record: RequestRecord, producer: str) -> tuple[dict[str, Any], str | None]:
+    """The access-log event's fields (all but ``event_id`` and ``ts``), each within the
+    model's constraints by construction, and the system prompt to register (or None)."""
     doc = record.doc or {}
     session, source, key_id = identify(record.headers, record.doc)
     system, pairs = conversation(record.endpoint, doc)
@@ -154,35 +168,54 @@ def access_log_event(record: RequestRecord, producer: str) -> tuple[AccessLogEve
     request_id = next(
         (v.decode("latin-1") for k, v in record.headers if k == b"x-request-id"), None
     )
-    ts = datetime.fromtimestamp(record.finished_at, UTC) if record.finished_at else utcnow()
-    event = AccessLogEvent(
-        ts=ts,
-        producer=producer,
-        request_id=request_id,
-        session=session,
-        session_source=source,
-        api_key_id=key_id,
-        endpoint=record.endpoint,
-        api="openai" if record.api == "openai" else "native",
-        model=record.model[:_NAME_MAX] or "-",
-        daemon=record.daemon or None,
-        status=status,
-        http_status=min(max(record.status, 100), 599),
-        error_kind=kind,
-        cold=record.cold,
-        stream=record.stream,
-        num_ctx_requested=client_num_ctx(doc) if record.api == "native" else None,
-        num_ctx_applied=record.num_ctx_applied or None,
-        prompt_tokens=prompt_tokens,
-        output_tokens=output_tokens,
-        system_prompt_hash=system_prompt_hash(system) if system else None,
-        prefix_hash=prefix_hash(pairs) if pairs else None,
-        queue_ms=max(record.queue_ms, 0.0),
-        load_ms=max(record.load_ms, 0.0),
-        ttft_ms=None if record.ttft_ms is None else max(record.ttft_ms, 0.0),
-        total_ms=max(record.total_ms, 0.0),
-    )
-    return event, system
+    native = record.api != "openai"
+    requested = client_num_ctx(doc) if native else None
+    fields: dict[str, Any] = {
+        "producer": producer[:_NAME_MAX] or "-",
+        "request_id": request_id,
+        "session": session,
+        "session_source": source,
+        "api_key_id": key_id,
+        "endpoint": record.endpoint,
+        "api": "native" if native else "openai",
+        "model": record.model[:_NAME_MAX] or "-",
+        "daemon": record.daemon[:_NAME_MAX] or None,
+        "status": status,
+        "http_status": min(max(record.status, 100), 599),
+        "error_kind": kind,
+        "cold": bool(record.cold),
+        "stream": bool(record.stream),
+        "num_ctx_requested": requested if requested is not None and requested >= 1 else None,
+        "num_ctx_applied": record.num_ctx_applied if record.num_ctx_applied >= 1 else None,
+        "prompt_tokens": prompt_tokens,
+        "output_tokens": output_tokens,
+        "system_prompt_hash": system_prompt_hash(system) if system else None,
+        "prefix_hash": prefix_hash(pairs) if pairs else None,
+        "queue_ms": max(record.queue_ms, 0.0),
+        "load_ms": max(record.load_ms, 0.0),
+        "ttft_ms": None if record.ttft_ms is None else max(record.ttft_ms, 0.0),
+        "total_ms": max(record.total_ms, 0.0),
+    }
+    return fields, system
+
+
+def _ts(record: RequestRecord) -> datetime:
+    return datetime.fromtimestamp(record.finished_at, UTC) if record.finished_at else utcnow()
+
+
+def access_log_event(record: RequestRecord, producer: str) -> tuple[AccessLogEvent, str | None]:
+    """The access-log event of ``record`` (the validated model) and the system prompt to
+    register (or None). The bridge publishes ``access_log_record``, its fast twin."""
+    fields, system = _access_log_fields(record, producer)
+    return AccessLogEvent(ts=_ts(record), **fields), system
+
+
+def access_log_record(record: RequestRecord, producer: str) -> tuple[Record, str | None]:
+    """``access_log_event``'s record, serialised straight from the fields (no model, no
+    validation: ~4x cheaper) with a fresh ``event_id``; same bytes as the model's JSON."""
+    fields, system = _access_log_fields(record, producer)
+    value = access_log_json(event_id=new_event_id(), ts=_ts(record), **fields)
+    return Record(_ACCESS_LOG, fields["session"] or fields["api_key_id"], value), system
 
 
 # --- decisions --------------------------------------------------------------------------

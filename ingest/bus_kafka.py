@@ -2,7 +2,9 @@
 producer and consumer errors: they are translated here into ``ingest.bus`` errors.
 
 Theory of operation: the producer is idempotent with ``acks="all"``, a small linger
-and lz4 batches; it is started lazily on the first publish, so a bridge starts
+and lz4 batches; ``publish_many`` fills one producer batch per partition
+(``create_batch`` / ``send_batch``, in list order) and waits for one future per batch,
+not one per record. It is started lazily on the first publish, so a bridge starts
 even when Kafka is down (its sender spools meanwhile). After any failed or
 cancelled publish the producer is discarded and a fresh one (new producer id) is
 started by the next publish: an idempotent producer whose batches expired can be
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -33,11 +36,15 @@ from aiokafka.errors import (
     RecordTooLargeError,
     TopicAuthorizationFailedError,
 )
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from ingest.bus import BusRejected, BusUnavailable, CommitFailed, Delivery, Record, as_bytes
 from ingest.events import Event
 
 log = logging.getLogger(__name__)
+_PARTITIONER = DefaultPartitioner()
+_KEY_CACHE = 65_536
 _PERMANENT = (MessageSizeTooLargeError, RecordTooLargeError, TopicAuthorizationFailedError)
 
 
@@ -50,6 +57,7 @@ class KafkaConfig:
     linger_ms: int = 5
     compression_type: str = "lz4"
     max_batch_size: int = 256 * 1024
+    max_request_size: int = 1024 * 1024
     request_timeout_ms: int = 15_000
     """Also how long a discarded producer may keep retrying its last batches."""
     session_timeout_ms: int = 10_000
@@ -65,6 +73,7 @@ class KafkaBus:
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
+        self._keys: dict[tuple[str, bytes, int], int] = {}
 
     async def __aenter__(self) -> Self:
         return self
@@ -79,8 +88,8 @@ class KafkaBus:
         producer = await self._ensure_producer()
         try:
             pending = [
-                await producer.send(r.topic, r.value, key=None if r.key is None else r.key.encode())
-                for r in records
+                await producer.send_batch(batch, topic, partition=partition)
+                for topic, partition, batch in await self._batches(producer, records)
             ]
             await asyncio.gather(*pending)
         except _PERMANENT as exc:
@@ -92,6 +101,47 @@ class KafkaBus:
         except BaseException:  # cancelled (the sender's timeout): this producer is suspect
             self._discard(producer)
             raise
+
+    async def _batches(
+        self, producer: AIOKafkaProducer, records: Sequence[Record]
+    ) -> list[tuple[str, int, Any]]:
+        """``records`` as producer batches, one open batch per partition, in list order.
+
+        One future per batch instead of one per record; the partition of a key is
+        aiokafka's (murmur2 over the sorted partitions, as the Java client), cached.
+        """
+        out: list[tuple[str, int, Any]] = []
+        open_: dict[tuple[str, int], Any] = {}
+        topics: dict[str, tuple[int, ...]] = {}
+        limit = self.config.max_request_size
+        for r in records:
+            key = None if r.key is None else r.key.encode()
+            partitions = topics.get(r.topic)
+            if partitions is None:
+                partitions = topics[r.topic] = tuple(sorted(await producer.partitions_for(r.topic)))
+            partition = self._partition_of(r.topic, key, partitions)
+            if DefaultRecordBatchBuilder.estimate_size_in_bytes(key, r.value, []) > limit:
+                raise MessageSizeTooLargeError(f"a {len(r.value)}-byte record on {r.topic}")
+            tp = (r.topic, partition)
+            batch = open_.get(tp)
+            if batch is None or batch.append(timestamp=None, key=key, value=r.value) is None:
+                batch = open_[tp] = producer.create_batch()
+                out.append((r.topic, partition, batch))
+                # An empty batch takes any record up to the request size (checked above).
+                batch.append(timestamp=None, key=key, value=r.value)
+        return out
+
+    def _partition_of(self, topic: str, key: bytes | None, partitions: tuple[int, ...]) -> int:
+        if key is None:
+            return random.choice(partitions)  # spreading, not security
+        cached = self._keys.get((topic, key, len(partitions)))
+        if cached is None:
+            if len(self._keys) >= _KEY_CACHE:
+                self._keys.clear()
+            cached = self._keys[(topic, key, len(partitions))] = _PARTITIONER(
+                key, list(partitions), list(partitions)
+            )
+        return cached
 
     async def _ensure_producer(self) -> AIOKafkaProducer:
         async with self._starting:
@@ -106,6 +156,7 @@ class KafkaBus:
                 linger_ms=cfg.linger_ms,
                 compression_type=_compression(cfg.compression_type),
                 max_batch_size=cfg.max_batch_size,
+                max_request_size=cfg.max_request_size,
                 request_timeout_ms=cfg.request_timeout_ms,
             )
             try:

@@ -13,6 +13,7 @@ as hashes (``ingest.hashing``).
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal
@@ -116,6 +117,103 @@ class AccessLogEvent(Event):
 
     def key(self) -> str | None:
         return self.session or self.api_key_id
+
+
+class _EventIds:
+    """Random (version 4) UUIDs as strings, from ``os.urandom`` in blocks of 256: one
+    system call per 256 ids instead of one per id. A forked child starts a fresh block,
+    so parent and child never share ids."""
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._pool, self._at = b"", 0
+
+    def __call__(self) -> str:
+        at = self._at
+        if at >= len(self._pool):
+            self._pool, at = os.urandom(16 * 256), 0
+        self._at = at + 16
+        b = bytearray(self._pool[at : at + 16])
+        b[6] = (b[6] & 0x0F) | 0x40  # version 4
+        b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+        h = b.hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+new_event_id = _EventIds()
+"""A fresh ``event_id`` (a random UUID, as its string)."""
+
+
+def access_log_json(
+    *,
+    event_id: str,
+    ts: datetime,
+    producer: str,
+    request_id: str | None,
+    session: str | None,
+    session_source: str | None,
+    api_key_id: str | None,
+    endpoint: str,
+    api: str,
+    model: str,
+    daemon: str | None,
+    status: str,
+    http_status: int,
+    error_kind: str | None,
+    cold: bool,
+    stream: bool,
+    num_ctx_requested: int | None,
+    num_ctx_applied: int | None,
+    prompt_tokens: int | None,
+    output_tokens: int | None,
+    system_prompt_hash: str | None,
+    prefix_hash: str | None,
+    queue_ms: float,
+    load_ms: float,
+    ttft_ms: float | None,
+    total_ms: float,
+) -> bytes:
+    """``AccessLogEvent(...).to_json()`` for the same arguments, byte for byte, without
+    building or validating the model: the bridge's per-request fast path. The caller
+    guarantees the model's constraints by construction (``bridge.events_build``);
+    ``tests/ingest/test_events_fast.py`` checks both claims against the model and
+    ``schemas/alb.access-log.v1.json``. ``ts`` must be UTC."""
+    return orjson.dumps(
+        {
+            "event_id": event_id,
+            "schema_version": SCHEMA_VERSION,
+            "ts": ts,
+            "producer": producer,
+            "request_id": request_id,
+            "session": session,
+            "session_source": session_source,
+            "api_key_id": api_key_id,
+            "endpoint": endpoint,
+            "api": api,
+            "model": model,
+            "daemon": daemon,
+            "status": status,
+            "http_status": http_status,
+            "error_kind": error_kind,
+            "cold": cold,
+            "stream": stream,
+            "num_ctx_requested": num_ctx_requested,
+            "num_ctx_applied": num_ctx_applied,
+            "prompt_tokens": prompt_tokens,
+            "output_tokens": output_tokens,
+            "system_prompt_hash": system_prompt_hash,
+            "prefix_hash": prefix_hash,
+            "queue_ms": queue_ms,
+            "load_ms": load_ms,
+            "ttft_ms": ttft_ms,
+            "total_ms": total_ms,
+        },
+        option=orjson.OPT_UTC_Z,
+    )
 
 
 class ModelStateEvent(Event):

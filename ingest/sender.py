@@ -64,10 +64,13 @@ class SenderConfig:
 class SenderMetrics:
     """The sender's collectors, registered on the registry the app owns."""
 
-    def __init__(self, registry: CollectorRegistry, spool: Spool) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, spool: Spool, queue: deque[Event | Record]
+    ) -> None:
         self.queued = Gauge(
             "alb_events_queued", "Events waiting in the in-memory queue.", registry=registry
         )
+        self.queued.set_function(lambda: len(queue))
         self.spooled = Counter(
             "alb_events_spooled", "Events written to the disk spool.", ["topic"], registry=registry
         )
@@ -108,8 +111,8 @@ class Sender:
         self.config = config or SenderConfig()
         self._bus = bus
         self._spool = spool
-        self.metrics = SenderMetrics(registry, spool)
         self._queue: deque[Event | Record] = deque()
+        self.metrics = SenderMetrics(registry, spool, self._queue)
         self._wake = asyncio.Event()
         self._queue_empty = asyncio.Event()
         self._queue_empty.set()
@@ -146,7 +149,6 @@ class Sender:
         if len(self._queue) < self.config.max_queue and self._spool.empty:
             self._queue.append(event)
             self._queue_empty.clear()
-            self.metrics.queued.set(len(self._queue))
         else:
             record = _record(event)
             try:
@@ -215,7 +217,6 @@ class Sender:
             done = await self._send(records)
             for _ in range(done):
                 self._queue.popleft()
-            self.metrics.queued.set(len(self._queue))
             if not self._queue:
                 self._queue_empty.set()
             if done == len(records):
@@ -261,7 +262,6 @@ class Sender:
         records = [_record(item) for item in self._queue]
         self._queue.clear()
         self._queue_empty.set()
-        self.metrics.queued.set(0)
         try:
             stored = self._spool.prepend(records)
         except OSError as exc:

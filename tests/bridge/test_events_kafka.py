@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from ingest.bus import Delivery, Record
@@ -65,9 +66,10 @@ class Offered:
 
     def __call__(self, event: Event | Record) -> bool:
         ok = self._offer(event)
-        if isinstance(event, Event) and event.TOPIC is Topic.ACCESS_LOG:
+        record = Record.of(event) if isinstance(event, Event) else event
+        if record.topic == Topic.ACCESS_LOG.value:
             if ok:
-                self.per_key[event.key() or ""].append(str(event.event_id))
+                self.per_key[record.key or ""].append(orjson.loads(record.value)["event_id"])
             else:
                 self.refused += 1
         return ok
