@@ -180,17 +180,28 @@ class Driver:
                 d, key, LoadSpec(keep, options), "reload" if reloading else "request"
             )
             row = d.loaded.get(key) or {}
-            ctx = int(row.get("context_length") or 0) or target.ctx
+            real_ctx = int(row.get("context_length") or 0)
+            ctx = real_ctx or target.ctx
             info = r.fleet.infos.get(key)
             par = r.parallel(d, info)
             real = int(row.get("size") or 0)
-            r.sizes.learn(key, target.ctx, par, real)
+            # Keyed by the runner's real context (/api/ps): for a load without num_ctx,
+            # target.ctx is only the bridge's guess of the daemon's default.
+            if real_ctx or not target.auto:
+                r.sizes.learn(key, ctx, par, real)
             if target.auto:
                 r.auto_ctx[(d.name, key)] = ctx
-            r.metrics.num_ctx_loaded.observe(target.ctx)
-            if real and real != target.size:
+            r.metrics.num_ctx_loaded.observe(ctx)
+            if real and (real != target.size or ctx != target.ctx):
                 r.decisions.record(
-                    "load", key, d.name, "size-learned", estimated=target.size, actual=real
+                    "load",
+                    key,
+                    d.name,
+                    "size-learned",
+                    estimated=target.size,
+                    actual=real,
+                    estimated_num_ctx=target.ctx,
+                    num_ctx=ctx,
                 )
             gate.last_load_at = time.monotonic()
             gate.open(ctx=ctx if target.auto else target.ctx, auto=target.auto)
