@@ -19,15 +19,20 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import Any
+from typing import Any, Literal
 
 from bridge.admission import Gate
 from bridge.errors import BadRequest, BridgeError, Conflict, LoadFailed, Replaced
 from bridge.fleet import DaemonState
 from bridge.loader import LoadSpec
-from bridge.numctx import Need
+from bridge.numctx import Need, openai_default_hint
 from bridge.placement import NEVER, RoomPlan, eviction_value, plan_room
 from bridge.residency import GIB, Residency, Target
+
+
+def _waiting(gate: Gate) -> list[Need]:
+    """Needs of the requests still waiting (not those already refused)."""
+    return [n for fut, n in gate.queue if n is not None and not fut.done()]
 
 
 class Driver:
@@ -62,14 +67,17 @@ class Driver:
             if name != d.name or (name, key) in r.ops:
                 continue
             reload = gate.ready
-            if not reload and gate.depth:
-                needs = gate.needs()
-            elif reload and gate.unfit():
+            waiting = any(not fut.done() for fut, _ in gate.queue)
+            if not reload and waiting:
+                needs = _waiting(gate)
+            elif reload and any(not gate.fits(n) for n in _waiting(gate)):
                 gate.hold = True  # drain: no new slots for the runner being replaced
                 if gate.busy:
                     continue
-                needs = gate.needs()
+                needs = _waiting(gate)
             else:
+                if reload and gate.hold:
+                    gate.open()  # those it drained for left (refused, cancelled): serve on
                 continue
             info = await r.fleet.model_info(key)
             if info is None:
@@ -77,22 +85,15 @@ class Driver:
                 continue
             target = r.target(info, d, needs)
             plan = plan_room(r.view(d), key, target.size, r.value_fn(d.name))
+            if plan is NEVER and target.auto and any(not n.auto for n in needs):
+                # The default runner /v1 waiters need cannot fit; native waiters may
+                # fit a smaller bucket: refuse only the /v1 ones.
+                self._refuse(d, key, gate, target, "openai")
+                needs = [n for n in needs if not n.auto]
+                target = r.target(info, d, needs)
+                plan = plan_room(r.view(d), key, target.size, r.value_fn(d.name))
             if plan is NEVER:
-                budget = r.fleet.budget(d, r.settings.headroom)
-                why = (
-                    f"{key} with num_ctx {target.ctx} needs about {target.size / GIB:.1f} GiB; "
-                    f"{d.name} can plan for {(budget or 0) / GIB:.1f} GiB besides pinned models"
-                )
-                r.decisions.record("reject", key, d.name, why, size=target.size, num_ctx=target.ctx)
-                gate.hold = False
-                err = BadRequest(why)
-                if reload:
-                    for fut, n in list(gate.queue):
-                        if n is not None and not gate.fits(n) and not fut.done():
-                            fut.set_exception(err)
-                    gate.open()
-                else:
-                    gate.fail(err)
+                self._refuse(d, key, gate, target, "unfit" if reload else "all")
                 continue
             if plan is None:
                 continue  # busy runners hold the room: wait for a release
@@ -100,6 +101,38 @@ class Driver:
             await self._execute(d, key, gate, target, plan, needs)
             return True
         return False
+
+    def _refuse(
+        self,
+        d: DaemonState,
+        key: str,
+        gate: Gate,
+        target: Target,
+        which: Literal["openai", "unfit", "all"],
+    ) -> None:
+        """``target`` can never fit ``d``: queued requests get a 400 — ``openai``: the /v1
+        ones (the others may fit a bucket); ``unfit``: those the loaded runner cannot
+        serve (it serves the rest); ``all``: every one (the model stays cold)."""
+        r = self._r
+        room = r.room(d, key)
+        why = (
+            f"{key} with num_ctx {target.ctx} needs about {target.size / GIB:.1f} GiB; "
+            f"{d.name} can plan for {(room or 0) / GIB:.1f} GiB besides pinned models"
+        )
+        if target.reason == "openai-surface-needs-default-context":
+            why += f". {openai_default_hint(r.daemon_default(d))}"
+        r.decisions.record("reject", key, d.name, why, size=target.size, num_ctx=target.ctx)
+        err = BadRequest(why)
+        if which == "all":
+            gate.fail(err)
+            return
+        for fut, n in list(gate.queue):
+            if n is None or fut.done():
+                continue
+            if n.auto if which == "openai" else not gate.fits(n):
+                fut.set_exception(err)
+        if which == "unfit":
+            gate.open()
 
     async def _execute(  # noqa: PLR0917
         self,
@@ -161,6 +194,10 @@ class Driver:
                 previous_num_ctx=old_ctx if reloading else None,
                 needs=sorted({n.tokens for n in needs})[-5:],
                 buckets=list(r.limits.buckets),
+                choice=target.reason,
+                sent_num_ctx=target.num_ctx,
+                daemon_default=r.daemon_default(d).ctx,
+                daemon_default_known=r.daemon_default(d).known,
             )
             r.decisions.record(
                 "load",
@@ -174,36 +211,15 @@ class Driver:
                 used_before=view.used - plan.freed,
                 evicted=list(plan.victims),
             )
-            options: dict[str, Any] = {} if target.auto else {"num_ctx": target.ctx}
+            options: dict[str, Any] = {} if target.num_ctx is None else {"num_ctx": target.num_ctx}
             keep = math.inf if r.settings.keep_alive_policy == "bridge" else None
             await r.loader.load(
                 d, key, LoadSpec(keep, options), "reload" if reloading else "request"
             )
-            row = d.loaded.get(key) or {}
-            real_ctx = int(row.get("context_length") or 0)
-            ctx = real_ctx or target.ctx
-            info = r.fleet.infos.get(key)
-            par = r.parallel(d, info)
-            real = int(row.get("size") or 0)
-            # Keyed by the runner's real context (/api/ps): for a load without num_ctx,
-            # target.ctx is only the bridge's guess of the daemon's default.
-            if real_ctx or not target.auto:
-                r.sizes.learn(key, ctx, par, real)
-            if target.auto:
-                r.auto_ctx[(d.name, key)] = ctx
-            r.metrics.num_ctx_loaded.observe(ctx)
-            if real and (real != target.size or ctx != target.ctx):
-                r.decisions.record(
-                    "load",
-                    key,
-                    d.name,
-                    "size-learned",
-                    estimated=target.size,
-                    actual=real,
-                    estimated_num_ctx=target.ctx,
-                    num_ctx=ctx,
-                )
+            ctx = self._learn(d, key, target)
             gate.last_load_at = time.monotonic()
+            # A bucket runner keeps the context it was asked for: requests forwarded to it
+            # carry that num_ctx, which must match the load's for Ollama not to reload.
             gate.open(ctx=ctx if target.auto else target.ctx, auto=target.auto)
         except BridgeError as exc:
             await r.fleet.refresh_ps(d)
@@ -217,6 +233,65 @@ class Driver:
                 r.ops.discard((d.name, v))
             r.ops.discard((d.name, key))
             r.targets.pop((d.name, key), None)
+
+    def _learn(self, d: DaemonState, key: str, target: Target) -> int:
+        """What the load really gave (``/api/ps``): the size, keyed by the runner's real
+        context, and for a load without num_ctx the daemon's default. Returns the context."""
+        r = self._r
+        row = d.loaded.get(key) or {}
+        real_ctx = int(row.get("context_length") or 0)
+        # Without /api/ps's context only an explicit num_ctx says what was loaded.
+        ctx = real_ctx or (target.ctx if target.num_ctx is not None else 0)
+        info = r.fleet.infos.get(key)
+        par = r.parallel(d, info)
+        real = int(row.get("size") or 0)
+        if ctx:
+            r.sizes.learn(key, ctx, par, real)
+            r.metrics.num_ctx_loaded.observe(ctx)
+        if real and (real != target.size or ctx != target.ctx):
+            r.decisions.record(
+                "load",
+                key,
+                d.name,
+                "size-learned",
+                estimated=target.size,
+                actual=real,
+                estimated_num_ctx=target.ctx,
+                num_ctx=ctx,
+            )
+        if target.num_ctx is None and real_ctx:
+            r.auto_ctx[(d.name, key)] = real_ctx
+            self._learn_default(d, key, real_ctx, info.context_length if info else 0)
+        return ctx or target.ctx
+
+    def _learn_default(self, d: DaemonState, key: str, real_ctx: int, trained: int) -> None:
+        """A runner loaded without num_ctx got ``real_ctx``: below the model's trained
+        context that is the daemon's default itself (at it, only a lower bound)."""
+        r = self._r
+        if not trained or real_ctx >= trained:
+            return
+        before = r.daemon_default(d)
+        if d.spec.default_ctx:
+            if real_ctx != d.spec.default_ctx:
+                r.decisions.record(
+                    "num_ctx",
+                    key,
+                    d.name,
+                    "configured-default-differs",
+                    configured=d.spec.default_ctx,
+                    observed=real_ctx,
+                )
+            return
+        r.default_ctx[d.name] = real_ctx
+        if before.ctx != real_ctx or not before.known:
+            r.decisions.record(
+                "num_ctx",
+                key,
+                d.name,
+                "daemon-default-learned",
+                num_ctx=real_ctx,
+                assumed=before.ctx,
+            )
 
     async def unload_model(
         self, key: str, daemon: str | None, reason: str, *, force: bool = False

@@ -14,6 +14,8 @@ Pure functions plus a small calibration table; no I/O.
   (Ollama's /v1 has no options), so they only fit a runner loaded without one
   ("auto", at the daemon's default) — any other runner would be reloaded by Ollama.
 * ``bucket`` rounds a need up to the configured buckets, capped at the model's context.
+* ``choose_target`` picks the runner a load asks for: the daemon's default context
+  (shared with /v1) when it covers the needs and fits, else the smallest bucket.
 * ``Calibrator`` learns each model's characters-per-token from ``prompt_eval_count``.
 """
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,6 +202,94 @@ def bucket(tokens: int, buckets: Sequence[int], model_context: int) -> int:
         while size < tokens:
             size *= 2
     return min(size, model_context) if model_context else size
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonDefault:
+    """A daemon's default ``num_ctx`` (its ``OLLAMA_CONTEXT_LENGTH``, else Ollama's VRAM
+    tier). ``known``: configured or learned from ``/api/ps``; else guessed from capacity."""
+
+    ctx: int
+    known: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a load asks for.
+
+    ``ctx``: the runner's per-sequence context (requests fit against it, its size is
+    estimated at it); ``num_ctx``: what the load sends (None: nothing, the daemon's
+    default applies); ``auto``: the runner is at the daemon's default, so /v1 requests
+    (which cannot send num_ctx) use it without Ollama reloading it; ``size``: bytes."""
+
+    ctx: int
+    auto: bool
+    size: int
+    num_ctx: int | None = None
+    #: Why this context (decision records).
+    reason: str = "bucket"
+
+
+def choose_target(
+    needs: Sequence[Need],
+    *,
+    default: DaemonDefault,
+    auto_ctx: int | None,
+    model_context: int,
+    limits: Limits,
+    prefer_default: bool,
+    size: Callable[[int], int],
+    room: int | None,
+) -> Target:
+    """The runner a load for ``needs`` asks for on one daemon.
+
+    ``auto_ctx``: the context a default runner of this model really got there (from
+    ``/api/ps``), when known; ``room``: bytes it may take at most (None: no limit).
+
+    * Any /v1 need: a default runner; there is no other choice (Ollama's /v1 sends
+      no num_ctx), even when it does not fit (the caller refuses it, saying why).
+    * Native needs the default covers (``prefer_default``): the default runner, if
+      it fits ``room``, so /v1 can share it. When the default is known the load sends
+      it explicitly: the same runner for Ollama (it compares the requested num_ctx
+      with its default), and the size the bridge planned for.
+    * Otherwise the smallest bucket, sent explicitly (``default-too-big`` when the
+      default was skipped for want of room). A bucket equal to a known default is a
+      default runner too.
+    Sending the default while it is only guessed would make a runner that /v1 traffic
+    reloads whenever the guess is wrong, so an unknown default is never sent.
+    """
+    eff = auto_ctx or default.ctx
+    if model_context:
+        eff = min(eff, model_context)
+    send = default.ctx if default.known else None
+    if any(n.auto for n in needs):
+        return Target(eff, True, size(eff), send, "openai-surface-needs-default-context")
+    tokens = max((n.tokens for n in needs), default=limits.num_ctx_min)
+    reason = "bucket"
+    if prefer_default and tokens <= eff:
+        got = size(eff)
+        if room is None or got <= room:
+            return Target(eff, True, got, send, "daemon-default")
+        reason = "default-too-big"
+    ctx = bucket(tokens, limits.buckets, model_context)
+    shared = default.known and ctx == default.ctx
+    return Target(ctx, shared, size(ctx), ctx, reason)
+
+
+def openai_default_hint(default: DaemonDefault) -> str:
+    """Why a /v1 request cannot get a smaller runner, and what the operator can do."""
+    told = "" if default.known else " (assumed: Ollama's VRAM tier for the daemon's memory)"
+    fix = (
+        ""
+        if default.known
+        else "; if the daemon's OLLAMA_CONTEXT_LENGTH is lower, tell the bridge "
+        "(?default_ctx=N in ALB_DAEMONS, or ALB_DEFAULT_NUM_CTX)"
+    )
+    return (
+        f"OpenAI-surface (/v1) requests cannot set num_ctx, so Ollama runs them at its "
+        f"default context, {default.ctx} tokens{told}; use the native API with a smaller "
+        f"options.num_ctx, or lower the daemon's OLLAMA_CONTEXT_LENGTH{fix}"
+    )
 
 
 class Calibrator:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from bridge.admission import Gate
 from bridge.decisions import DecisionLog
@@ -22,7 +21,7 @@ from bridge.health import Breaker
 from bridge.loader import Loader
 from bridge.memory import ModelInfo, SizeBook
 from bridge.metrics import Metrics
-from bridge.numctx import Calibrator, Limits, Need, bucket
+from bridge.numctx import Calibrator, DaemonDefault, Limits, Need, Target, choose_target
 from bridge.placement import (
     DaemonView,
     RecencyOracle,
@@ -35,14 +34,7 @@ from bridge.upstream import Upstream
 
 GIB = 1024**3
 
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """What a load asks for: per-sequence context, auto (no num_ctx), bytes."""
-
-    ctx: int
-    auto: bool
-    size: int
+__all__ = ["GIB", "Residency", "Target", "vram_tier_ctx"]
 
 
 def vram_tier_ctx(capacity: int | None) -> int:
@@ -95,6 +87,8 @@ class Residency:
         self.targets: dict[tuple[str, str], Target] = {}
         #: Context an auto (no num_ctx) load got, per (daemon, model), from /api/ps.
         self.auto_ctx: dict[tuple[str, str], int] = {}
+        #: Each daemon's default num_ctx as learned from /api/ps (unless configured).
+        self.default_ctx: dict[str, int] = {}
         self._was_up: dict[str, bool] = {}
 
     # --- queries -------------------------------------------------------------------
@@ -127,19 +121,41 @@ class Residency:
         """Requests in flight or queued on ``daemon``, every model."""
         return sum(g.outstanding for g in self.gates_of.get(daemon, {}).values())
 
+    def daemon_default(self, d: DaemonState) -> DaemonDefault:
+        """``d``'s default num_ctx: configured, else learned, else Ollama's VRAM tier."""
+        if d.spec.default_ctx:
+            return DaemonDefault(d.spec.default_ctx, True)
+        learned = self.default_ctx.get(d.name)
+        if learned:
+            return DaemonDefault(learned, True)
+        return DaemonDefault(vram_tier_ctx(d.capacity), False)
+
+    def room(self, d: DaemonState, key: str) -> int | None:
+        """Bytes a runner of ``key`` may take on ``d`` at most: the budget minus the
+        pinned runners of other models (``plan_room``'s NEVER line)."""
+        budget = self.fleet.budget(d, self._settings.headroom)
+        if budget is None:
+            return None
+        pinned = sum(
+            int(row.get("size") or 0)
+            for k, row in d.loaded.items()
+            if k != key and self.pinned(d.name, k)
+        )
+        return budget - pinned
+
     def target(self, info: ModelInfo, d: DaemonState, needs: list[Need]) -> Target:
-        """The runner a load for ``needs`` asks for on ``d``."""
+        """The runner a load for ``needs`` asks for on ``d`` (``numctx.choose_target``)."""
         par = self.parallel(d, info)
-        default = self.auto_ctx.get((d.name, info.key)) or vram_tier_ctx(d.capacity)
-        if info.context_length:
-            default = min(default, info.context_length)
-        tokens = max((n.tokens for n in needs), default=self.limits.num_ctx_min)
-        if any(n.auto for n in needs) or (
-            self._settings.num_ctx_prefer_default and tokens <= default
-        ):
-            return Target(default, True, self.sizes.size(info, default, par))
-        ctx = bucket(tokens, self.limits.buckets, info.context_length)
-        return Target(ctx, False, self.sizes.size(info, ctx, par))
+        return choose_target(
+            needs,
+            default=self.daemon_default(d),
+            auto_ctx=self.auto_ctx.get((d.name, info.key)),
+            model_context=info.context_length,
+            limits=self.limits,
+            prefer_default=self._settings.num_ctx_prefer_default,
+            size=lambda ctx: self.sizes.size(info, ctx, par),
+            room=self.room(d, info.key),
+        )
 
     def view(self, d: DaemonState, now: float | None = None) -> DaemonView:
         now = time.monotonic() if now is None else now

@@ -32,7 +32,7 @@ from bridge.fleet import DaemonState, Fleet
 from bridge.loader import LoadSpec
 from bridge.memory import ModelInfo
 from bridge.metrics import Metrics
-from bridge.numctx import Need
+from bridge.numctx import Need, openai_default_hint
 from bridge.placement import DaemonView, Load, Reject, ReuseOracle, route
 from bridge.residency import Residency
 from bridge.settings import Settings
@@ -201,6 +201,12 @@ class Scheduler(Residency):
             "reject", key, "", where.reason, status=where.status, need=need.tokens, **where.inputs
         )
         if where.status == 400:
+            budgets = where.inputs.get("budgets")
+            if need.auto and isinstance(budgets, dict) and budgets:
+                # /v1 cannot ask for less context: say why, and what would help.
+                largest = max(budgets, key=lambda n: budgets[n] or 0)
+                hint = openai_default_hint(self.daemon_default(self.fleet.get(largest)))
+                return BadRequest(f"{where.reason}. {hint}")
             return BadRequest(where.reason)
         return Unavailable(where.reason, retry_after=30)
 

@@ -6,7 +6,8 @@ message that names the variable. Nothing below the CLI reads ``os.environ``.
 Daemons come from ``ALB_DAEMONS`` (``"gpu0=http://h:11434,gpu1=http://h2:11434"``;
 a bare URL is named after its host and port; per-daemon parallel slots and
 max-loaded as query parameters: ``gpu0=http://h:11434?parallel=2&max_loaded=3``;
-memory capacity and co-location likewise: ``?memory=24GiB&local=1``),
+memory capacity and co-location likewise: ``?memory=24GiB&local=1``; the daemon's
+default context: ``?default_ctx=4096``),
 else from ``OLLAMA_HOST`` in any of Ollama's forms (``host``, ``host:port``,
 ``http://host:port``; port 11434 by default), else ``http://127.0.0.1:11434``.
 """
@@ -43,6 +44,9 @@ class DaemonSpec:
     memory: int | None = None
     #: The daemon runs beside the bridge: its capacity is read through NVML.
     local: bool = False
+    #: The daemon's default num_ctx (its ``OLLAMA_CONTEXT_LENGTH``, else Ollama's VRAM
+    #: tier): ``?default_ctx=4096`` or ``ALB_DEFAULT_NUM_CTX``; None = learn it.
+    default_ctx: int | None = None
 
 
 _UNITS = {
@@ -149,6 +153,10 @@ class Settings(BaseSettings):
     #: cannot send num_ctx), without a reload. False: always the smallest bucket (less
     #: memory; /v1 requests then need a runner of their own at the default).
     num_ctx_prefer_default: bool = True
+    #: The daemons' default num_ctx (their ``OLLAMA_CONTEXT_LENGTH``) for daemons without
+    #: ``?default_ctx=``; 0 = learn it from the first runner loaded without num_ctx
+    #: (until then: Ollama's VRAM tier for the daemon's capacity).
+    default_num_ctx: int = Field(0, ge=0)
     #: Bounds on a client-supplied ``num_ctx`` (clamped into them).
     num_ctx_min: int = Field(2048, ge=4)
     num_ctx_max: int = Field(262144, ge=4)
@@ -232,7 +240,10 @@ class Settings(BaseSettings):
         for s in specs:
             memory = s.memory if s.memory is not None else default_memory
             local = s.local or s.name == self.local_daemon
-            out.append(DaemonSpec(s.name, s.url, s.parallel, s.max_loaded, memory, local))
+            default_ctx = s.default_ctx or self.default_num_ctx or None
+            out.append(
+                DaemonSpec(s.name, s.url, s.parallel, s.max_loaded, memory, local, default_ctx)
+            )
         return tuple(out)
 
     def bucket_list(self) -> tuple[int, ...]:
@@ -276,8 +287,9 @@ def parse_daemons(text: str, parallel: int, max_loaded: int) -> tuple[DaemonSpec
         except SettingsError as exc:
             raise SettingsError(f"ALB_DAEMONS: {exc}") from None
         local = (query.get("local") or ["0"])[0].lower() in ("1", "true", "yes")
+        default_ctx = _int_param(query, "default_ctx", 0) or None
         name = name.strip() or base.split("://", 1)[1]
-        specs.append(DaemonSpec(name, base, par, mx, memory, local))
+        specs.append(DaemonSpec(name, base, par, mx, memory, local, default_ctx))
     if not specs:
         raise SettingsError("ALB_DAEMONS: no daemon given")
     names = [s.name for s in specs]

@@ -1,4 +1,6 @@
-"""The daemon's default context: sizes learned under the runner's real context.
+"""The daemon's default context: sizes learned under the runner's real context, the
+default configured or learned (not only Ollama's VRAM tier), native requests falling
+back to a smaller bucket when the default does not fit, and a /v1 400 that says why.
 
 The simulated daemon has 24 GiB (Ollama's VRAM tier: 32768) but runs with
 ``OLLAMA_CONTEXT_LENGTH=4096``: the bridge's guess and the daemon disagree."""
@@ -11,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bridge.numctx import Need
+from bridge.numctx import DaemonDefault, Limits, Need, choose_target
 from bridge.scheduler import Scheduler
 from bridge.settings import load_settings
 from ollamasim.testing import RunningFleet, serve_in_thread
@@ -35,6 +37,7 @@ CONFIG: dict[str, Any] = {
     ],
     "daemons": [{"name": "a", "memory": 24 * GIB, "context_length": 4096, "num_parallel": 1}],
 }
+LIMITS = Limits((2048, 4096, 8192, 16384, 32768), 2048, 262144, 512, 768)
 
 
 @pytest.fixture
@@ -72,6 +75,7 @@ async def test_a_default_context_load_is_learned_under_the_runners_real_context(
     async with _bridge(fleet4k) as b, httpx.AsyncClient(base_url=b.base_url, timeout=30) as c:
         s = _scheduler(b)
         d = s.fleet.get("a")
+        assert s.daemon_default(d) == DaemonDefault(32768, known=False)  # the VRAM-tier guess
         assert (await c.post("/v1/chat/completions", json=_v1("small"))).status_code == 200
         ps = (await c.get(f"{fleet4k.daemon('a').base_url}/api/ps")).json()["models"]
         (row,) = ps
@@ -84,3 +88,110 @@ async def test_a_default_context_load_is_learned_under_the_runners_real_context(
         assert s.sizes.size(info, 4096, 1) == row["size"]
         # ... and a bigger context is estimated from it, not from a mislabelled anchor.
         assert s.sizes.size(info, 32768, 1) == row["size"] + 131072 * (32768 - 4096)
+        # The daemon's default is learned from that runner (4096 < the model's 32768).
+        assert s.daemon_default(d) == DaemonDefault(4096, known=True)
+
+
+# --- 2. large models: the default known, a smaller bucket, a /v1 400 that says why -----------
+async def test_unknown_default_native_falls_back_to_a_bucket_and_v1_is_told_why(
+    fleet4k: RunningFleet,
+) -> None:
+    async with _bridge(fleet4k) as b, httpx.AsyncClient(base_url=b.base_url, timeout=30) as c:
+        v1 = await c.post("/v1/chat/completions", json=_v1("big"))
+        native = await c.post("/api/generate", json=_native("big"))
+        decisions = (await c.get("/alb/v1/decisions?kind=num_ctx")).json()["decisions"]
+    assert v1.status_code == 400
+    message = v1.json()["error"]["message"]
+    assert "cannot set num_ctx" in message
+    assert "32768" in message
+    assert "?default_ctx=" in message
+    assert native.status_code == 200, native.text
+    (load,) = _loads(fleet4k)
+    assert load.model == "big:latest"
+    choice = [x for x in decisions if x["model"] == "big:latest"][-1]["inputs"]
+    assert choice["choice"] == "default-too-big"
+    assert choice["sent_num_ctx"] == 2048
+
+
+async def test_configured_default_lets_v1_load_and_native_shares_the_runner(
+    fleet4k: RunningFleet,
+) -> None:
+    async with (
+        _bridge(fleet4k, "&default_ctx=4096") as b,
+        httpx.AsyncClient(base_url=b.base_url, timeout=30) as c,
+    ):
+        s = _scheduler(b)
+        assert s.daemon_default(s.fleet.get("a")) == DaemonDefault(4096, known=True)
+        native = await c.post("/api/generate", json=_native("big"))
+        v1 = await c.post("/v1/chat/completions", json=_v1("big"))
+        decisions = (await c.get("/alb/v1/decisions?kind=num_ctx")).json()["decisions"]
+    assert native.status_code == 200, native.text
+    assert v1.status_code == 200, v1.text
+    # The native load sent num_ctx 4096 explicitly: the daemon's default, so the /v1
+    # request (no num_ctx: the default) reuses the runner.
+    assert len(_loads(fleet4k)) == 1
+    first = decisions[0]["inputs"]
+    assert (first["choice"], first["sent_num_ctx"], first["auto"]) == ("daemon-default", 4096, True)
+
+
+async def test_the_default_learned_from_one_model_unblocks_another_on_v1(
+    fleet4k: RunningFleet,
+) -> None:
+    async with (
+        _bridge(fleet4k) as b,
+        httpx.AsyncClient(base_url=b.base_url, timeout=30) as c,
+    ):
+        before = await c.post("/v1/chat/completions", json=_v1("big"))
+        assert (await c.post("/v1/chat/completions", json=_v1("small"))).status_code == 200
+        after = await c.post("/v1/chat/completions", json=_v1("big"))
+        learned = (await c.get("/alb/v1/decisions?kind=num_ctx")).json()["decisions"]
+    assert before.status_code == 400
+    assert after.status_code == 200, after.text
+    assert any(x["reason"] == "daemon-default-learned" for x in learned)
+
+
+def test_default_ctx_setting_per_daemon_and_global() -> None:
+    specs = load_settings(
+        {"ALB_DAEMONS": "a=http://h:1?default_ctx=8192,b=http://h:2", "ALB_DEFAULT_NUM_CTX": "4096"}
+    ).daemon_specs()
+    assert [s.default_ctx for s in specs] == [8192, 4096]
+    (plain,) = load_settings({"ALB_DAEMONS": "a=http://h:1"}).daemon_specs()
+    assert plain.default_ctx is None
+
+
+# --- the pure choice -------------------------------------------------------------------------
+def _choose(needs: list[Need], default: DaemonDefault, room: int | None, **kw: Any) -> Any:
+    return choose_target(
+        needs,
+        default=default,
+        auto_ctx=kw.get("auto_ctx"),
+        model_context=kw.get("model_context", 32768),
+        limits=LIMITS,
+        prefer_default=kw.get("prefer_default", True),
+        size=lambda ctx: 16 * GIB + 262144 * ctx,
+        room=room,
+    )
+
+
+def test_choose_target_sends_only_a_known_default_and_falls_back_when_it_does_not_fit() -> None:
+    guess, known = DaemonDefault(32768, False), DaemonDefault(4096, True)
+    small, v1 = [Need(1000)], [Need(0, auto=True)]
+    # Guessed default that fits: no num_ctx sent (the daemon's own default applies).
+    t = _choose(small, guess, None)
+    assert (t.ctx, t.auto, t.num_ctx, t.reason) == (32768, True, None, "daemon-default")
+    # Guessed default that does not fit: a native need loads the smallest bucket.
+    t = _choose(small, guess, 20 * GIB)
+    assert (t.ctx, t.auto, t.num_ctx, t.reason) == (2048, False, 2048, "default-too-big")
+    # /v1 has no choice: the default, whatever its size (the caller refuses it).
+    t = _choose(v1 + small, guess, 20 * GIB)
+    assert (t.ctx, t.auto, t.num_ctx) == (32768, True, None)
+    # A known default is sent explicitly: predictable size, still shared with /v1.
+    t = _choose(small, known, 20 * GIB)
+    assert (t.ctx, t.auto, t.num_ctx, t.size) == (4096, True, 4096, 16 * GIB + 262144 * 4096)
+    t = _choose(v1, known, None, model_context=2048)
+    assert (t.ctx, t.auto, t.num_ctx) == (2048, True, 4096)  # unclamped: what /v1 sends
+    # A bucket equal to a known default is the default runner.
+    t = _choose([Need(3000)], known, None, prefer_default=False)
+    assert (t.ctx, t.auto, t.num_ctx) == (4096, True, 4096)
+    t = _choose([Need(3000)], guess, None, prefer_default=False)
+    assert (t.ctx, t.auto, t.num_ctx) == (4096, False, 4096)
