@@ -2,9 +2,11 @@
 
 The lifespan owns every resource: it creates the upstream client, the events
 pipeline (bus, spool, sender, prompt registry, recorder: ``bridge.events``), the
-fleet view, the scheduler (which starts its refresh task) and the prefetch /
-warm-cache consumer (``bridge.prefetch``), and closes them in the reverse order —
-the consumer, then background tasks and loads, then the events pipeline (bounded
+embedded predictor on that bus when Kafka is not configured (``bridge.embedded``;
+its reuse probability feeds the eviction value), the fleet view, the scheduler
+(which starts its refresh task) and the prefetch / warm-cache consumer
+(``bridge.prefetch``), and closes them in the reverse order — the consumer, then
+background tasks and loads, then the predictor, then the events pipeline (bounded
 drain, the rest stays spooled), the connection pool last. Plain Starlette
 routes; the inference routes are raw ASGI handlers.
 """
@@ -20,11 +22,12 @@ from starlette.responses import Response
 
 from bridge import routes_admin, routes_native, routes_openai, routes_ops
 from bridge.context import Bridge, Runtime
+from bridge.embedded import PredictedReuse, PredictorEstimate, open_predictor
 from bridge.events import Events, open_events
 from bridge.fleet import Fleet
 from bridge.loader import StateChange
 from bridge.metrics import Metrics
-from bridge.placement import RecencyOracle
+from bridge.placement import RecencyOracle, ReuseOracle
 from bridge.prefetch import Consumer, PrefetchBook, PrefetchMetrics, PrefetchOracle
 from bridge.records import RecordSink, RequestRecord
 from bridge.scheduler import Scheduler
@@ -51,6 +54,12 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> Starlet
                 events: Events | None = None
                 if settings.events:
                     events = await stack.enter_async_context(open_events(settings, registry))
+                predictor = await stack.enter_async_context(open_predictor(settings, events))
+                reuse: ReuseOracle = (
+                    RecencyOracle()
+                    if predictor is None
+                    else PredictedReuse(PredictorEstimate(predictor))
+                )
                 prefetch_metrics = PrefetchMetrics(registry)
                 book = PrefetchBook(prefetch_metrics)
                 fleet = Fleet(
@@ -65,7 +74,7 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> Starlet
                     upstream,
                     bridge.metrics,
                     bridge.decisions,
-                    oracle=PrefetchOracle(RecencyOracle(), book),
+                    oracle=PrefetchOracle(reuse, book),
                 )
                 _wire(bridge, scheduler, events, book, sink)
                 consumer: Consumer | None = None
@@ -83,12 +92,15 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> Starlet
                             prefetch_metrics,
                         )
                         consumer.start()
-                    bridge.runtime = Runtime(upstream, fleet, scheduler, events, consumer)
+                    bridge.runtime = Runtime(
+                        upstream, fleet, scheduler, events, consumer, predictor
+                    )
                     yield
                 finally:
                     # Order: stop taking work, stop the consumer, stop loads and
-                    # background tasks; then (stack) the recorder drains, the sender
-                    # delivers or spools, the bus closes; the connection pool last.
+                    # background tasks; then (stack) the embedded predictor finishes
+                    # its batch and leaves, the recorder drains, the sender delivers
+                    # or spools, the bus closes; the connection pool last.
                     bridge.draining = True
                     bridge.runtime = None
                     if consumer is not None:

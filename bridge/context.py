@@ -1,11 +1,12 @@
 """What every route handler shares: settings, metrics, and the runtime the
 lifespan creates (upstream client, fleet, scheduler, events pipeline, prefetch
-consumer). Passed down typed; no module-level state."""
+consumer, embedded predictor). Passed down typed; no module-level state."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bridge.decisions import Decision, DecisionLog
 from bridge.errors import Unavailable
@@ -17,6 +18,9 @@ from bridge.records import RecordSink
 from bridge.scheduler import Scheduler
 from bridge.settings import Settings
 from bridge.upstream import Upstream
+
+if TYPE_CHECKING:
+    from predictor.embedded import EmbeddedPredictor
 
 
 @dataclass(slots=True)
@@ -30,6 +34,8 @@ class Runtime:
     #: embedded subscriber (the predictor) joins: ``events.bus.subscribe([...], group)``.
     events: Events | None = None
     consumer: Consumer | None = None
+    #: The embedded predictor (``bridge.embedded``); None with Kafka or when turned off.
+    predictor: EmbeddedPredictor | None = None
 
 
 class Bridge:

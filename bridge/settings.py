@@ -14,15 +14,19 @@ else from ``OLLAMA_HOST`` in any of Ollama's forms (``host``, ``host:port``,
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from predictor.config import PredictorConfig
 
 DEFAULT_OLLAMA = "http://127.0.0.1:11434"
 _OLLAMA_PORT = 11434
@@ -218,6 +222,15 @@ class Settings(BaseSettings):
     warm_burst: int = Field(5, ge=1)
     #: Event ids remembered for idempotence (prefetch and warm-cache).
     events_seen_capacity: int = Field(100_000, ge=1)
+    #: Run the predictor inside the bridge over the in-process bus when Kafka is not
+    #: configured (``bridge.embedded``); with Kafka the Faust worker (``alb predictor``)
+    #: does that job.
+    predictor_embedded: bool = True
+    #: The embedded predictor's core knobs: a JSON object of ``PredictorConfig`` fields,
+    #: the same variable ``alb predictor`` reads (``ALB_PREDICTOR_CONFIG``).
+    predictor_config: str = ""
+    #: How often the embedded predictor ticks (window expiry, pre-warms, reuse hints).
+    predictor_tick_interval_s: float = Field(5.0, gt=0)
 
     allow_store_changes: bool = False
     #: ``make run``: start a simulated fleet when nothing answers at the default host.
@@ -256,6 +269,23 @@ class Settings(BaseSettings):
             return parse_size(self.events_spool_max)
         except SettingsError as exc:
             raise SettingsError(f"ALB_EVENTS_SPOOL_MAX: {exc}") from None
+
+    def predictor_core_config(self) -> PredictorConfig:
+        """``predictor_config`` parsed (defaults for the fields it leaves out)."""
+        from predictor.config import PredictorConfig  # noqa: PLC0415
+
+        if not self.predictor_config.strip():
+            return PredictorConfig()
+        try:
+            data = json.loads(self.predictor_config)
+        except ValueError as exc:
+            raise SettingsError(f"ALB_PREDICTOR_CONFIG: not JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise SettingsError("ALB_PREDICTOR_CONFIG: must be a JSON object")
+        try:
+            return PredictorConfig.from_dict(data)
+        except (ValueError, TypeError) as exc:
+            raise SettingsError(f"ALB_PREDICTOR_CONFIG: {exc}") from None
 
     def pins(self) -> tuple[tuple[str, str | None], ...]:
         """``(model, daemon or None)`` from ``pinned``."""
@@ -332,6 +362,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         settings.daemon_specs()
         settings.bucket_list()
         settings.spool_max_bytes()
+        settings.predictor_core_config()
     except ValidationError as exc:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else "?"

@@ -1,0 +1,174 @@
+"""Embedded mode: the predictor runs inside the bridge over the in-process bus.
+
+Real sockets against the simulator: sessions going A -> B teach the embedded
+predictor, which then prefetches B right after A, so B is loaded before anyone asks
+and the request for B is warm. Plus the oracle, the settings and the lifespan's
+choice of mode.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from bridge.embedded import (
+    RECENCY_WEIGHT,
+    PredictedReuse,
+    PredictorEstimate,
+    embedded_wanted,
+)
+from bridge.placement import RecencyOracle, RunnerView
+from bridge.prefetch import PrefetchOracle
+from bridge.settings import SettingsError, load_settings
+from ollamasim.testing import RunningDaemon, RunningFleet, serve_in_thread
+from predictor.embedded import EmbeddedPredictor
+from tests.bridge._events import runtime, wait_for
+from tests.bridge._support import GIB, running_bridge, settings_for
+
+FLEET: dict[str, Any] = {
+    "time_scale": 0.01,
+    "gen_tokens_per_s": 2000,
+    "prefill_tokens_per_s": 100000,
+    "models": [
+        {"name": "alpha", "size": GIB, "response_tokens": 4},
+        {"name": "beta", "size": GIB, "response_tokens": 4},
+    ],
+    "daemons": [{"name": "a", "memory": 16 * GIB, "load_fixed_s": 2.0, "num_parallel": 2}],
+}
+
+
+def _runner(key: str, idle_s: float = 0.0) -> RunnerView:
+    return RunnerView(
+        key=key, size=GIB, ctx=2048, auto=True, busy=False, pinned=False,
+        idle_s=idle_s, reload_s=2.0,
+    )  # fmt: skip
+
+
+class _Fixed:
+    def __init__(self, p: dict[str, float]) -> None:
+        self.p = p
+
+    def estimate(self, model: str) -> float | None:
+        return self.p.get(model)
+
+
+def test_predicted_reuse_ranks_by_prediction_then_recency() -> None:
+    oracle = PredictedReuse(_Fixed({"hot:latest": 0.6, "cold:latest": 0.1, "x:latest": 0.0}))
+    hot_but_idle = oracle.reuse("a", _runner("hot:latest", idle_s=3000))
+    cold_but_recent = oracle.reuse("a", _runner("cold:latest", idle_s=0))
+    assert hot_but_idle > cold_but_recent
+    # Equal predictions: recency decides, scaled down to a tie-break.
+    oracle = PredictedReuse(_Fixed({"x:latest": 0.2, "y:latest": 0.2}))
+    recent = oracle.reuse("a", _runner("x:latest", idle_s=1))
+    stale = oracle.reuse("a", _runner("y:latest", idle_s=900))
+    assert 0.2 + RECENCY_WEIGHT >= recent > stale > 0.2
+    # No evidence yet: recency alone (the bridge's default oracle).
+    unknown = _runner("new:latest", idle_s=10)
+    assert oracle.reuse("a", unknown) == RecencyOracle().reuse("a", unknown)
+
+
+def test_settings_choose_the_mode() -> None:
+    env = {"ALB_DAEMONS": "http://127.0.0.1:1"}
+    assert embedded_wanted(load_settings(env))
+    assert not embedded_wanted(load_settings({**env, "ALB_PREDICTOR_EMBEDDED": "false"}))
+    assert not embedded_wanted(load_settings({**env, "ALB_EVENTS": "false"}))
+    assert not embedded_wanted(load_settings({**env, "ALB_KAFKA_BOOTSTRAP_SERVERS": "k:9092"}))
+    cfg = load_settings({**env, "ALB_PREDICTOR_CONFIG": '{"cooldown_s": 5}'})
+    assert cfg.predictor_core_config().cooldown_s == 5
+    with pytest.raises(SettingsError, match="ALB_PREDICTOR_CONFIG: unknown predictor settings"):
+        load_settings({**env, "ALB_PREDICTOR_CONFIG": '{"nope": 1}'})
+    with pytest.raises(SettingsError, match="ALB_PREDICTOR_CONFIG: not JSON"):
+        load_settings({**env, "ALB_PREDICTOR_CONFIG": "{"})
+
+
+@pytest.fixture
+def fleet() -> Any:
+    with serve_in_thread(FLEET) as f:
+        yield f
+
+
+async def test_predictor_off_keeps_the_recency_oracle(fleet: RunningFleet) -> None:
+    async with running_bridge(settings_for(fleet, predictor_embedded=False)) as b:
+        rt = runtime(b.app)
+        assert rt.predictor is None
+        oracle = rt.scheduler.oracle
+        assert isinstance(oracle, PrefetchOracle)
+        assert isinstance(oracle.inner, RecencyOracle)
+
+
+async def _unload_all(client: httpx.AsyncClient, daemon: RunningDaemon) -> None:
+    for model in ("alpha", "beta"):
+        r = await client.post(f"/alb/v1/models/{model}/unload")
+        assert r.status_code in (200, 404), r.text
+    ps = await client.get("/api/ps")
+    assert ps.json()["models"] == []
+
+
+async def test_a_then_b_sessions_make_the_bridge_prefetch_b(fleet: RunningFleet) -> None:
+    daemon = fleet.daemon("a")
+    settings = settings_for(fleet, predictor_config='{"cooldown_s": 0}')
+    async with (
+        running_bridge(settings) as b,
+        httpx.AsyncClient(base_url=b.base_url, timeout=20) as client,
+    ):
+        rt = runtime(b.app)
+        predictor = rt.predictor
+        assert isinstance(predictor, EmbeddedPredictor)
+        assert isinstance(rt.scheduler.oracle, PrefetchOracle)
+        assert isinstance(rt.scheduler.oracle.inner, PredictedReuse)
+        assert isinstance(rt.scheduler.oracle.inner.predictor, PredictorEstimate)
+
+        async def ask(model: str, session: str) -> httpx.Response:
+            r = await client.post(
+                "/api/generate",
+                json={"model": model, "prompt": "hi", "stream": False},
+                headers={"X-ALB-Session": session},
+            )
+            assert r.status_code == 200, r.text
+            return r
+
+        # Two sessions teach A -> B (the core wants two transitions); both cold.
+        for i in range(2):
+            assert (await ask("alpha", f"teach-{i}")).headers["x-alb-cold"] == "true"
+            assert (await ask("beta", f"teach-{i}")).headers["x-alb-cold"] == "true"
+            await _unload_all(client, daemon)
+        # The predictor has seen both transitions and both unloads (model-state events):
+        # otherwise it would not prefetch a model it believes loaded.
+        await wait_for(
+            lambda: (
+                {"alpha:latest", "beta:latest"} <= set(predictor.loaded)
+                and not any(predictor.loaded.values())
+            ),
+            what="the predictor saw the unloads",
+        )
+
+        mark = len(daemon.events())
+        a_done_at = time.time()
+        await ask("alpha", "live")
+
+        # No request for B yet: the bridge loads it on the predictor's word.
+        # (Polled without blocking: the bridge runs on this event loop.)
+        def beta_loaded() -> bool:
+            fresh = daemon.events()[mark:]
+            return any(e.kind == "loaded" and e.model == "beta:latest" for e in fresh)
+
+        await wait_for(beta_loaded, what="the prefetch of beta")
+        beta = [e for e in daemon.events()[mark:] if e.model == "beta:latest"]
+        # The bridge's own load call (a prompt-less generate) is the only request so far.
+        assert [e.kind for e in beta][:2] == ["load-start", "loaded"]
+        loaded_b = beta[1]
+        assert loaded_b.wall_ts >= a_done_at
+        r = await ask("beta", "live")
+        assert r.headers["x-alb-cold"] == "false"
+        beta = [e for e in daemon.events()[mark:] if e.model == "beta:latest"]
+        assert [e.kind for e in beta].count("load-start") == 1
+        served = [e for e in beta if e.kind == "request-start"][-1]
+        assert served.wall_ts > loaded_b.wall_ts
+        assert predictor.published >= 1
+        decisions = (await client.get("/alb/v1/decisions")).json()["decisions"]
+        prefetches = [d for d in decisions if d["kind"] == "prefetch"]
+        assert prefetches, decisions[-10:]
+        assert {d["model"] for d in prefetches} == {"beta:latest"}, prefetches
