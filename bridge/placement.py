@@ -12,7 +12,10 @@ flight or queued for them, pins, idle time and reload cost) and asks:
 2. Else the daemon where loading costs least: a load that fits in free memory
    beats one that needs evictions; among those that evict, the least value lost;
    then the fewest outstanding requests. Reloading the model's own idle runner
-   with a bigger context frees that runner first (counted as a reload).
+   with another context frees that runner first and counts as evicting it (its
+   value is lost): with several daemons, /v1 requests (default context) and
+   native ones needing more context end up on different daemons instead of
+   reloading one runner back and forth.
 3. Else, if some daemon could hold the model once busy runners go idle: wait there.
 4. Else ``Reject``: too big for any daemon (400), or only pinned models stand in the
    way (503 with Retry-After).
@@ -234,7 +237,13 @@ def route(
             waits.append(v)
             continue
         assert isinstance(plan, RoomPlan)
-        cost = (float(bool(plan.victims)), plan.value_lost, float(v.outstanding))
+        # A reload destroys the model's own runner, which other traffic (often the
+        # other API: /v1 needs the default context, native requests more) still uses:
+        # it counts as an eviction of it, so a load elsewhere wins unless that costs more.
+        own = v.runners.get(key) if plan.reload else None
+        lost = plan.value_lost + (eviction_value(oracle, v.name, own) if own else 0.0)
+        evicts = bool(plan.victims) or own is not None
+        cost = (float(evicts), lost, float(v.outstanding))
         options.append(((*cost, float(plan.reload)), Load(v.name, plan, plan.reload)))
     if options:
         return min(options, key=lambda o: (o[0], o[1].daemon))[1]
