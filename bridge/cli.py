@@ -90,6 +90,23 @@ def predictor(
     run_worker(settings, loglevel=loglevel)
 
 
+@app.command()
+def demo(
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic trace.")] = 7,
+    duration: Annotated[
+        float, typer.Option(help="Simulated seconds of traffic (replayed 10x faster).")
+    ] = 240.0,
+    out: Annotated[Path, typer.Option(help="Where to write the PNG.")] = Path("alb-demo.png"),
+) -> None:
+    """Replay a synthetic trace straight at a simulated Ollama fleet, then through the
+    bridge (embedded predictor on), and compare: a table and a PNG."""
+    from bridge.demo import main
+
+    code = main(seed, duration, out)
+    if code:
+        raise typer.Exit(code)
+
+
 def _mount_subcommands() -> None:
     # Sub-apps own their commands; their heavy imports happen inside the commands.
     from ingest.cli import replay_app, topics_app
