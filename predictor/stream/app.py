@@ -69,7 +69,9 @@ acked; its new owner recovers the table partition from the changelog (RocksDB: f
 its local copy plus the changelog's tail) before it reads the partition from the
 committed offset, so it starts from exactly the state those offsets imply. The global
 agent's in-memory state is dropped on every revocation and reloaded from the table at
-the next batch. Ticks keep coming whichever worker leads.
+the next batch. Ticks keep coming whichever worker leads. Once a rebalance is over the
+input is sought to the committed offsets a second time (:class:`_App`: Faust can drop
+records fetched while it finishes recovery); what that fetches twice is skipped as above.
 
 Restart: the same recovery. With ``memory://`` every start replays the compacted
 changelogs (sessions: one record per live session; global: one record); with
@@ -82,8 +84,10 @@ Limits: session parts trail the global clock for records more than a window late
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import sys
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -95,6 +99,7 @@ import faust.streams
 import orjson
 
 from predictor.core.partition import SessionPart
+from predictor.stream.preflight import KafkaUnreachable, check_kafka
 from predictor.stream.settings import PredictorSettings
 from predictor.stream.stages import (
     GlobalStage,
@@ -285,6 +290,36 @@ async def _acked(pending: list[Any]) -> None:
         await fut
 
 
+class _App(faust.App):
+    """``faust.App`` that re-reads its input from the committed offsets once a
+    rebalance (a start included) has finished.
+
+    Why (faust-streaming/faust#596, still open): at the end of table recovery Faust
+    resumes the input partitions and seeks them to the committed offsets, *then*
+    resumes flow control, which empties every agent queue. Records fetched in between
+    (those already in the log when the worker starts: written while it was down) are
+    dropped, the consumer's position is past them, and the partition's commits stall
+    behind the gap until the next restart. Seeking to the committed offsets again after
+    the flow is resumed fetches them again. Anything fetched twice is skipped as a
+    replay: session parts keep the offset of their last record and the global stage
+    the last offset applied per source partition (module docstring).
+    """
+
+    _reseek: asyncio.Future[None] | None = None
+
+    def on_rebalance_end(self) -> None:
+        super().on_rebalance_end()
+        self._reseek = asyncio.ensure_future(self._seek_committed(self.consumer_generation_id))
+
+    async def _seek_committed(self, generation: int) -> None:
+        if self.rebalancing or self.consumer_generation_id != generation:
+            return  # a new rebalance seeks (and then comes back here) itself
+        try:
+            await self.consumer.perform_seek()
+        except Exception:  # the next rebalance seeks again; nothing else to do here
+            log.warning("seek to committed offsets after the rebalance failed", exc_info=True)
+
+
 def build_app(settings: PredictorSettings) -> tuple[faust.App, Streams]:
     """The Faust app for ``settings`` (agents, tables, timer), not started, and its
     :class:`Streams` (the stages and their counters)."""
@@ -296,7 +331,7 @@ def build_app(settings: PredictorSettings) -> tuple[faust.App, Streams]:
                 "ALB_PREDICTOR_STORE=rocksdb:// needs rocksdict (pip install rocksdict); "
                 "or set ALB_PREDICTOR_STORE=memory://"
             ) from exc
-    app = faust.App(
+    app = _App(
         settings.app_id,
         broker=[f"kafka://{s.strip()}" for s in settings.bootstrap_servers.split(",")],
         store=settings.store,
@@ -319,7 +354,16 @@ def build_app(settings: PredictorSettings) -> tuple[faust.App, Streams]:
 
 
 def run_worker(settings: PredictorSettings, *, loglevel: str = "info") -> None:
-    """Run a worker until SIGTERM / SIGINT (Faust drains and commits on the way out)."""
+    """Run a worker until SIGTERM / SIGINT (Faust drains and commits on the way out).
+
+    Kafka is asked first (:func:`~predictor.stream.preflight.check_kafka`): when no
+    bootstrap server answers, one line goes to stderr and the process exits 2.
+    """
+    try:
+        asyncio.run(check_kafka(settings.bootstrap_servers, timeout_s=settings.preflight_timeout_s))
+    except KafkaUnreachable as exc:
+        print(f"alb predictor: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     app, _streams = build_app(settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingest.events import Topic
 from ingest.topics import TOPICS
 from predictor.config import ConfigError, PredictorConfig
 
-__all__ = ["PredictorSettings", "SettingsError", "load_settings"]
+__all__ = ["PredictorSettings", "SettingsError", "load_settings", "split_servers"]
 
 PREFIX = "ALB_PREDICTOR_"
 _ACCESS_LOG_PARTITIONS = next(s.partitions for s in TOPICS if s.name == Topic.ACCESS_LOG.value)
@@ -42,6 +42,9 @@ class PredictorSettings(BaseSettings):
 
     bootstrap_servers: str = "127.0.0.1:9092"
     """Kafka bootstrap servers, comma-separated ``host:port``."""
+    preflight_timeout_s: float = Field(10.0, gt=0)
+    """How long the start-up check waits for a bootstrap server to answer as Kafka
+    before ``alb predictor`` exits 2 (:mod:`predictor.stream.preflight`)."""
     app_id: str = "alb-predictor"
     """Faust app id: the consumer group and the prefix of its internal topics."""
     store: str = "rocksdb://"
@@ -77,9 +80,34 @@ class PredictorSettings(BaseSettings):
     config: dict[str, Any] = Field(default_factory=dict)
     """:class:`PredictorConfig` fields (JSON); unknown names are an error."""
 
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers(cls, value: str) -> str:
+        split_servers(value)
+        return value
+
     def predictor_config(self) -> PredictorConfig:
         """The core's configuration (validated at load time by :func:`load_settings`)."""
         return _predictor_config(self.config)
+
+
+def split_servers(bootstrap_servers: str) -> list[tuple[str, int]]:
+    """``"h1:9092,[::1]:9093"`` as ``[("h1", 9092), ("::1", 9093)]`` (port 9092 if none);
+    ``ValueError`` for a port that is not a number or an empty list."""
+    out: list[tuple[str, int]] = []
+    for item in bootstrap_servers.split(","):
+        server = item.strip().removeprefix("kafka://")
+        if not server:
+            continue
+        host, sep, port = server.rpartition(":")
+        if not sep or "]" in port:  # no port, or an IPv6 literal without one
+            host, port = server, "9092"
+        if not port.isdigit() or not 0 < int(port) < 65536 or not host.strip("[]"):
+            raise ValueError(f"{server!r} is not host:port")
+        out.append((host.strip("[]"), int(port)))
+    if not out:
+        raise ValueError("no bootstrap servers")
+    return out
 
 
 def _predictor_config(values: Mapping[str, Any]) -> PredictorConfig:
