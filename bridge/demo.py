@@ -446,24 +446,28 @@ def main(seed: int, duration_s: float, out: Path) -> int:
     if out.suffix.lower() != ".png":
         err.print(f"alb demo: --out must name a .png file, got {str(out)!r}")
         return 2
+    existed = out.exists()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("ab"):
+        with out.open("ab"):  # fail now, not after a minute of replay
             pass
     except OSError as exc:
         err.print(f"alb demo: cannot write {str(out)!r}: {exc.strerror or exc}")
         return 2
+    code, message = 0, ""
     try:
         result = asyncio.run(run_demo(seed, duration_s, out, say=console.print))
     except DemoError as exc:
-        err.print(f"alb demo: {exc}")
-        return 1
+        code, message = 1, str(exc)
     except KeyboardInterrupt:
-        err.print("alb demo: interrupted")
-        return 130
+        code, message = 130, "interrupted"
     except OSError as exc:
-        err.print(f"alb demo: {exc}")
-        return 1
+        code, message = 1, str(exc)
+    if code:
+        if not existed:
+            out.unlink(missing_ok=True)
+        err.print(f"alb demo: {message}")
+        return code
     console.print(render_table(result.sides))
     direct, bridged = result.sides
     console.print(
