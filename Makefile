@@ -7,13 +7,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export ALB_CACHE_DIR ?= $(HOME)/.cache/alb
 
-.PHONY: help venv services test check lint fmt run sim lock clean
+.PHONY: help venv services test check lint fmt run sim demo lock clean
 
 help:
 	@echo "make run     start the bridge on 127.0.0.1:8080 (simulated fleet if no Ollama answers)"
 	@echo "make test    create .venv, install, provision Kafka and Redis, run the whole suite"
 	@echo "make check   ruff + mypy --strict on the packages"
 	@echo "make sim     run the simulated Ollama fleet from examples/fleet.yaml"
+	@echo "make demo    replay a synthetic trace directly and through the bridge, print before/after"
 
 # The venv is rebuilt when the dependency list or the pins change.
 $(STAMP): pyproject.toml constraints.txt
@@ -54,6 +55,9 @@ run: venv
 
 sim: venv
 	$(BIN)/alb sim --config examples/fleet.yaml
+
+demo: venv
+	$(BIN)/alb demo
 
 # Refresh the pins after changing pyproject.toml's bounds.
 lock: venv
