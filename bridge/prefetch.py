@@ -48,7 +48,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -60,7 +60,16 @@ from bridge.errors import BridgeError
 from bridge.fleet import DaemonState, Fleet
 from bridge.loader import StateChange
 from bridge.numctx import Need
-from bridge.placement import Load, Reject, ReuseOracle, RunnerView, Serve, eviction_value, route
+from bridge.placement import (
+    DaemonView,
+    Reject,
+    ReuseOracle,
+    Route,
+    RunnerView,
+    Serve,
+    eviction_value,
+    route,
+)
 from bridge.scheduler import Lease, Scheduler
 from bridge.settings import Settings
 from bridge.upstream import Upstream
@@ -214,6 +223,56 @@ class Outcome:
     inputs: dict[str, Any] | None = None
 
 
+ACCEPTED = "accepted"
+
+
+def judge(
+    where: Route | None,
+    views: Sequence[DaemonView],
+    key: str,
+    *,
+    confidence: float,
+    size_of: Callable[[DaemonView], int],
+    reload_s: Callable[[str, int], float],
+    oracle: ReuseOracle,
+    held: Callable[[str], int],
+    budget: Callable[[str], int | None],
+    share: float,
+) -> Outcome:
+    """A prefetch's acceptance checks on ``route``'s answer ``where`` (pure; see the
+    module docstring), all but the token bucket: the refusal, else ``ACCEPTED`` with
+    the daemon and the decision's inputs. ``held(daemon)``: bytes of prefetched runners
+    no request used yet; ``budget(daemon)``: bytes the bridge may plan for (None: no
+    limit); ``share``: ``ALB_PREFETCH_BUDGET``."""
+    if where is None:
+        return Outcome("no_daemon")
+    if isinstance(where, Serve):
+        return Outcome("already_loaded", where.daemon)
+    if isinstance(where, Reject):
+        return Outcome("refused_no_room", inputs={"why": where.reason})
+    name = where.daemon
+    view = next(v for v in views if v.name == name)
+    if where.plan is None:
+        busy = sorted(k for k, r in view.runners.items() if r.busy and k != key)
+        return Outcome("refused_busy", name, {"busy": ",".join(busy)})
+    size = size_of(view)
+    value = confidence * reload_s(key, size)
+    victims = [view.runners[k] for k in where.plan.victims]
+    worth = max((eviction_value(oracle, name, r) for r in victims), default=0.0)
+    inputs: dict[str, Any] = {
+        "size": size,
+        "value": round(value, 6),
+        "victims": ",".join(where.plan.victims),
+        "victims_value": round(worth, 6),
+    }
+    if worth > value:
+        return Outcome("refused_value", name, inputs)
+    limit, used = budget(name), held(name)
+    if limit is not None and used + size > share * limit:
+        return Outcome("over_budget", name, {**inputs, "held": used, "budget": limit})
+    return Outcome(ACCEPTED, name, inputs)
+
+
 class Consumer:
     """The consumer-group member and the actions (see the module docstring)."""
 
@@ -343,34 +402,21 @@ class Consumer:
             return s.target(info, fleet.get(view.name), [need]).size
 
         where = route(views, key, need, size_of, s.oracle)
-        if where is None:
-            return Outcome("no_daemon")
-        if isinstance(where, Serve):
-            return Outcome("already_loaded", where.daemon)
-        if isinstance(where, Reject):
-            return Outcome("refused_no_room", inputs={"why": where.reason})
-        assert isinstance(where, Load)
-        d = fleet.get(where.daemon)
-        view = next(v for v in views if v.name == d.name)
-        if where.plan is None:
-            busy = sorted(k for k, r in view.runners.items() if r.busy and k != key)
-            return Outcome("refused_busy", d.name, {"busy": ",".join(busy)})
-        size = size_of(view)
-        value = event.confidence * s.loader.load_seconds(key, size)
-        victims = [view.runners[k] for k in where.plan.victims]
-        worth = max((eviction_value(s.oracle, d.name, r) for r in victims), default=0.0)
-        inputs: dict[str, Any] = {
-            "size": size,
-            "value": round(value, 6),
-            "victims": ",".join(where.plan.victims),
-            "victims_value": round(worth, 6),
-        }
-        if worth > value:
-            return Outcome("refused_value", d.name, inputs)
-        budget = fleet.budget(d, self._settings.headroom)
-        held = self.book.held(d.name)
-        if budget is not None and held + size > self._settings.prefetch_budget * budget:
-            return Outcome("over_budget", d.name, {**inputs, "held": held, "budget": budget})
+        result = judge(
+            where,
+            views,
+            key,
+            confidence=event.confidence,
+            size_of=size_of,
+            reload_s=s.loader.load_seconds,
+            oracle=s.oracle,
+            held=self.book.held,
+            budget=lambda name: fleet.budget(fleet.get(name), self._settings.headroom),
+            share=self._settings.prefetch_budget,
+        )
+        if result.outcome != ACCEPTED:
+            return result
+        d, inputs = fleet.get(result.daemon), result.inputs or {}
         if not self._prefetch_bucket.take():
             return Outcome("rate_limited", d.name, inputs)
         return await self._load(d, key, need, info, event, inputs)

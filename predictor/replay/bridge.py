@@ -12,16 +12,18 @@ scheduler calls it (``bridge/scheduler.py`` ``admit`` / ``_step``; ``bridge/pref
 * where it goes is ``bridge.placement.route`` over ``DaemonView`` snapshots of the
   simulated fleet;
 * each daemon's driver, one operation at a time, asks ``bridge.placement.plan_room``
-  which idle runners to unload, then loads the ``Target`` that the scheduler's
-  ``target`` would choose (``bridge.numctx.bucket``, ``bridge.memory.SizeBook`` with the
-  sizes learned after each load);
+  which idle runners to unload, then loads the ``Target`` that
+  ``bridge.numctx.choose_target`` chooses (``bridge.memory.SizeBook`` with the sizes
+  learned after each load);
 * the eviction value is ``bridge.placement.eviction_value`` with the policy's
-  ``ReuseOracle``.
+  ``ReuseOracle``;
+* a prefetch is accepted or refused by ``bridge.prefetch.judge`` and the consumer's
+  ``TokenBucket`` (on simulated time).
 
 What is *not* the bridge's code, and why (thin adapters, kept line-for-line close to the
-shells they stand in for): the scheduler's ``view`` / ``target`` / driver loop and the
-prefetch consumer's acceptance checks are methods of asyncio objects that own sockets;
-here they read the simulated state instead. ``Gate`` semantics (slots = parallel, a
+shells they stand in for): the scheduler's ``view`` / driver loop and the prefetch
+consumer's ``_prefetch`` are methods of asyncio objects that own sockets; here they read
+the simulated state instead. ``Gate`` semantics (slots = parallel, a
 request waits unless it fits the runner's context, a runner whose queued requests do not
 fit is drained and reloaded) are reproduced with a FIFO queue (the bridge's ``FairQueue``
 is round-robin by session). Unloads are instant (the simulator's are);
@@ -32,12 +34,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bridge.errors import BadRequest
 from bridge.memory import ModelInfo, SizeBook
-from bridge.numctx import Limits, Need, bucket, need_for
+from bridge.numctx import DaemonDefault, Limits, Need, Target, choose_target, need_for
 from bridge.placement import (
     NEVER,
     DaemonView,
@@ -46,12 +47,14 @@ from bridge.placement import (
     Reject,
     ReuseOracle,
     RoomPlan,
+    Route,
     RunnerView,
     Serve,
     eviction_value,
     plan_room,
     route,
 )
+from bridge.prefetch import ACCEPTED, TokenBucket, judge
 from ollamasim import scheduler as sim_policy
 from ollamasim.config import DaemonConfig
 from predictor.core import Prefetch, reuse_probability
@@ -63,13 +66,6 @@ if TYPE_CHECKING:
 __all__ = ["BridgeFleet", "PredictorOracle"]
 
 Waiter = Job | PrefetchJob
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    ctx: int
-    auto: bool
-    size: int
 
 
 class _Daemon:
@@ -124,22 +120,6 @@ class _PrefetchAware:
         return base if conf is None else min(base, conf)
 
 
-class _Bucket:
-    """The prefetch consumer's token bucket, on simulated time."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self._rate, self._burst = rate, float(burst)
-        self._tokens, self._at = float(burst), 0.0
-
-    def take(self, now: float) -> bool:
-        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
-        self._at = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        return False
-
-
 class BridgeFleet:
     """The controller of every bridge policy (see the module docstring)."""
 
@@ -167,7 +147,7 @@ class BridgeFleet:
             PredictorOracle(sim) if sim.policy.oracle == "predictor" else _TimeRecency()
         )
         self.oracle: ReuseOracle = _PrefetchAware(base, self)
-        self.bucket = _Bucket(k.prefetch_rate, k.prefetch_burst)
+        self.bucket = TokenBucket(k.prefetch_rate, k.prefetch_burst, clock=lambda: sim.now)
         self._needs: dict[tuple[int, int | None, bool, int], Need] = {}
 
     # --- snapshots for the pure policies --------------------------------------------
@@ -221,20 +201,23 @@ class BridgeFleet:
     def _parallel(self, d: _Daemon, info: ModelInfo) -> int:
         return 1 if info.embedding_only else d.cfg.num_parallel
 
-    def target(self, info: ModelInfo, d: _Daemon, needs: list[Need]) -> _Target:
-        """``Scheduler.target``: the runner a load for ``needs`` asks for on ``d``."""
+    def target(self, info: ModelInfo, d: _Daemon, needs: list[Need]) -> Target:
+        """``Scheduler.target``: the runner a load for ``needs`` asks for on ``d``.
+
+        The daemon's default is the bridge's guess (its vram tier; never learned here),
+        the model's learned default context ``auto_ctx``; no pins, so the room is the
+        whole budget."""
         par = self._parallel(d, info)
-        # vram_tier_ctx(capacity) until the daemon's real default is learned.
-        default = self.auto_ctx.get((d.cfg.name, info.key)) or sim_policy.default_num_ctx(
-            d.cfg.memory
+        return choose_target(
+            needs,
+            default=DaemonDefault(sim_policy.default_num_ctx(d.cfg.memory), False),
+            auto_ctx=self.auto_ctx.get((d.cfg.name, info.key)),
+            model_context=info.context_length,
+            limits=self.limits,
+            prefer_default=self.sim.knobs.prefer_default,
+            size=lambda ctx: self.sizes.size(info, ctx, par),
+            room=d.budget,
         )
-        if info.context_length:
-            default = min(default, info.context_length)
-        tokens = max((n.tokens for n in needs), default=self.limits.num_ctx_min)
-        if any(n.auto for n in needs) or (self.sim.knobs.prefer_default and tokens <= default):
-            return _Target(default, True, self.sizes.size(info, default, par))
-        ctx = bucket(tokens, self.limits.buckets, info.context_length)
-        return _Target(ctx, False, self.sizes.size(info, ctx, par))
 
     def need(self, job: Job) -> Need:
         """``need_for`` on a stand-in body of the request's size (cached)."""
@@ -263,7 +246,7 @@ class BridgeFleet:
         name = d.cfg.name
         return lambda r: eviction_value(self.oracle, name, r)
 
-    def _route(self, key: str, need: Need) -> tuple[object, list[DaemonView]]:
+    def _route(self, key: str, need: Need) -> tuple[Route | None, list[DaemonView]]:
         info = self.infos[key]
         views = [self.view(d) for d in self.daemons.values()]
 
@@ -370,7 +353,7 @@ class BridgeFleet:
             return
 
     def _execute(
-        self, d: _Daemon, key: str, target: _Target, plan: RoomPlan, *, prefetch_only: bool
+        self, d: _Daemon, key: str, target: Target, plan: RoomPlan, *, prefetch_only: bool
     ) -> None:
         sim = self.sim
         for v in plan.victims:
@@ -403,7 +386,7 @@ class BridgeFleet:
         sim.at(sim.now + seconds, self._loaded, d, r, target, seconds, prefetch_only)
 
     def _loaded(
-        self, d: _Daemon, r: Runner, target: _Target, seconds: float, prefetch_only: bool
+        self, d: _Daemon, r: Runner, target: Target, seconds: float, prefetch_only: bool
     ) -> None:
         key = r.model
         r.ready = True
@@ -473,6 +456,12 @@ class BridgeFleet:
             self.sim.tally.wasted_loads += 1
 
     # --- prefetch (bridge.prefetch.Consumer._prefetch) ------------------------------------
+    def _prefetch_held(self, name: str) -> int:
+        """``PrefetchBook.held``: bytes of prefetched runners no request used yet."""
+        return sum(
+            r.size for r in self.daemons[name].runners.values() if r.prefetch_conf is not None
+        )
+
     def prefetch(self, p: Prefetch) -> None:
         sim = self.sim
         tally = sim.tally
@@ -485,33 +474,27 @@ class BridgeFleet:
                 tally.refuse("already_loaded")
                 return
         need = Need(p.num_ctx or 0)
+        info = self.infos[key]
         where, views = self._route(key, need)
-        if where is None or isinstance(where, Serve):
-            tally.refuse("already_loaded" if where is not None else "no_daemon")
+        verdict = judge(
+            where,
+            views,
+            key,
+            confidence=p.confidence,
+            size_of=lambda v: self.target(info, self.daemons[v.name], [need]).size,
+            reload_s=self.load_seconds,
+            oracle=self.oracle,
+            held=self._prefetch_held,
+            budget=lambda name: self.daemons[name].budget,
+            share=sim.knobs.prefetch_budget,
+        )
+        if verdict.outcome != ACCEPTED:
+            tally.refuse(verdict.outcome)
             return
-        if isinstance(where, Reject):
-            tally.refuse("refused_no_room")
-            return
-        assert isinstance(where, Load)
-        d = self.daemons[where.daemon]
-        view = next(v for v in views if v.name == d.cfg.name)
-        if where.plan is None:
-            tally.refuse("refused_busy")
-            return
-        size = self.target(self.infos[key], d, [need]).size
-        value = p.confidence * self.load_seconds(key, size)
-        victims = [view.runners[k] for k in where.plan.victims]
-        worth = max((eviction_value(self.oracle, d.cfg.name, r) for r in victims), default=0.0)
-        if worth > value:
-            tally.refuse("refused_value")
-            return
-        held = sum(r.size for r in d.runners.values() if r.prefetch_conf is not None)
-        if held + size > sim.knobs.prefetch_budget * d.budget:
-            tally.refuse("over_budget")
-            return
-        if not self.bucket.take(sim.now):
+        if not self.bucket.take():
             tally.refuse("rate_limited")
             return
+        d = self.daemons[verdict.daemon]
         tally.prefetch_accepted += 1
         self.last_used[(d.cfg.name, key)] = sim.now
         d.gates.setdefault(key, deque()).append(PrefetchJob(key, p.confidence, p.expires_at))
