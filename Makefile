@@ -61,9 +61,7 @@ demo: venv
 
 # Refresh the pins after changing pyproject.toml's bounds.
 lock: venv
-	@{ echo "# Pinned versions for a reproducible install (make test / make run use them as constraints)."; \
-	   echo "# Regenerate with: make lock"; \
-	   $(BIN)/python -m pip freeze --exclude-editable | grep -v '^async-load-bridge'; } > constraints.txt
+	$(BIN)/python scripts/lock.py > constraints.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
