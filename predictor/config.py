@@ -16,6 +16,7 @@ __all__ = ["ConfigError", "PredictorConfig"]
 
 WindowKind = Literal["time", "count"]
 TransitionSource = Literal["session", "arrival"]
+ReuseEstimate = Literal["histogram", "rate"]
 
 
 class ConfigError(ValueError):
@@ -99,6 +100,12 @@ class PredictorConfig:
     # --- reuse hints --------------------------------------------------------------
     reuse_horizon_s: float = 300.0
     reuse_hints_on_tick: bool = True
+    reuse_estimate: ReuseEstimate = "histogram"
+    """How ``reuse_probability`` (the eviction value's reuse) is estimated:
+    ``histogram``: from the idle-gap histogram, given how long the model has been idle;
+    ``rate``: from its arrival rate over the last ``rate_window_minutes`` minutes,
+    ``1 - exp(-rate * reuse_horizon_s)`` (see :mod:`predictor.core.rates`)."""
+    rate_window_minutes: int = 15
 
     def __post_init__(self) -> None:
         positive_ints = {
@@ -111,6 +118,7 @@ class PredictorConfig:
             "oob_memory": self.oob_memory,
             "max_histogram_samples": self.max_histogram_samples,
             "recompute_every": self.recompute_every,
+            "rate_window_minutes": self.rate_window_minutes,
         }
         for name, value in positive_ints.items():
             if value < 1:
@@ -149,6 +157,10 @@ class PredictorConfig:
         if self.transition_source not in ("session", "arrival"):
             raise ConfigError(
                 f"transition_source must be 'session' or 'arrival', got {self.transition_source!r}"
+            )
+        if self.reuse_estimate not in ("histogram", "rate"):
+            raise ConfigError(
+                f"reuse_estimate must be 'histogram' or 'rate', got {self.reuse_estimate!r}"
             )
         if self.max_gap_s <= 0 or self.session_ttl_s <= 0 or self.reuse_horizon_s <= 0:
             raise ConfigError("max_gap_s, session_ttl_s and reuse_horizon_s must be > 0")

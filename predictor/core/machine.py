@@ -34,6 +34,7 @@ from predictor.core.heavy import SpaceSaving
 from predictor.core.idle import IdleHistogram
 from predictor.core.outputs import KeepAliveHint, Output, Prefetch, ReuseHint
 from predictor.core.policy import Gate, select, warm_caches
+from predictor.core.rates import ArrivalRate
 from predictor.core.transitions import Transitions
 from predictor.records import AccessRecord
 
@@ -65,6 +66,7 @@ class PredictorState:
         "now",
         "pending",
         "prompts",
+        "rates",
         "transitions",
     )
 
@@ -73,6 +75,8 @@ class PredictorState:
         self.now: float | None = None
         self.transitions = Transitions(config)
         self.idle: dict[str, IdleHistogram] = {}
+        self.rates: dict[str, ArrivalRate] = {}
+        """Recent arrival rate per model (kept when ``reuse_estimate == "rate"``)."""
         self.prompts: dict[str, SpaceSaving] = {}
         self.contexts: dict[str, SpaceSaving] = {}
         """num_ctx values per model (as strings), for the context a prefetch should use."""
@@ -116,6 +120,11 @@ def step(state: PredictorState, record: AccessRecord) -> tuple[PredictorState, l
         if ctxs is None:
             ctxs = state.contexts[model] = SpaceSaving(_CONTEXT_COUNTERS)
         ctxs.offer(str(record.num_ctx))
+    if cfg.reuse_estimate == "rate":
+        rate = state.rates.get(model)
+        if rate is None:
+            rate = state.rates[model] = ArrivalRate(cfg.rate_window_minutes)
+        rate.add(ts)
     out: list[Output] = []
     if cfg.histogram:
         hist = state.idle.get(model)
@@ -195,20 +204,25 @@ def tick(state: PredictorState, now: float) -> tuple[PredictorState, list[Output
     gate.forget_before(now - cfg.cooldown_s)
     if cfg.reuse_hints_on_tick:
         horizon = cfg.reuse_horizon_s
-        for model in sorted(state.idle):
+        for model in sorted(state.idle.keys() | state.rates.keys()):
             out.append(ReuseHint(model, reuse_probability(state, model, now), horizon, now))
     return state, out
 
 
 def reuse_probability(state: PredictorState, model: str, now: float) -> float:
-    """P(``model`` is requested within ``reuse_horizon_s`` of ``now``), from its idle-time
-    histogram given how long it has been idle; 0.0 for a model never seen (or with the
-    histogram off). Read-only: the bridge may call it directly in embedded mode."""
+    """P(``model`` is requested within ``reuse_horizon_s`` of ``now``): with
+    ``reuse_estimate == "histogram"`` from its idle-time histogram given how long it has
+    been idle, with ``"rate"`` from its recent arrival rate; 0.0 for a model never seen
+    (or with the estimate off). Read-only: the bridge may call it directly in embedded
+    mode."""
+    cfg = state.config
+    if cfg.reuse_estimate == "rate":
+        rate = state.rates.get(model)
+        return 0.0 if rate is None else rate.reuse_probability(now, cfg.reuse_horizon_s)
     hist = state.idle.get(model)
     if hist is None:
         return 0.0
     idle_for = now - hist.last_end if hist.last_end is not None else 0.0
-    cfg = state.config
     return hist.reuse_probability(idle_for, cfg.reuse_horizon_s, cfg.bin_s)
 
 
@@ -220,6 +234,7 @@ def state_to_dict(state: PredictorState) -> dict[str, Any]:
         "now": state.now,
         "transitions": state.transitions.to_dict(),
         "idle": {m: h.to_dict() for m, h in state.idle.items()},
+        "rates": {m: r.to_dict() for m, r in state.rates.items()},
         "prompts": {m: p.to_dict() for m, p in state.prompts.items()},
         "contexts": {m: p.to_dict() for m, p in state.contexts.items()},
         "gate": state.gate.to_dict(),
@@ -238,6 +253,8 @@ def state_from_dict(data: dict[str, Any], config: PredictorConfig | None = None)
     state.now = data["now"]
     state.transitions = Transitions.from_dict(cfg, data["transitions"])
     state.idle = {m: IdleHistogram.from_dict(cfg, h) for m, h in data["idle"].items()}
+    # "rates" arrived after version 1 states were first stored: absent means none.
+    state.rates = {m: ArrivalRate.from_dict(r) for m, r in data.get("rates", {}).items()}
     state.prompts = {m: SpaceSaving.from_dict(p) for m, p in data["prompts"].items()}
     state.contexts = {m: SpaceSaving.from_dict(p) for m, p in data["contexts"].items()}
     state.gate = Gate.from_dict(data["gate"])

@@ -85,7 +85,7 @@ class _Daemon:
 
 
 class PredictorOracle:
-    """Reuse = P(requested within the horizon) from the predictor's idle histograms."""
+    """Reuse = P(requested within the horizon) from the predictor (``reuse_probability``)."""
 
     def __init__(self, sim: Simulation) -> None:
         self._sim = sim

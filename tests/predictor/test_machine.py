@@ -221,12 +221,16 @@ def _drive(
     items=records_strategy,
     cut=st.integers(0, 80),
     window=st.sampled_from(["time", "count"]),
+    rate=st.booleans(),
 )
 def test_state_round_trip_continues_identically(
-    items: list[tuple[float, str, str, str | None, int, bool]], cut: int, window: str
+    items: list[tuple[float, str, str, str | None, int, bool]], cut: int, window: str, rate: bool
 ) -> None:
     cfg = PredictorConfig(
-        window="time" if window == "time" else "count", min_samples=2, recompute_every=3
+        window="time" if window == "time" else "count",
+        min_samples=2,
+        recompute_every=3,
+        reuse_estimate="rate" if rate else "histogram",
     )
     head, tail = items[:cut], items[cut:]
     s1, out_head = _drive(new_state(cfg), head, 0.0)
