@@ -47,6 +47,7 @@ from bridge.events_build import access_log_record, decision_event, model_state_e
 from bridge.loader import StateChange
 from bridge.records import RequestRecord
 from bridge.settings import Settings
+from bridge.shipper import Shipper, ShipperConfig
 from ingest.bus import EventBus, Record
 from ingest.bus_kafka import KafkaBus, KafkaConfig
 from ingest.bus_memory import MemoryBus
@@ -106,7 +107,7 @@ class Events:
     def __init__(
         self,
         bus: EventBus,
-        sender: Sender,
+        sender: Sender | Shipper,
         prompts: PromptRegistry,
         producer: str,
         registry: CollectorRegistry,
@@ -115,6 +116,9 @@ class Events:
     ) -> None:
         self.bus = bus
         self.sender = sender
+        #: With a shipper, request records go straight to it (built in its process).
+        self._shipper = sender if isinstance(sender, Shipper) else None
+        self._registering: set[asyncio.Task[None]] = set()
         self.prompts = prompts
         self.producer = producer
         self._backlog: deque[Item] = deque()
@@ -136,7 +140,21 @@ class Events:
     # --- called synchronously by the proxy, the decision log and the loader ------------
     def request_finished(self, record: RequestRecord) -> None:
         """The ``RecordSink``: one access-log event per finished request."""
+        if self._shipper is not None:
+            if self._shipper.offer_request(record) is not None:
+                self._built["access_log"].inc()
+            return
         self._put(record)
+
+    def register_prompt(self, system: str) -> None:
+        """Register a system prompt the shipper saw (in a task: the registry may be Redis)."""
+        task = asyncio.get_running_loop().create_task(self._register(system))
+        self._registering.add(task)
+        task.add_done_callback(self._registering.discard)
+
+    def build_failed(self) -> None:
+        """The shipper could not build a record's event (it logged why)."""
+        self.metrics.failures.inc()
 
     def decided(self, decision: Decision) -> None:
         self._put(decision)
@@ -259,16 +277,35 @@ async def open_events(settings: Settings, registry: CollectorRegistry) -> AsyncI
             spool_dir = Path(temp_dir)
     redis: Redis | None = None
     try:
-        spool = Spool(SpoolConfig(spool_dir, max_bytes=settings.spool_max_bytes()))
-        sender = Sender(
-            bus,
-            spool,
-            registry,
-            SenderConfig(
-                max_queue=settings.events_queue_max,
-                close_timeout_s=settings.events_close_timeout,
-            ),
-        )
+        sender: Sender | Shipper
+        if settings.kafka_bootstrap_servers and settings.events_shipper:
+            # The KafkaBus above then only serves subscriptions (the prefetch consumer).
+            sender = Shipper(
+                ShipperConfig(
+                    bootstrap_servers=settings.kafka_bootstrap_servers,
+                    client_id=producer.split(" ")[0],
+                    producer=producer,
+                    spool_dir=str(spool_dir),
+                    spool_max_bytes=settings.spool_max_bytes(),
+                    queue_max=settings.events_queue_max,
+                    close_timeout_s=settings.events_close_timeout,
+                    log_level=logging.getLogger().getEffectiveLevel(),
+                ),
+                registry,
+                # ``events`` is created below, before the child can report anything.
+                on_prompt=lambda text: events.register_prompt(text),  # noqa: PLW0108
+                on_failed=lambda: events.build_failed(),  # noqa: PLW0108
+            )
+        else:
+            sender = Sender(
+                bus,
+                Spool(SpoolConfig(spool_dir, max_bytes=settings.spool_max_bytes())),
+                registry,
+                SenderConfig(
+                    max_queue=settings.events_queue_max,
+                    close_timeout_s=settings.events_close_timeout,
+                ),
+            )
         prompts: PromptRegistry
         if settings.redis_url is not None:
             redis = Redis.from_url(

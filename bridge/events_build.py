@@ -210,11 +210,14 @@ def access_log_event(record: RequestRecord, producer: str) -> tuple[AccessLogEve
     return AccessLogEvent(ts=_ts(record), **fields), system
 
 
-def access_log_record(record: RequestRecord, producer: str) -> tuple[Record, str | None]:
+def access_log_record(
+    record: RequestRecord, producer: str, *, event_id: str | None = None
+) -> tuple[Record, str | None]:
     """``access_log_event``'s record, serialised straight from the fields (no model, no
-    validation: ~4x cheaper) with a fresh ``event_id``; same bytes as the model's JSON."""
+    validation: ~4x cheaper) with ``event_id`` (default: a fresh one); same bytes as the
+    model's JSON."""
     fields, system = _access_log_fields(record, producer)
-    value = access_log_json(event_id=new_event_id(), ts=_ts(record), **fields)
+    value = access_log_json(event_id=event_id or new_event_id(), ts=_ts(record), **fields)
     return Record(_ACCESS_LOG, fields["session"] or fields["api_key_id"], value), system
 
 

@@ -202,6 +202,9 @@ class Settings(BaseSettings):
     events_spool_max: str = "1GiB"
     #: Events held in memory before they spill to the spool.
     events_queue_max: int = Field(10_000, ge=1)
+    #: With Kafka: build and send the events in a child process (``python -m
+    #: bridge.shipper``), off the bridge's event loop; ``false``: in the event loop.
+    events_shipper: bool = True
     #: Seconds the sender gets at shutdown to hand its queue to the bus (the rest is spooled).
     events_close_timeout: float = Field(5.0, ge=0)
     #: ``redis://`` URL of the system-prompt registry shared by replicas; unset: in memory.

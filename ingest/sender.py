@@ -297,6 +297,11 @@ class Sender:
     # --- lifecycle --------------------------------------------------------------------
 
     @property
+    def queued(self) -> int:
+        """Events in the in-memory queue (not yet acknowledged, not spooled)."""
+        return len(self._queue)
+
+    @property
     def idle(self) -> bool:
         """Nothing waiting: queue and spool empty."""
         return not self._queue and self._spool.empty

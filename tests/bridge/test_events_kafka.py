@@ -28,6 +28,8 @@ import httpx
 import orjson
 import pytest
 
+from bridge.records import RequestRecord
+from bridge.shipper import Shipper
 from ingest.bus import Delivery, Record
 from ingest.bus_kafka import KafkaBus, KafkaConfig
 from ingest.events import Event, Topic
@@ -55,14 +57,31 @@ def _kafka_settings(fleet: RunningFleet, bootstrap: str, tmp_path: Path, **kw: A
 
 
 class Offered:
-    """Wraps the sender's ``offer``: what was offered, per key, in order."""
+    """Wraps what the bridge hands its events to: what was offered, per key, in order.
+
+    With the shipper (the default with Kafka) request records go to its
+    ``offer_request``, which fixes each event's key and id in the bridge; inline (the
+    sender in the event loop) built events go to the sender's ``offer``."""
 
     def __init__(self, b: RunningBridge) -> None:
         sender = events_of(b.app).sender
-        self._offer = sender.offer
         self.per_key: dict[str, list[str]] = defaultdict(list)
         self.refused = 0
-        sender.offer = self  # type: ignore[method-assign]
+        if isinstance(sender, Shipper):
+            self._offer_request = sender.offer_request
+            sender.offer_request = self.request  # type: ignore[method-assign]
+        else:
+            self._offer = sender.offer
+            sender.offer = self  # type: ignore[method-assign]
+
+    def request(self, record: RequestRecord) -> tuple[str | None, str] | None:
+        got = self._offer_request(record)
+        if got is None:
+            self.refused += 1
+        else:
+            key, event_id = got
+            self.per_key[key or ""].append(event_id)
+        return got
 
     def __call__(self, event: Event | Record) -> bool:
         ok = self._offer(event)
@@ -148,11 +167,13 @@ async def topics(kafka_bootstrap: str) -> str:
     return kafka_bootstrap
 
 
+@pytest.mark.parametrize("shipper", [True, False], ids=["shipper", "inline"])
 async def test_5000_requests_leave_5000_distinct_valid_events(
-    fleet: RunningFleet, topics: str, tmp_path: Path
+    fleet: RunningFleet, topics: str, tmp_path: Path, shipper: bool
 ) -> None:
-    settings = _kafka_settings(fleet, topics, tmp_path)
+    settings = _kafka_settings(fleet, topics, tmp_path, events_shipper=shipper)
     async with running_bridge(settings) as b:
+        assert isinstance(events_of(b.app).sender, Shipper) is shipper
         offered = Offered(b)
         load = Load(b.base_url, concurrency=16, total=5000)
         started = time.monotonic()
