@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -73,6 +74,30 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (the Kafka bridge's event shipper)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _children_cpu_s(pid: int) -> float:
+    total = 0.0
+    for child in _children(pid):
+        with contextlib.suppress(OSError):
+            total += _cpu_s(child)
+    return total
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` onto ``cpus``."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
 class MeteredTarget(Target):
     """A target that also measures, per batch, the CPU its bridge process (and the
     broker) spent per answered request."""
@@ -80,19 +105,25 @@ class MeteredTarget(Target):
     def __init__(self, name: str, port: int, pid: int, broker_pid: int | None) -> None:
         super().__init__(name, HOST, port)
         self._pids = (pid, broker_pid)
-        #: (scenario workload name, bridge µs/request, broker µs/request) per batch.
-        self.cpu: list[tuple[str, float, float]] = []
+        #: (scenario workload name, bridge µs/request, broker µs/request, µs/request of
+        #: the bridge's child processes: the event shipper) per batch.
+        self.cpu: list[tuple[str, float, float, float]] = []
 
     async def run(
         self, workload: Workload, concurrency: int, total: int, stagger: float = 0.0
     ) -> BatchResult:
         pid, broker = self._pids
-        before = (_cpu_s(pid), _cpu_s(broker) if broker else 0.0)
+        before = (_cpu_s(pid), _cpu_s(broker) if broker else 0.0, _children_cpu_s(pid))
         result = await super().run(workload, concurrency, total, stagger)
-        after = (_cpu_s(pid), _cpu_s(broker) if broker else 0.0)
+        after = (_cpu_s(pid), _cpu_s(broker) if broker else 0.0, _children_cpu_s(pid))
         n = max(len(result.latencies), 1)
         self.cpu.append(
-            (workload.name, (after[0] - before[0]) / n * 1e6, (after[1] - before[1]) / n * 1e6)
+            (
+                workload.name,
+                (after[0] - before[0]) / n * 1e6,
+                (after[1] - before[1]) / n * 1e6,
+                (after[2] - before[2]) / n * 1e6,
+            )
         )
         return result
 
@@ -174,6 +205,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--paced", type=int, default=640, help="requests per paced c=64 batch")
     parser.add_argument("--no-embedded", action="store_true", help="skip the embedded bridge")
     parser.add_argument("--base", help="also run the Kafka bridge at this revision (kafka-base)")
+    parser.add_argument(
+        "--upstream",
+        choices=("sim", "canned"),
+        default="sim",
+        help="sim: the simulator answers every request; canned: bench.canned answers the "
+        "saturation model from a captured reply (~15 µs) and forwards the rest (%(default)s)",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="bridges on CPU 0 alone; this process, the upstream, the broker (when started "
+        "here) and the bridges' shipper processes on the other CPUs",
+    )
     args = parser.parse_args(argv)
 
     given = sys.argv[1:] if argv is None else list(argv)
@@ -181,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"# {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}")
     base = f", kafka-base at {args.base}" if args.base else ""
     print(f"# bridge at {args.rev}{base}; before: {load_note()}")
+    pin = "; bridges pinned to CPU 0, the rest to the other CPUs" if args.pin else ""
+    print(f"# upstream: {args.upstream}{pin}")
     fast = SessionWorkload("native", "/api/chat", _chat("bench-fast", False))
     paced = SessionWorkload("native-paced", "/api/chat", _chat("bench-paced", False))
     scenarios = [
@@ -196,6 +242,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(ensure_topics(bootstrap))
         sim = start_sim(REPO / "bench" / "fleet.yaml", rev=args.rev)
         services.append(sim)
+        upstream = sim
+        if args.upstream == "canned":
+            port = free_port()
+            argv = [sys.executable, "-m", "bench.canned", "--sim", sim.url, "--port", str(port)]
+            upstream = Service("canned", argv, port)
+            services.append(upstream)
+            upstream.wait_ready("/api/version")
         producer = f"alb-bench-{uuid.uuid4().hex[:8]}"
 
         def kafka_env(producer: str) -> dict[str, str]:
@@ -215,10 +268,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         targets: list[MeteredTarget] = []
         broker_pid = getattr(broker, "pid", None)
         for name, (rev, env) in kinds.items():
-            svc = _bridge(name, sim.url, rev, env)
+            svc = _bridge(name, upstream.url, rev, env)
             services.append(svc)
             ports[name] = svc.port
             targets.append(MeteredTarget(name, svc.port, svc.proc.pid, broker_pid))
+        if args.pin:
+            rest = set(range(os.cpu_count() or 1)) - {0} or {0}
+            for pid in [
+                os.getpid(),
+                *(svc.proc.pid for svc in services[: 2 if args.upstream == "canned" else 1]),
+            ]:
+                _pin(pid, rest)
+            if broker_pid:
+                _pin(broker_pid, rest)
+            for t in targets:
+                _pin(t._pids[0], {0})
+            time.sleep(1.0)  # the shipper processes are up by now
+            for t in targets:
+                for child in _children(t._pids[0]):
+                    _pin(child, rest)
         loop = new_event_loop()
         try:
             res = loop.run_until_complete(_measure(targets, scenarios, args.rounds))
@@ -274,14 +342,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     for s in scenarios:
         row = [s.workload.name]
         for t in targets:
-            row.append(f"{median([c for w, c, _ in t.cpu if w == s.workload.name]):.0f}")
+            row.append(f"{median([c for w, c, _, _ in t.cpu if w == s.workload.name]):.0f}")
         for t in targets:
             if t.name in (KAFKA, BASE):
-                broker_us = [b for w, _, b in t.cpu if w == s.workload.name]
+                shipper_us = [c for w, _, _, c in t.cpu if w == s.workload.name]
+                row.append(f"{median(shipper_us):.0f}")
+                broker_us = [b for w, _, b, _ in t.cpu if w == s.workload.name]
                 row.append(f"{median(broker_us):.0f}" if broker is not None else "-")
         cpu_rows.append(row)
-    brokers = [f"broker ({t.name})" for t in targets if t.name in (KAFKA, BASE)]
-    print(table(["workload", *[f"bridge {t.name}" for t in targets], *brokers], cpu_rows))
+    extra = [
+        col
+        for t in targets
+        if t.name in (KAFKA, BASE)
+        for col in (f"shipper ({t.name})", f"broker ({t.name})")
+    ]
+    print(table(["workload", *[f"bridge {t.name}" for t in targets], *extra], cpu_rows))
     return 0
 
 
