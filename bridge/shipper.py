@@ -25,7 +25,8 @@ whether its queue and spool are empty, and its collectors (``alb_events_sent_tot
 counters carried over a restart. It forwards its log records (same logger names) and
 the system prompts the registry needs (each at most every 10 minutes). On EOF on its
 stdin (the bridge closed it, or died) or SIGTERM it gives its queue
-``events_close_timeout`` to reach Kafka, spools the rest and exits.
+``events_close_timeout`` to reach Kafka, spools the rest and exits. It runs at nice +5:
+background work that yields to request work on a shared core.
 
 Wire: frames of a 4-byte big-endian length and a ``marshal`` payload (both ends run the
 same interpreter, ``sys.executable``). Bridge to child: ``("batch", items)`` and
@@ -105,6 +106,10 @@ class ShipperConfig:
     queue_max: int
     close_timeout_s: float
     log_level: int = logging.INFO
+    #: Added to the child's nice value: where it shares a core with the bridge or the
+    #: bridge's peers, request work goes first and events follow in the gaps (bounded:
+    #: its queue spills to the spool).
+    nice: int = 5
 
 
 # --- the wire ---------------------------------------------------------------------------
@@ -589,6 +594,8 @@ def main(argv: list[str] | None = None) -> None:
     out_fd = os.dup(1)
     os.dup2(2, 1)  # stray prints go to stderr, never into the frames
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if config.nice:
+        os.nice(config.nice)
     asyncio.run(_child_main(config, out_fd))
 
 
