@@ -77,8 +77,11 @@ _ACCESS_LOG = Topic.ACCESS_LOG.value
 #: Where ``bridge`` is imported from: the child imports the same code.
 _SRC = str(Path(__file__).resolve().parents[1])
 #: A batch is written at most this long after its first record (or at _FLUSH_ITEMS).
-_FLUSH_S = 0.02
+_FLUSH_S = 0.005
 _FLUSH_ITEMS = 512
+#: The child's sender waits this long after an idle spell: frames arrive every few ms,
+#: produce requests go out at most ~50 times a second.
+_LINGER_S = 0.02
 _ACK_S = 0.05
 _RESTART_S = (0.5, 5.0)
 #: A child that lived this long resets the restart backoff.
@@ -474,7 +477,11 @@ class _Child:
             self.bus,
             self.spool,
             self.registry,
-            SenderConfig(max_queue=config.queue_max, close_timeout_s=config.close_timeout_s),
+            SenderConfig(
+                max_queue=config.queue_max,
+                close_timeout_s=config.close_timeout_s,
+                linger_s=_LINGER_S,
+            ),
         )
         self.offered = 0
         self._prompts: dict[str, float] = {}

@@ -54,6 +54,9 @@ class SenderConfig:
 
     max_queue: int = 10_000
     batch_records: int = 500
+    #: After an idle spell, wait this long for more events before sending (fewer,
+    #: larger produce requests); 0: send at once.
+    linger_s: float = 0.0
     send_timeout_s: float = 5.0
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0
@@ -187,6 +190,8 @@ class Sender:
                 self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
+                if self.config.linger_s and len(self._queue) < self.config.batch_records:
+                    await asyncio.sleep(self.config.linger_s)
             elif progressed:
                 delay = 0.0
             else:
