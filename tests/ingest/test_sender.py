@@ -74,6 +74,31 @@ async def test_healthy_bus_gets_everything_in_order(tmp_path: Path) -> None:
     assert value(registry, "alb_events_queued") == 0
 
 
+async def test_linger_gathers_what_arrives_after_an_idle_spell_into_one_send(
+    tmp_path: Path,
+) -> None:
+    bus = FlakyBus()
+    lingering = SenderConfig(send_timeout_s=0.3, linger_s=0.05)
+    async with Sender(bus, spool_at(tmp_path), CollectorRegistry(), lingering) as sender:
+        for burst in range(2):
+            for i in range(5):  # five offers spread over ~10 ms, well within the linger
+                sender.offer(rec(burst * 5 + i))
+                await asyncio.sleep(0.002)
+            assert await sender.wait_idle(5)
+    assert bus.calls == 2
+    assert bus.published == [rec(i) for i in range(10)]
+
+
+async def test_without_linger_the_first_event_goes_at_once(tmp_path: Path) -> None:
+    bus = FlakyBus()
+    async with Sender(bus, spool_at(tmp_path), CollectorRegistry(), FAST) as sender:
+        for i in range(5):
+            sender.offer(rec(i))
+            await asyncio.sleep(0.002)
+        assert await sender.wait_idle(5)
+    assert bus.calls > 1
+
+
 async def test_events_are_serialised_by_the_sender(tmp_path: Path) -> None:
     bus = FlakyBus()
     event = _samples.access_log()
