@@ -175,10 +175,14 @@ class Sender:
 
     async def _run(self) -> None:
         delay = 0.0
+        linger = True  # at start and after each idle spell
         while True:
             try:
                 if delay:
                     await asyncio.sleep(delay)
+                if linger and self.config.linger_s and self._lingers():
+                    await asyncio.sleep(self.config.linger_s)
+                linger = False
                 progressed = await self._step()
             except asyncio.CancelledError:
                 raise
@@ -190,14 +194,17 @@ class Sender:
                 self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
-                if self.config.linger_s and len(self._queue) < self.config.batch_records:
-                    await asyncio.sleep(self.config.linger_s)
+                linger = True
             elif progressed:
                 delay = 0.0
             else:
                 self.metrics.send_failures.inc()
                 delay = min(max(delay * 2, self.config.retry_initial_s), self.config.retry_max_s)
             self._account_corruption()
+
+    def _lingers(self) -> bool:
+        """Worth waiting for more: a partial batch in the queue, nothing in the spool."""
+        return 0 < len(self._queue) < self.config.batch_records and self._spool.empty
 
     async def _sync_loop(self) -> None:
         """fsync the spool in a worker thread every ``fsync_interval_s`` (policy ``interval``).
