@@ -47,7 +47,7 @@ from bridge.events_build import access_log_record, decision_event, model_state_e
 from bridge.loader import StateChange
 from bridge.records import RequestRecord
 from bridge.settings import Settings
-from bridge.shipper import Shipper, ShipperConfig
+from bridge.shipper import Shipper, ShipperConfig, restarts_counter
 from ingest.bus import EventBus, Record
 from ingest.bus_kafka import KafkaBus, KafkaConfig
 from ingest.bus_memory import MemoryBus
@@ -278,6 +278,7 @@ async def open_events(settings: Settings, registry: CollectorRegistry) -> AsyncI
     redis: Redis | None = None
     try:
         sender: Sender | Shipper
+        restarts = restarts_counter(registry)  # in every mode: alert rules name it
         if settings.kafka_bootstrap_servers and settings.events_shipper:
             # The KafkaBus above then only serves subscriptions (the prefetch consumer).
             sender = Shipper(
@@ -295,6 +296,7 @@ async def open_events(settings: Settings, registry: CollectorRegistry) -> AsyncI
                 # ``events`` is created below, before the child can report anything.
                 on_prompt=lambda text: events.register_prompt(text),  # noqa: PLW0108
                 on_failed=lambda: events.build_failed(),  # noqa: PLW0108
+                restarts=restarts,
             )
         else:
             sender = Sender(

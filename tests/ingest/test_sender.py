@@ -74,7 +74,7 @@ async def test_healthy_bus_gets_everything_in_order(tmp_path: Path) -> None:
     assert value(registry, "alb_events_queued") == 0
 
 
-async def test_linger_gathers_what_arrives_after_an_idle_spell_into_one_send(
+async def test_linger_gathers_a_burst_into_one_send(
     tmp_path: Path,
 ) -> None:
     bus = FlakyBus()
