@@ -130,6 +130,8 @@ class Events:
             kind: self.metrics.built.labels(kind)
             for kind in ("access_log", "decision", "model_state")
         }
+        if self._shipper is not None:
+            self._shipper.built = self._built["access_log"]
         self._last_warning = 0.0
 
     @property
@@ -141,8 +143,7 @@ class Events:
     def request_finished(self, record: RequestRecord) -> None:
         """The ``RecordSink``: one access-log event per finished request."""
         if self._shipper is not None:
-            if self._shipper.offer_request(record) is not None:
-                self._built["access_log"].inc()
+            self._shipper.offer_request(record)  # counted as built when batched
             return
         self._put(record)
 

@@ -5,19 +5,20 @@ access-log events nor talks to Kafka: in the loop both cost ~30 µs a request (h
 token counts, JSON, the sender and aiokafka's produce path), ~15 % of a proxied
 request, so ~15 % fewer requests/s at saturation. Instead ``Shipper`` (in the bridge)
 hands each finished request's ``RequestRecord`` to a child process,
-``python -m bridge.shipper``, as a tuple of its fields with the event's key and
-``event_id`` fixed in the bridge. The child builds the event with the same
-``bridge.events_build`` code (the same bytes as before) and owns the ``Sender``, the
-disk spool and the Kafka producer. The bridge pays ~2 µs a request: the key, an id,
-the tuple, a list append, and one ``marshal`` frame per batch written to the child.
+``python -m bridge.shipper``, as a tuple of its fields: ~1 µs a request, plus one
+``marshal`` call and one pipe write per batch (every 5 ms). The child builds the event
+with the same ``bridge.events_build`` code (the same bytes) and owns the ``Sender``,
+the disk spool and the Kafka producer. Each record's ``event_id`` follows from the
+bridge process's random seed and the record's index (``event_id_at``), so a record
+sent again keeps its id.
 
-Nothing is lost when the child dies. The bridge keeps each record it handed over until
-the child reports it *settled*: acknowledged by Kafka, written to the spool, or dropped
-and counted there. A child that exits is started again (after 0.5 s, doubling to 5 s)
-and gets every unsettled record again, with the same event ids: delivery stays
-at-least-once and consumers deduplicate on ``event_id``. Should more than twice
-``events_queue_max`` records be unsettled (a child that cannot start), new ones are
-dropped, counted as ``alb_events_dropped_total{reason="shipper_down"}`` and logged.
+Nothing is lost when the child dies. The bridge keeps each batch it handed over until
+the child reports its records *settled*: acknowledged by Kafka, written to the spool,
+or dropped and counted there. A child that exits is started again (after 0.5 s,
+doubling to 5 s) and gets every unsettled record again: delivery stays at-least-once
+and consumers deduplicate on ``event_id``. Should more than twice ``events_queue_max``
+records be unsettled (a child that cannot start), new ones are dropped, counted as
+``alb_events_dropped_total{reason="shipper_down"}`` and logged.
 
 The child reports about every 50 ms (and when asked): how many records are settled,
 whether its queue and spool are empty, and its collectors (``alb_events_sent_total``,
@@ -29,12 +30,12 @@ stdin (the bridge closed it, or died) or SIGTERM it gives its queue
 background work that yields to request work on a shared core.
 
 Wire: frames of a 4-byte big-endian length and a ``marshal`` payload (both ends run the
-same interpreter, ``sys.executable``). Bridge to child: ``("batch", items)`` and
-``("ping",)``; an item is the ``marshal`` bytes of ``("a", key, event_id, fields)`` (a
-request record) or ``("r", topic, key, value)`` (an event built in the bridge:
-decisions, model state).
-Child to bridge: ``("ack", settled, idle, families)``, ``("prompt", text)``,
-``("log", logger, level, message)`` and ``("failed",)`` (a record it could not build).
+same interpreter, ``sys.executable``). Bridge to child: ``("batch", start, payload)``
+and ``("ping",)``; ``payload`` is the ``marshal`` string of a list of items, the first
+of index ``start``: ``("a", fields)`` (a request record) or ``("r", topic, key,
+value)`` (an event built in the bridge: decisions, model state). Child to bridge:
+``("ack", settled, idle, families)``, ``("prompt", text)``, ``("log", logger, level,
+message)`` and ``("failed",)`` (a record it could not build).
 """
 
 from __future__ import annotations
@@ -61,11 +62,11 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from bridge.events_build import access_log_record, identify
+from bridge.events_build import access_log_record
 from bridge.records import RequestRecord
 from ingest.bus import Record
 from ingest.bus_kafka import KafkaBus, KafkaConfig
-from ingest.events import Event, Topic, new_event_id
+from ingest.events import Event, Topic
 from ingest.sender import Sender, SenderConfig
 from ingest.spool import Spool, SpoolConfig
 
@@ -116,6 +117,18 @@ class ShipperConfig:
 
 
 # --- the wire ---------------------------------------------------------------------------
+
+
+_ID_MASK = (1 << 128) - 1
+_ID_CLEAR = ~((0xF << 76) | (0x3 << 62)) & _ID_MASK
+_ID_SET = (0x4 << 76) | (0x2 << 62)
+
+
+def event_id_at(seed: int, index: int) -> str:
+    """A version-4-shaped UUID for record ``index`` of the bridge process whose random
+    128-bit ``seed`` it is: distinct for every index below 2**62, the same on a resend."""
+    h = f"{((seed + index) & _ID_CLEAR | _ID_SET) & _ID_MASK:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def restarts_counter(registry: CollectorRegistry) -> Counter:
@@ -194,9 +207,15 @@ class Shipper:
         self._on_prompt = on_prompt
         self._on_failed = on_failed
         self._limit = 2 * config.queue_max
-        self._pending: list[bytes] = []
+        self._pending: list[tuple[Any, ...]] = []
+        self._requests = 0  # request records pending, for ``built``
+        #: ``alb_events_built_total{kind="access_log"}``, counted per batch (the owner's).
+        self.built: Counter | None = None
         #: Frames written (or to write) and not yet settled: (absolute end, items).
-        self._unsettled: deque[tuple[int, list[bytes]]] = deque()
+        self._unsettled: deque[tuple[int, int, bytes]] = deque()  # (end, count, payload)
+        #: Event ids are ``event_id_at(seed, index)``: random per bridge process, the same
+        #: when a record is sent again to a restarted child.
+        self._seed = int.from_bytes(os.urandom(16), "big")
         self._framed = 0  # records framed so far (absolute)
         self._settled = 0  # records the child reported settled (absolute)
         self._base = 0  # the absolute index of the current child's first record
@@ -290,26 +309,18 @@ class Shipper:
             return False
 
     # --- the request path --------------------------------------------------------------
-    def offer_request(self, record: RequestRecord) -> tuple[str | None, str] | None:
-        """Hand over a finished request; its ``(key, event_id)``, None if it was dropped.
-
-        The item is serialised at once: bytes hold no references, so the request's body,
-        headers and last frame are freed now rather than surviving into the collector's
-        older generations while they wait for the batch and its acknowledgement."""
-        if self._closing or self._framed + len(self._pending) - self._settled >= self._limit:
+    def offer_request(self, record: RequestRecord) -> int | None:
+        """Hand over a finished request: its index (its event id is ``event_id(index)``),
+        None if it was dropped. Only a tuple of the record's fields is kept (~1 µs); the
+        batch is serialised in one ``marshal`` call when it is written."""
+        index = self._framed + len(self._pending)
+        if self._closing or index - self._settled >= self._limit:
             self._drop(_ACCESS_LOG)
             return None
-        session, _, key_id = identify(record.headers, record.doc)
-        key = session or key_id
-        event_id = new_event_id()
-        try:
-            item = marshal.dumps(("a", key, event_id, _PACK(record)))
-        except ValueError:  # not from a JSON body: build it here
-            built, _ = access_log_record(record, self.config.producer, event_id=event_id)
-            item = marshal.dumps(("r", built.topic, key, built.value))
-        self._pending.append(item)
+        self._pending.append(("a", _PACK(record)))
+        self._requests += 1
         self._wake_flusher()
-        return key, event_id
+        return index
 
     def offer(self, event: Event | Record) -> bool:
         """Hand over an event built in the bridge (decisions, model state)."""
@@ -318,9 +329,13 @@ class Shipper:
         if self._closing or self._framed + len(self._pending) - self._settled >= self._limit:
             self._drop(event.topic)
             return False
-        self._pending.append(marshal.dumps(("r", event.topic, event.key, event.value)))
+        self._pending.append(("r", event.topic, event.key, event.value))
         self._wake_flusher()
         return True
+
+    def event_id(self, index: int) -> str:
+        """The ``event_id`` of the record offered at ``index`` (the child derives the same)."""
+        return event_id_at(self._seed, index)
 
     def _wake_flusher(self) -> None:
         n = len(self._pending)
@@ -351,9 +366,32 @@ class Shipper:
         if not self._pending:
             return
         items, self._pending = self._pending, []
+        if self.built is not None and self._requests:
+            self.built.inc(self._requests)
+        self._requests = 0
+        start = self._framed
         self._framed += len(items)
-        self._unsettled.append((self._framed, items))
-        self._send(("batch", items))
+        payload = self._payload(items, start)
+        self._unsettled.append((self._framed, len(items), payload))
+        self._send(("batch", start, payload))
+
+    def _payload(self, items: list[tuple[Any, ...]], start: int) -> bytes:
+        """``items`` in one ``marshal`` string. A request record ``marshal`` refuses (a
+        body not decoded from JSON) is built here instead, with the same id and key."""
+        try:
+            return marshal.dumps(items)
+        except ValueError:
+            return marshal.dumps([self._fit(item, start + i) for i, item in enumerate(items)])
+
+    def _fit(self, item: tuple[Any, ...], index: int) -> tuple[Any, ...]:
+        try:
+            marshal.dumps(item)
+        except ValueError:
+            built, _ = access_log_record(
+                RequestRecord(*item[1]), self.config.producer, event_id=self.event_id(index)
+            )
+            return ("r", built.topic, built.key, built.value)
+        return item
 
     def _send(self, message: tuple[Any, ...]) -> None:
         proc = self._proc
@@ -400,7 +438,7 @@ class Shipper:
             sys.executable,
             "-m",
             "bridge.shipper",
-            json.dumps(dataclasses.asdict(self.config)),
+            json.dumps({**dataclasses.asdict(self.config), "id_seed": self._seed}),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=env,
@@ -423,10 +461,11 @@ class Shipper:
 
     def _resend(self) -> None:
         """Everything not settled, from the first unsettled record, in order."""
-        for end, items in self._unsettled:
-            start = end - len(items)
+        for end, count, payload in self._unsettled:
+            start = end - count
             skip = max(self._settled - start, 0)
-            self._send(("batch", items[skip:]))
+            rest = marshal.dumps(marshal.loads(payload)[skip:]) if skip else payload
+            self._send(("batch", start + skip, rest))
 
     def _handle(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
@@ -474,9 +513,10 @@ class _Forward(logging.Handler):
 
 
 class _Child:
-    def __init__(self, config: ShipperConfig, out_fd: int) -> None:
+    def __init__(self, config: ShipperConfig, out_fd: int, seed: int) -> None:
         self.config = config
         self._out_fd = out_fd
+        self._seed = seed
         self.registry = CollectorRegistry()
         self.bus = KafkaBus(KafkaConfig(config.bootstrap_servers, client_id=config.client_id))
         self.spool = Spool(SpoolConfig(Path(config.spool_dir), max_bytes=config.spool_max_bytes))
@@ -508,26 +548,24 @@ class _Child:
             self._last = message
             self.send(message)
 
-    def take(self, items: list[bytes]) -> None:
-        producer = self.config.producer
+    def take(self, start: int, payload: bytes) -> None:
+        producer, seed = self.config.producer, self._seed
         now = time.monotonic()
-        for raw in items:
+        for index, item in enumerate(marshal.loads(payload), start):
             self.offered += 1
-            item = marshal.loads(raw)
             if item[0] == "r":
                 _, topic, key, value = item
                 self.sender.offer(Record(topic, key, value))
                 continue
-            _, key, event_id, fields = item
             try:
                 record, system = access_log_record(
-                    RequestRecord(*fields), producer, event_id=event_id
+                    RequestRecord(*item[1]), producer, event_id=event_id_at(seed, index)
                 )
             except Exception:
                 log.exception("could not build an access-log event")
                 self.send(("failed",))
                 continue
-            self.sender.offer(Record(record.topic, key, record.value))
+            self.sender.offer(record)
             if system is not None:
                 self._prompt(system, now)
 
@@ -569,7 +607,7 @@ class _Child:
     async def _read(self, reader: asyncio.StreamReader) -> None:
         while (message := await read_frame(reader)) is not None:
             if message[0] == "batch":
-                self.take(message[1])
+                self.take(message[1], message[2])
             elif message[0] == "ping":
                 self._ping.set()
 
@@ -581,7 +619,7 @@ def write_frame(fd: int, message: tuple[Any, ...]) -> None:
         data = data[os.write(fd, data) :]
 
 
-async def _child_main(config: ShipperConfig, out_fd: int) -> None:
+async def _child_main(config: ShipperConfig, out_fd: int, seed: int) -> None:
     loop = asyncio.get_running_loop()
     handler = _Forward(lambda message: write_frame(out_fd, message))
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -589,7 +627,7 @@ async def _child_main(config: ShipperConfig, out_fd: int) -> None:
     root.handlers[:] = [handler]
     root.setLevel(config.log_level)
     try:
-        child = _Child(config, out_fd)
+        child = _Child(config, out_fd, seed)
     except Exception:
         log.exception("event shipper could not start")
         raise SystemExit(1) from None
@@ -604,13 +642,15 @@ async def _child_main(config: ShipperConfig, out_fd: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    config = ShipperConfig(**json.loads(args[0]))
+    doc = json.loads(args[0])
+    seed = int(doc.pop("id_seed"))
+    config = ShipperConfig(**doc)
     out_fd = os.dup(1)
     os.dup2(2, 1)  # stray prints go to stderr, never into the frames
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if config.nice:
         os.nice(config.nice)
-    asyncio.run(_child_main(config, out_fd))
+    asyncio.run(_child_main(config, out_fd, seed))
 
 
 if __name__ == "__main__":

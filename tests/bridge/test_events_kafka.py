@@ -20,7 +20,7 @@ import re
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import httpx
 import orjson
 import pytest
 
+from bridge.events_build import identify
 from bridge.records import RequestRecord
 from bridge.shipper import Shipper
 from ingest.bus import Delivery, Record
@@ -60,28 +61,30 @@ class Offered:
     """Wraps what the bridge hands its events to: what was offered, per key, in order.
 
     With the shipper (the default with Kafka) request records go to its
-    ``offer_request``, which fixes each event's key and id in the bridge; inline (the
-    sender in the event loop) built events go to the sender's ``offer``."""
+    ``offer_request``, which returns each record's index (its event id is
+    ``event_id(index)``; the key is the session, as the event builder derives it);
+    inline (the sender in the event loop) built events go to the sender's ``offer``."""
 
     def __init__(self, b: RunningBridge) -> None:
         sender = events_of(b.app).sender
         self.per_key: dict[str, list[str]] = defaultdict(list)
         self.refused = 0
         if isinstance(sender, Shipper):
+            self._shipper = sender
             self._offer_request = sender.offer_request
             sender.offer_request = self.request  # type: ignore[method-assign]
         else:
             self._offer = sender.offer
             sender.offer = self  # type: ignore[method-assign]
 
-    def request(self, record: RequestRecord) -> tuple[str | None, str] | None:
-        got = self._offer_request(record)
-        if got is None:
+    def request(self, record: RequestRecord) -> int | None:
+        index = self._offer_request(record)
+        if index is None:
             self.refused += 1
         else:
-            key, event_id = got
-            self.per_key[key or ""].append(event_id)
-        return got
+            session, _, key_id = identify(record.headers, record.doc)
+            self.per_key[session or key_id or ""].append(self._shipper.event_id(index))
+        return index
 
     def __call__(self, event: Event | Record) -> bool:
         ok = self._offer(event)
@@ -233,7 +236,7 @@ def broker() -> Iterator[RestartableBroker]:
 
 
 @pytest.fixture
-async def outage_topics(broker: RestartableBroker) -> AsyncIterator[str]:
+async def outage_topics(broker: RestartableBroker) -> str:
     await ensure_topics(broker.bootstrap)
     return broker.bootstrap
 

@@ -19,9 +19,9 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from bridge.events_build import access_log_record
+from bridge.events_build import access_log_record, identify
 from bridge.records import RequestRecord
-from bridge.shipper import Shipper, ShipperConfig
+from bridge.shipper import Shipper, ShipperConfig, event_id_at
 from ingest.bus import Delivery
 from ingest.bus_kafka import KafkaBus, KafkaConfig
 from ingest.events import Topic
@@ -88,12 +88,13 @@ class Harness:
         self.failed += 1
 
     def offer(self, n: int) -> None:
-        got = self.shipper.offer_request(record(n))
-        if got is None:
+        rec = record(n)
+        index = self.shipper.offer_request(rec)
+        if index is None:
             self.refused += 1
         else:
-            key, event_id = got
-            self.per_key[key or ""].append(event_id)
+            session, _, key_id = identify(rec.headers, rec.doc)
+            self.per_key[session or key_id or ""].append(self.shipper.event_id(index))
 
     @property
     def ids(self) -> set[str]:
@@ -179,16 +180,31 @@ def test_a_record_marshal_cannot_carry_is_built_in_the_bridge() -> None:
     class Odd(dict[str, Any]):  # not a JSON-decoded body: marshal refuses subclasses
         pass
 
-    got = shipper.offer_request(record(1, doc=Odd(model="chatty", prompt="hi")))
-    assert got is not None
-    key, event_id = got
-    [raw] = shipper._pending
-    kind, topic, item_key, value = marshal.loads(raw)
-    assert (kind, topic, item_key) == ("r", Topic.ACCESS_LOG.value, key)
+    assert shipper.offer_request(record(0)) == 0
+    assert shipper.offer_request(record(1, doc=Odd(model="chatty", prompt="hi"))) == 1
+    shipper._flush()  # no child yet: the batch waits in the unsettled frames
+    [(end, count, payload)] = list(shipper._unsettled)
+    assert (end, count) == (2, 2)
+    plain, odd = marshal.loads(payload)
+    assert plain[0] == "a"
+    kind, topic, key, value = odd
+    assert (kind, topic, key) == ("r", Topic.ACCESS_LOG.value, "s1")
     event = orjson.loads(value)
-    assert event["event_id"] == event_id
+    assert event["event_id"] == shipper.event_id(1)
     assert event["producer"] == "prod-x"
-    assert event["session"] == "s1"
+
+
+def test_event_ids_are_uuid4_shaped_distinct_and_stable() -> None:
+    seed = int.from_bytes(os.urandom(16), "big")
+    ids = [event_id_at(seed, i) for i in range(100_000)]
+    assert len(set(ids)) == len(ids)
+    assert ids == [event_id_at(seed, i) for i in range(100_000)]
+    for text in (ids[0], ids[-1], event_id_at((1 << 128) - 1, 5), event_id_at(0, 0)):
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+    assert event_id_at(seed, 7) != event_id_at(seed + 1, 7 + (1 << 64))  # other bridges
 
 
 # --- against the real broker ---------------------------------------------------------
@@ -212,11 +228,12 @@ async def test_the_child_builds_the_same_event_the_loop_would(
     harness: Harness, topics: str
 ) -> None:
     rec = record(4)
-    got = harness.shipper.offer_request(rec)
-    assert got is not None
+    index = harness.shipper.offer_request(rec)
+    assert index == 0
     assert await harness.shipper.wait_idle(30)
     [delivery] = await harness.read(topics, 1)
-    expected, system = access_log_record(rec, harness.producer, event_id=got[1])
+    event_id = harness.shipper.event_id(index)
+    expected, system = access_log_record(rec, harness.producer, event_id=event_id)
     assert delivery.value == expected.value
     assert delivery.key == expected.key == "s4"
     assert harness.prompts == [system]
