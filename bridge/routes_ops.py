@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Route
 from bridge.context import Bridge
 from bridge.metrics import CONTENT_TYPE
 from bridge.responses import json_response
+from bridge.shipper import Shipper
 
 _READY_RECHECK_S = 1.0
 
@@ -124,6 +125,7 @@ def routes(bridge: Bridge) -> list[BaseRoute]:
                 "producer": ev.producer,
                 "backlog": ev.backlog,
                 "sender_idle": ev.sender.idle,
+                "shipper": ev.sender.status() if isinstance(ev.sender, Shipper) else None,
                 "consumer_group": settings.consumer_group,
                 "consumer_ready": bool(consumer and consumer.ready.is_set()),
                 "prefetched_unused": len(consumer.book) if consumer else 0,

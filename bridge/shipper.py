@@ -211,8 +211,8 @@ class Shipper:
         self._requests = 0  # request records pending, for ``built``
         #: ``alb_events_built_total{kind="access_log"}``, counted per batch (the owner's).
         self.built: Counter | None = None
-        #: Frames written (or to write) and not yet settled: (absolute end, items).
-        self._unsettled: deque[tuple[int, int, bytes]] = deque()  # (end, count, payload)
+        #: Batches written (or to write) and not yet settled: (absolute end, count, payload).
+        self._unsettled: deque[tuple[int, int, bytes]] = deque()
         #: Event ids are ``event_id_at(seed, index)``: random per bridge process, the same
         #: when a record is sent again to a restarted child.
         self._seed = int.from_bytes(os.urandom(16), "big")
@@ -228,6 +228,7 @@ class Shipper:
         self._task: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._last_warning = 0.0
+        self._restart_count = 0
         #: The child's collectors as last reported, and counters of children gone.
         self.families: Families = []
         self.meta: dict[str, tuple[str, str]] = {}
@@ -287,6 +288,18 @@ class Shipper:
         if proc is not None and proc.returncode is None and proc.stdin is not None:
             with contextlib.suppress(OSError, RuntimeError):
                 proc.stdin.close()
+
+    def status(self) -> dict[str, Any]:
+        """For ``GET /alb/v1/events``: the child and what it has not settled yet."""
+        proc = self._proc
+        alive = proc is not None and proc.returncode is None
+        return {
+            "pid": proc.pid if alive and proc is not None else None,
+            "running": alive,
+            "restarts": self._restart_count,
+            "pending": len(self._pending),
+            "unsettled": self._framed - self._settled,
+        }
 
     @property
     def idle(self) -> bool:
@@ -413,6 +426,7 @@ class Shipper:
             if self._closing and (self._framed == self._settled or last_try):
                 return
             self.restarts.inc()
+            self._restart_count += 1
             self._retire_counters()
             if time.monotonic() - started > _HEALTHY_S:
                 delay = _RESTART_S[0]

@@ -183,6 +183,15 @@ async def test_5000_requests_leave_5000_distinct_valid_events(
         await load.run()
         took = time.monotonic() - started
         await _drained(b)
+        async with httpx.AsyncClient(base_url=b.base_url) as c:
+            status = (await c.get("/alb/v1/events")).json()
+    assert status["mode"] == "kafka"
+    assert status["sender_idle"]
+    if shipper:
+        assert status["shipper"]["running"]
+        assert status["shipper"]["unsettled"] == 0
+    else:
+        assert status["shipper"] is None
     assert dict(load.statuses) == {200: 5000}
     got = await _read_ours(topics, settings.producer_id, 5000)
     ids = [d.json()["event_id"] for d in got]

@@ -265,6 +265,10 @@ async def test_a_killed_child_is_restarted_and_every_event_still_arrives_in_orde
     assert len(ids) == n
     assert first_seen_per_key(got) == dict(harness.per_key)
     assert harness.sample("alb_events_shipper_restarts_total") == 2.0
+    status = harness.shipper.status()
+    assert status["running"]
+    assert status["restarts"] == 2
+    assert status["unsettled"] == 0
     assert harness.sample("alb_events_sent_total", topic=Topic.ACCESS_LOG.value) >= n
     assert "event shipper exited" in caplog.text
     print(f"\n{n} events, 2 child kills: all arrived, {len(got) - n} duplicates")
