@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -114,3 +115,15 @@ def warm(model: str, digest: str, *, expires_in_s: float = 60) -> WarmCacheEvent
 def texts(deliveries: list[Delivery]) -> bytes:
     """All values, decoded and re-encoded (escapes resolved) for substring scans."""
     return b"\n".join(orjson.dumps(d.json()) for d in deliveries)
+
+
+def first_seen_per_key(deliveries: list[Delivery]) -> dict[str, list[str]]:
+    """Event ids per key in the order each was first delivered (duplicates skipped)."""
+    seen: set[str] = set()
+    out: dict[str, list[str]] = defaultdict(list)
+    for d in deliveries:
+        event_id = d.json()["event_id"]
+        if event_id not in seen:
+            seen.add(event_id)
+            out[d.key or ""].append(event_id)
+    return dict(out)

@@ -36,7 +36,14 @@ from ingest.bus_kafka import KafkaBus, KafkaConfig
 from ingest.events import Event, Topic
 from ingest.topics import ensure_topics
 from ollamasim.testing import RunningFleet
-from tests.bridge._events import events_of, invalid, prefetch, read_topic, runtime
+from tests.bridge._events import (
+    events_of,
+    first_seen_per_key,
+    invalid,
+    prefetch,
+    read_topic,
+    runtime,
+)
 from tests.bridge._support import RunningBridge, running_bridge, settings_for
 from tests.ingest._broker import RestartableBroker
 
@@ -99,17 +106,6 @@ class Offered:
     @property
     def ids(self) -> set[str]:
         return {i for ids in self.per_key.values() for i in ids}
-
-
-def first_seen_per_key(deliveries: list[Delivery]) -> dict[str, list[str]]:
-    seen: set[str] = set()
-    out: dict[str, list[str]] = defaultdict(list)
-    for d in deliveries:
-        event_id = d.json()["event_id"]
-        if event_id not in seen:
-            seen.add(event_id)
-            out[d.key or ""].append(event_id)
-    return dict(out)
 
 
 class Load:

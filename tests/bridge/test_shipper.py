@@ -26,7 +26,7 @@ from ingest.bus import Delivery
 from ingest.bus_kafka import KafkaBus, KafkaConfig
 from ingest.events import Topic
 from ingest.topics import ensure_topics
-from tests.bridge._events import invalid, read_topic
+from tests.bridge._events import first_seen_per_key, invalid, read_topic
 
 SESSIONS = [f"s{i}" for i in range(8)]
 
@@ -112,17 +112,6 @@ class Harness:
                 timeout_s=60,
                 where=lambda d: d["producer"] == self.producer,
             )
-
-
-def first_seen_per_key(deliveries: list[Delivery]) -> dict[str, list[str]]:
-    seen: set[str] = set()
-    out: dict[str, list[str]] = defaultdict(list)
-    for d in deliveries:
-        event_id = d.json()["event_id"]
-        if event_id not in seen:
-            seen.add(event_id)
-            out[d.key or ""].append(event_id)
-    return dict(out)
 
 
 async def live_child(shipper: Shipper, timeout_s: float = 30) -> int:
