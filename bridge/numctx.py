@@ -12,7 +12,10 @@ Pure functions plus a small calibration table; no I/O.
 * ``Need.fits`` says whether a loaded runner can serve it: native requests fit any
   runner with enough context; OpenAI-surface requests cannot carry ``num_ctx``
   (Ollama's /v1 has no options), so they only fit a runner loaded without one
-  ("auto", at the daemon's default) — any other runner would be reloaded by Ollama.
+  ("auto", at the daemon's default) — any other runner would be reloaded by Ollama —
+  unless they are ``translate``-able (chat and completions): those also fit a runner
+  with enough context, and are sent to it through the native API with its num_ctx
+  (``bridge.openai_native``).
 * ``bucket`` rounds a need up to the configured buckets, capped at the model's context.
 * ``choose_target`` picks the runner a load asks for: the daemon's default context
   (shared with /v1) when it covers the needs and fits, else the smallest bucket.
@@ -50,10 +53,12 @@ class Need:
     prompt_tokens: int = 0
     predict_tokens: int = 0
     client_num_ctx: int | None = None
+    #: An /v1 request the bridge may serve through the native API (chat, completions).
+    translate: bool = False
 
     def fits(self, ctx: int, auto_runner: bool) -> bool:
         if self.auto:
-            return auto_runner
+            return auto_runner or (self.translate and ctx >= self.tokens)
         return ctx >= self.tokens
 
 
@@ -165,9 +170,11 @@ def need_for(
     model_context: int,
     chars_per_token: float,
     limits: Limits,
+    translate: bool = False,
 ) -> Need:
     """The context ``doc`` needs on a model trained for ``model_context`` tokens
-    (0 = unknown). ``BadRequest`` when it cannot fit the model at all."""
+    (0 = unknown). ``BadRequest`` when it cannot fit the model at all. ``translate``:
+    an /v1 request that may be served through the native API."""
     if embed:
         size = embed_size(doc)
         prompt = size.tokens(chars_per_token, limits.image_tokens)
@@ -190,7 +197,7 @@ def need_for(
         )
     elif model_context and tokens > model_context:
         tokens = model_context  # the answer is what gets cut short, as in Ollama
-    return Need(tokens, openai, prompt, predict, asked)
+    return Need(tokens, openai, prompt, predict, asked, openai and translate)
 
 
 def bucket(tokens: int, buckets: Sequence[int], model_context: int) -> int:
@@ -247,7 +254,10 @@ def choose_target(
     ``/api/ps``), when known; ``room``: bytes it may take at most (None: no limit).
 
     * Any /v1 need: a default runner; there is no other choice (Ollama's /v1 sends
-      no num_ctx), even when it does not fit (the caller refuses it, saying why).
+      no num_ctx), even when it does not fit (the caller refuses it, saying why) —
+      unless every /v1 need can be translated and native needs want more than the
+      default: then the bucket for all of them, and the /v1 ones go through the
+      native API at its num_ctx (no reload back and forth between the two).
     * Native needs the default covers (``prefer_default``): the default runner, if
       it fits ``room``, so /v1 can share it. When the default is known the load sends
       it explicitly: the same runner for Ollama (it compares the requested num_ctx
@@ -262,7 +272,10 @@ def choose_target(
     if model_context:
         eff = min(eff, model_context)
     send = default.ctx if default.known else None
-    if any(n.auto for n in needs):
+    if any(n.auto for n in needs) and not (
+        all(n.translate for n in needs if n.auto)
+        and max((n.tokens for n in needs if not n.auto), default=0) > eff
+    ):
         return Target(eff, True, size(eff), send, "openai-surface-needs-default-context")
     tokens = max((n.tokens for n in needs), default=limits.num_ctx_min)
     reason = "bucket"
