@@ -154,7 +154,7 @@ class Metrics:
         )
         self.num_ctx_choices = Counter(
             "alb_num_ctx_choices",
-            "Context decisions: fits-loaded, load, reload, rejected.",
+            "Context decisions: fits-loaded, load, reload, rejected, translated (/v1 natively).",
             ["choice"],
             registry=r,
         )

@@ -3,9 +3,10 @@
 One raw ASGI handler per route (no per-request framework objects on the hot
 path): read the body once under the cap, parse it once, check the model,
 admit (``Scheduler.admit``: a slot now, or a place in the model's queue),
-forward (``relay``), release the slot, record. A task watches for the
-client's disconnect and cancels the handler, which closes the upstream
-response; a load the bridge started keeps running. A streaming /v1 request
+forward (``relay``; a /v1 request given a runner at another context goes through
+the native API with its num_ctx, ``bridge.openai_native``), release the slot,
+record. A task watches for the client's disconnect and cancels the handler, which
+closes the upstream response; a load the bridge started keeps running. A streaming /v1 request
 that has to wait gets SSE comment heartbeats until its slot is free; native
 NDJSON streams send nothing until the daemon's first line (as Ollama does).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import random
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +40,7 @@ from bridge.errors import (
 from bridge.framing import End
 from bridge.memory import ModelInfo
 from bridge.numctx import Need, PromptSize, need_for, prompt_eval_count, prompt_size
+from bridge.openai_native import NATIVE_PATH, Translator, to_native
 from bridge.parsing import KEEP, Endpoint, Kind, Parsed, parse, rewrite
 from bridge.records import RequestRecord
 from bridge.relay import HEARTBEAT, Exchange, read_body, relay, watch_disconnect
@@ -163,16 +166,31 @@ class InferenceRoute:
             state.daemon = lease.daemon.name
             if not ex.started:
                 ex.extra_headers = _alb_headers(lease, lease.queue_ms, lease.load_ms)
-            forward = rewrite(
-                body,
-                parsed,
-                settings.keep_alive_policy,
-                settings.keep_alive_min,
-                settings.keep_alive_max,
-                num_ctx=None if lease.gate.auto else lease.gate.ctx or KEEP,
-                strip_runner=settings.runner_options == "strip",
-                native=self._ep.api is Api.NATIVE,
-            )
+            path, translator = self._ep.path, None
+            if need.auto and not lease.gate.auto and lease.gate.ctx:
+                # A /v1 request on a runner at another context (``Need.translate``):
+                # the native API with the runner's num_ctx, answered in OpenAI's shape.
+                path = NATIVE_PATH[path]
+                try:
+                    forward = to_native(self._ep.path, parsed.doc, lease.gate.ctx)
+                except BadRequest:
+                    rt.scheduler.release(lease, used=False)
+                    raise
+                translator = Translator.for_request(
+                    self._ep.path, parsed.doc, random.randrange(999), int(time.time())
+                )
+                metrics.num_ctx_choice("translated").inc()
+            else:
+                forward = rewrite(
+                    body,
+                    parsed,
+                    settings.keep_alive_policy,
+                    settings.keep_alive_min,
+                    settings.keep_alive_max,
+                    num_ctx=None if lease.gate.auto else lease.gate.ctx or KEEP,
+                    strip_runner=settings.runner_options == "strip",
+                    native=self._ep.api is Api.NATIVE,
+                )
             in_flight = metrics.in_flight_by(lease.daemon.name, lease.key)
             in_flight.inc()
             try:
@@ -180,10 +198,11 @@ class InferenceRoute:
                     rt.upstream,
                     ex,
                     lease.daemon.url,
-                    self._ep.path,
+                    path,
                     forward,
                     retries=settings.upstream_retries,
                     on_retry=metrics.retries_by(lease.daemon.name).inc,
+                    translator=translator,
                 )
                 state.stream_failed = end is End.ERROR
             except BridgeError as err:
@@ -218,6 +237,7 @@ class InferenceRoute:
                 model_context=info.context_length if info is not None else 0,
                 chars_per_token=ratio,
                 limits=rt.scheduler.limits,
+                translate=ep.path in NATIVE_PATH and self._bridge.settings.openai_native,
             )
         except BadRequest as err:
             self._bridge.metrics.num_ctx_choices.labels(choice="rejected").inc()

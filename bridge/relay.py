@@ -24,9 +24,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from starlette.types import Receive, Send
 
 from bridge.errors import (
+    JSON_TYPE,
     Api,
     BodyTooLarge,
     BridgeError,
@@ -36,6 +38,7 @@ from bridge.errors import (
     stream_error_frame,
 )
 from bridge.framing import End, NDJSONFramer, SSEFramer, TruncatedFrame
+from bridge.openai_native import Translator
 from bridge.upstream import Upstream, UpstreamResponse
 
 Headers = list[tuple[bytes, bytes]]
@@ -160,9 +163,12 @@ async def relay(
     retries: int,
     on_retry: Callable[[], None],
     method: str = "POST",
+    translator: Translator | None = None,
 ) -> End | None:
     """Forward one request to ``base_url`` and stream the answer to ``ex``; returns
-    how a streamed answer ended (``End.ERROR``: the daemon's own in-band error)."""
+    how a streamed answer ended (``End.ERROR``: the daemon's own in-band error).
+    With ``translator`` the daemon answers natively and the client gets the
+    translator's OpenAI shape (``bridge.openai_native``)."""
     attempt = 0
     while True:
         try:
@@ -175,7 +181,9 @@ async def relay(
                 continue
             raise
         try:
-            return await _forward(resp, ex)
+            if translator is None:
+                return await _forward(resp, ex)
+            return await _forward_translated(resp, ex, translator)
         except BridgeError as err:
             if err.retriable and attempt < retries and not ex.sent_upstream_bytes:
                 attempt += 1
@@ -218,6 +226,67 @@ async def _forward(resp: UpstreamResponse, ex: Exchange) -> End | None:
         raise UpstreamError(f"the daemon's stream ended without {what}")
     if not ex.started:
         await ex.start(200, [(b"content-type", ctype)])
+    await ex.end()
+    return framer.terminal
+
+
+_SSE_TYPE = b"text/event-stream"
+
+
+async def _forward_translated(
+    resp: UpstreamResponse, ex: Exchange, translator: Translator
+) -> End | None:
+    """A native answer, written to the client as Ollama's /v1 layer would write it."""
+    if resp.status != 200:
+        # Its {"error": "..."} becomes OpenAI's error object when the exchange renders it.
+        raise UpstreamStatus(resp.status, await resp.read(), resp.content_type)
+    if not translator.stream:
+        data = await resp.read()
+        ex.tail = data
+        try:
+            native = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamError("the daemon's answer is not JSON") from None
+        if not isinstance(native, dict) or "error" in native:
+            err = native.get("error") if isinstance(native, dict) else None
+            raise UpstreamError(str(err or "the daemon's answer is not an object"))
+        body = translator.whole(native)
+        if ex.started:
+            await ex.chunk(body)
+            await ex.end()
+        else:
+            await ex.respond(200, [(b"content-type", JSON_TYPE)], body)
+        return None
+    framer = NDJSONFramer()
+    try:
+        async for chunk in resp.chunks():
+            lines = framer.feed(chunk)
+            if not lines:
+                continue
+            out = []
+            for line in lines:
+                native = orjson.loads(line)
+                if not isinstance(native, dict):
+                    continue
+                if "error" in native:
+                    out.append(stream_error_frame(str(native["error"]), Api.OPENAI))
+                    break
+                ex.tail = line
+                out.append(translator.frame(native))
+            if not out:
+                continue
+            if not ex.started:
+                await ex.start(200, [(b"content-type", _SSE_TYPE)])
+            await ex.chunk(out[0] if len(out) == 1 else b"".join(out))
+            if framer.terminal is not None:
+                break  # done, or the daemon's error (already written as OpenAI's)
+        framer.close()
+    except TruncatedFrame:
+        raise UpstreamError("the daemon's stream ended inside a frame") from None
+    except orjson.JSONDecodeError:
+        raise UpstreamError("the daemon's stream has a line that is not JSON") from None
+    if framer.terminal is None:
+        raise UpstreamError("the daemon's stream ended without done: true")
     await ex.end()
     return framer.terminal
 

@@ -157,6 +157,10 @@ class Settings(BaseSettings):
     #: cannot send num_ctx), without a reload. False: always the smallest bucket (less
     #: memory; /v1 requests then need a runner of their own at the default).
     num_ctx_prefer_default: bool = True
+    #: Serve /v1/chat/completions and /v1/completions through the native API (with the
+    #: runner's num_ctx) when the model's runner is at another context that fits them,
+    #: instead of reloading it at the default (``bridge.openai_native``).
+    openai_native: bool = True
     #: The daemons' default num_ctx (their ``OLLAMA_CONTEXT_LENGTH``) for daemons without
     #: ``?default_ctx=``; 0 = learn it from the first runner loaded without num_ctx
     #: (until then: Ollama's VRAM tier for the daemon's capacity).
