@@ -174,3 +174,32 @@ async def test_translated_errors_keep_the_openai_shape(ctx_fleet: RunningFleet) 
         assert ok.status_code == 200
         assert ok.json()["object"] == "chat.completion"
     assert len(_events(ctx_fleet, "load-start")) == 1
+
+
+@pytest.mark.parametrize("fault", ["error", "early"])
+async def test_a_cut_translated_stream_ends_with_an_openai_error_event(
+    ctx_fleet: RunningFleet, fault: str
+) -> None:
+    async with (
+        running_bridge(settings_for(ctx_fleet)) as b,
+        httpx.AsyncClient(base_url=b.base_url, timeout=30) as c,
+    ):
+        big = {"model": "ctxm", "messages": [{"role": "user", "content": LARGE}], "stream": False}
+        assert (await c.post("/api/chat", json=big)).status_code == 200
+        faults = ctx_fleet.daemon("a").faults
+        if fault == "error":
+            faults.error_mid_stream(after_chunks=2, message="runner died")
+        else:
+            faults.end_stream_early(after_chunks=2)
+        body = {"model": "ctxm", "messages": MSG, "stream": True}
+        async with c.stream("POST", "/v1/chat/completions", json=body) as r:
+            data = b"".join([part async for part in r.aiter_bytes()])
+            assert r.status_code == 200
+            assert r.headers["content-type"].startswith("text/event-stream")
+    events = data.split(b"\n\n")
+    assert b"data: [DONE]" not in events
+    assert events[-1] == b""
+    assert all(e.startswith(b'data: {"id":"chatcmpl-') for e in events[:-2])
+    message = "runner died" if fault == "error" else "the daemon's stream ended without"
+    assert events[-2].startswith(b'data: {"error":{"message":"' + message.encode())
+    assert len(_events(ctx_fleet, "load-start")) == 1
