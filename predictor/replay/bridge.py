@@ -238,6 +238,9 @@ class BridgeFleet:
                 model_context=info.context_length,
                 chars_per_token=knobs.chars_per_token,
                 limits=self.limits,
+                # as the live bridge (ALB_OPENAI_NATIVE, on by default): /v1 chat and
+                # completions may use a runner at another context, through the native API
+                translate=not info.embedding_only,
             )
             self._needs[cache_key] = need
         return need
