@@ -112,8 +112,9 @@ def trace(seed: int, duration_s: float) -> list[TraceRecord]:
 
 
 def predictor_config(scale: float = TIME_SCALE) -> PredictorConfig:
-    """The default core with every time constant compressed like the simulator's clock."""
-    base = PredictorConfig()
+    """The bridge's default core (``PredictorConfig.recommended``) with every time
+    constant compressed like the simulator's clock."""
+    base = PredictorConfig.recommended()
     seconds = (
         "max_gap_s", "session_ttl_s", "cooldown_s", "prefetch_slack_s", "max_lead_s",
         "bin_s", "range_s", "fallback_keep_alive_s", "reuse_horizon_s",

@@ -278,11 +278,11 @@ class Settings(BaseSettings):
             raise SettingsError(f"ALB_EVENTS_SPOOL_MAX: {exc}") from None
 
     def predictor_core_config(self) -> PredictorConfig:
-        """``predictor_config`` parsed (defaults for the fields it leaves out)."""
+        """``predictor_config`` parsed over ``PredictorConfig.recommended()``."""
         from predictor.config import PredictorConfig  # noqa: PLC0415
 
         if not self.predictor_config.strip():
-            return PredictorConfig()
+            return PredictorConfig.recommended()
         try:
             data = json.loads(self.predictor_config)
         except ValueError as exc:
@@ -290,7 +290,7 @@ class Settings(BaseSettings):
         if not isinstance(data, dict):
             raise SettingsError("ALB_PREDICTOR_CONFIG: must be a JSON object")
         try:
-            return PredictorConfig.from_dict(data)
+            return PredictorConfig.with_overrides(data)
         except (ValueError, TypeError) as exc:
             raise SettingsError(f"ALB_PREDICTOR_CONFIG: {exc}") from None
 

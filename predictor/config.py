@@ -9,6 +9,7 @@ gives the baseline policy this project started from (global transitions over the
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -186,6 +187,23 @@ class PredictorConfig:
         if unknown:
             raise ConfigError(f"unknown predictor settings: {', '.join(unknown)}")
         return cls(**data)
+
+    @classmethod
+    def recommended(cls) -> PredictorConfig:
+        """What the bridge and the Faust worker run when not configured: the replay's
+        "ours" (BENCHMARKS.md, "Policies on replayed traces"). Differences from the
+        field defaults: keep a model without a representative idle histogram 5 minutes,
+        as Ollama would (memory pressure and the reuse value decide the rest), not the
+        paper's 4 hours; the eviction value's reuse from the model's recent arrival rate,
+        P(asked for within 30 s), which ranks models on memory-bound fleets where the
+        histogram's P(within 5 min) is ~1 for every popular one."""
+        return cls(fallback_keep_alive_s=300.0, reuse_estimate="rate", reuse_horizon_s=30.0)
+
+    @classmethod
+    def with_overrides(cls, data: Mapping[str, Any]) -> PredictorConfig:
+        """:meth:`recommended` with the fields in ``data`` replaced; unknown keys are an
+        error that names them."""
+        return cls.from_dict({**cls.recommended().to_dict(), **data})
 
     @classmethod
     def seed_article(cls) -> PredictorConfig:

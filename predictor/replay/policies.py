@@ -61,20 +61,12 @@ def _histogram_only() -> PredictorConfig:
     return PredictorConfig(min_count=10**9, confidence_threshold=1.0)
 
 
-#: "Ours": the full predictor. Tuned on the replays of BENCHMARKS.md ("Policies on
-#: replayed traces"); every change from the core's defaults is named here.
-OURS = PredictorConfig(
-    fallback_keep_alive_s=300.0,
-    # Not representative yet: keep a model as long as Ollama would (5 minutes), not the
-    # paper's 4 hours; memory pressure and the reuse value decide the rest.
-    reuse_estimate="rate",
-    reuse_horizon_s=30.0,
-    # Eviction value from the recent arrival rate: P(asked for within 30 s). On these
-    # memory-bound fleets a runner is evicted tens of seconds after it went idle, so the
-    # histogram's P(within 5 min) is ~1 for every popular model and ranks nothing.
-    # Horizon chosen on synthetic seeds 1-6 (mean cold-start rate); of the windows 5 and
-    # 15 min, 5 was better there but worse on Azure, so the 15-minute default stayed.
-)
+#: "Ours": the full predictor, as the bridge and the worker run it unconfigured
+#: (``PredictorConfig.recommended``; tuned on the replays of BENCHMARKS.md, "Policies on
+#: replayed traces"). The reuse horizon (30 s) was chosen on synthetic seeds 1-6 (mean
+#: cold-start rate); of the rate windows 5 and 15 min, 5 was better there but worse on
+#: Azure, so the 15-minute default stayed.
+OURS = PredictorConfig.recommended()
 
 
 def _policies() -> dict[str, PolicySpec]:

@@ -116,7 +116,8 @@ def _predictor_config(values: Mapping[str, Any]) -> PredictorConfig:
     if unknown:
         raise ConfigError(f"unknown predictor settings: {', '.join(unknown)}")
     # Values from single variables are strings: pydantic coerces them to the field types.
-    cfg: PredictorConfig = TypeAdapter(PredictorConfig).validate_python(dict(values))
+    base = PredictorConfig.recommended().to_dict()
+    cfg: PredictorConfig = TypeAdapter(PredictorConfig).validate_python({**base, **values})
     return cfg
 
 

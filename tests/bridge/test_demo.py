@@ -42,7 +42,8 @@ def test_bad_options_fail_in_one_line(tmp_path: Path) -> None:
 def test_the_trace_is_seeded_and_the_predictor_runs_ten_times_faster() -> None:
     assert trace(5, 120) == trace(5, 120)
     assert trace(5, 120) != trace(6, 120)
-    fast, base = predictor_config(), PredictorConfig()
+    fast, base = predictor_config(), PredictorConfig.recommended()
     assert fast.cooldown_s == base.cooldown_s / 10
     assert fast.reuse_horizon_s == base.reuse_horizon_s / 10
     assert fast.min_count == base.min_count
+    assert fast.reuse_estimate == base.reuse_estimate == "rate"

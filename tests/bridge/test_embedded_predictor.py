@@ -24,6 +24,7 @@ from bridge.placement import RecencyOracle, RunnerView
 from bridge.prefetch import PrefetchOracle
 from bridge.settings import SettingsError, load_settings
 from ollamasim.testing import RunningDaemon, RunningFleet, serve_in_thread
+from predictor.config import PredictorConfig
 from predictor.embedded import EmbeddedPredictor
 from tests.bridge._events import runtime, wait_for
 from tests.bridge._support import GIB, running_bridge, settings_for
@@ -76,8 +77,12 @@ def test_settings_choose_the_mode() -> None:
     assert not embedded_wanted(load_settings({**env, "ALB_PREDICTOR_EMBEDDED": "false"}))
     assert not embedded_wanted(load_settings({**env, "ALB_EVENTS": "false"}))
     assert not embedded_wanted(load_settings({**env, "ALB_KAFKA_BOOTSTRAP_SERVERS": "k:9092"}))
+    assert load_settings(env).predictor_core_config() == PredictorConfig.recommended()
     cfg = load_settings({**env, "ALB_PREDICTOR_CONFIG": '{"cooldown_s": 5}'})
-    assert cfg.predictor_core_config().cooldown_s == 5
+    assert cfg.predictor_core_config() == PredictorConfig.recommended().replace(cooldown_s=5)
+    back = load_settings({**env, "ALB_PREDICTOR_CONFIG": '{"reuse_estimate": "histogram"}'})
+    assert back.predictor_core_config().reuse_estimate == "histogram"
+    assert back.predictor_core_config().fallback_keep_alive_s == 300.0
     with pytest.raises(SettingsError, match="ALB_PREDICTOR_CONFIG: unknown predictor settings"):
         load_settings({**env, "ALB_PREDICTOR_CONFIG": '{"nope": 1}'})
     with pytest.raises(SettingsError, match="ALB_PREDICTOR_CONFIG: not JSON"):

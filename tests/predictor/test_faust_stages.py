@@ -179,7 +179,8 @@ def test_an_expired_session_starts_afresh() -> None:
 
 def test_settings_name_the_variable() -> None:
     s = load_settings({"ALB_PREDICTOR_CONFIG__WINDOW_MINUTES": "5", "ALB_PREDICTOR_STORE": "x"})
-    assert s.predictor_config().window_minutes == 5
+    assert s.predictor_config() == PredictorConfig.recommended().replace(window_minutes=5)
+    assert load_settings({}).predictor_config() == PredictorConfig.recommended()
     assert s.store == "x"
     with pytest.raises(SettingsError, match="ALB_PREDICTOR_CONFIG: unknown predictor settings"):
         load_settings({"ALB_PREDICTOR_CONFIG": '{"windw": 1}'})
