@@ -10,12 +10,14 @@ Kafka deployment runs with the Faust worker, in one process, state in memory.
 
 The same predictor answers the eviction policy's question "how likely is this
 runner to be wanted again soon?" (:class:`PredictedReuse`, a ``ReuseOracle``):
-P(requested within the reuse horizon) from the model's idle-time histogram, with
-recency as the tie-break, so runners the predictor has equal hopes for are still
-ordered least recently used first. A model whose histogram is not yet
-representative (fewer than ``min_samples`` idle gaps) is valued by recency alone:
-"no evidence" must not read as "never again", or a model used a second ago would
-be the first evicted for any prefetch. With the predictor
+P(requested within the reuse horizon) from the model's recent arrival rate (the
+default) or its idle-time histogram, with recency as the tie-break, so runners the
+predictor has equal hopes for are still ordered least recently used first. A model
+the predictor has no evidence for (no request in the rate window; with the histogram,
+fewer than ``min_samples`` idle gaps) is valued by recency alone: "no evidence" must
+not read as "never again", or a model used a second ago would be the first evicted
+for any prefetch. :func:`estimate_reuse` is that rule; the replay
+(``predictor.replay``) values runners through it too. With the predictor
 off, or with Kafka (the predictor then runs elsewhere), the recency oracle stays.
 """
 
@@ -31,6 +33,7 @@ from bridge.settings import Settings
 
 if TYPE_CHECKING:
     from bridge.events import Events
+    from predictor.core import PredictorState
     from predictor.embedded import EmbeddedPredictor
 
 #: Weight of recency in :class:`PredictedReuse`: small enough never to reorder two
@@ -44,20 +47,35 @@ class ReuseEstimate(Protocol):
     def estimate(self, model: str) -> float | None: ...
 
 
+def estimate_reuse(state: PredictorState, model: str, now: float) -> float | None:
+    """The predictor's P(``model`` is requested within the horizon) once it has evidence
+    for the model, else None (the caller falls back on recency: no evidence is not
+    "never again"). Evidence: with ``reuse_estimate == "rate"`` a request of the model in
+    the rate window; with ``"histogram"`` ``min_samples`` idle gaps (the core's bar for a
+    representative histogram). The bridge and the replay (``predictor.replay``) both
+    value runners through this."""
+    from predictor.core import reuse_probability  # noqa: PLC0415  (the bridge loads the predictor lazily)
+
+    if state.config.reuse_estimate == "rate":
+        rate = state.rates.get(model)
+        if rate is None or rate.count(now) == 0:
+            return None
+        return reuse_probability(state, model, now)
+    hist = state.idle.get(model)
+    if hist is None or hist.total + hist.oob < state.config.min_samples:
+        return None
+    return reuse_probability(state, model, now)
+
+
 class PredictorEstimate:
-    """:class:`ReuseEstimate` over an ``EmbeddedPredictor``: its reuse probability once
-    the model's idle-time histogram holds ``min_samples`` gaps (the core's own bar for a
-    representative histogram), else None."""
+    """:class:`ReuseEstimate` over an ``EmbeddedPredictor`` (:func:`estimate_reuse`)."""
 
     def __init__(self, predictor: EmbeddedPredictor) -> None:
         self._predictor = predictor
 
     def estimate(self, model: str) -> float | None:
-        state = self._predictor.state
-        hist = state.idle.get(model)
-        if hist is None or hist.total + hist.oob < state.config.min_samples:
-            return None
-        return self._predictor.reuse_probability(model)
+        p = self._predictor
+        return estimate_reuse(p.state, model, p.clock())
 
 
 @dataclass(frozen=True, slots=True)

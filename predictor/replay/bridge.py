@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from bridge.embedded import PredictedReuse, estimate_reuse
 from bridge.errors import BadRequest
 from bridge.memory import ModelInfo, SizeBook
 from bridge.numctx import DaemonDefault, Limits, Need, Target, choose_target, need_for
@@ -57,13 +58,13 @@ from bridge.placement import (
 from bridge.prefetch import ACCEPTED, TokenBucket, judge
 from ollamasim import scheduler as sim_policy
 from ollamasim.config import DaemonConfig
-from predictor.core import Prefetch, reuse_probability
+from predictor.core import Prefetch
 from predictor.replay.des import Job, PrefetchJob, Runner
 
 if TYPE_CHECKING:
     from predictor.replay.des import Simulation
 
-__all__ = ["BridgeFleet", "PredictorOracle"]
+__all__ = ["BridgeFleet"]
 
 Waiter = Job | PrefetchJob
 
@@ -84,15 +85,16 @@ class _Daemon:
         return sum(r.size for r in self.runners.values())
 
 
-class PredictorOracle:
-    """Reuse = P(requested within the horizon) from the predictor (``reuse_probability``)."""
+class _SimEstimate:
+    """``bridge.embedded.ReuseEstimate`` over the replay's predictor state: the bridge's
+    own ``estimate_reuse`` (its evidence bar included) at simulated time."""
 
     def __init__(self, sim: Simulation) -> None:
         self._sim = sim
 
-    def reuse(self, daemon: str, runner: RunnerView) -> float:
+    def estimate(self, model: str) -> float | None:
         state = self._sim.state
-        return 0.0 if state is None else reuse_probability(state, runner.key, self._sim.now)
+        return None if state is None else estimate_reuse(state, model, self._sim.now)
 
 
 class _TimeRecency:
@@ -144,7 +146,11 @@ class BridgeFleet:
         self.load_learned: dict[str, float] = {}
         self.last_used: dict[tuple[str, str], float] = {}
         base: ReuseOracle = (
-            PredictorOracle(sim) if sim.policy.oracle == "predictor" else _TimeRecency()
+            # the embedded bridge's own: the predictor's P(reuse), recency breaking ties,
+            # recency alone while a model's history is thin
+            PredictedReuse(_SimEstimate(sim), _TimeRecency())
+            if sim.policy.oracle == "predictor"
+            else _TimeRecency()
         )
         self.oracle: ReuseOracle = _PrefetchAware(base, self)
         self.bucket = TokenBucket(k.prefetch_rate, k.prefetch_burst, clock=lambda: sim.now)

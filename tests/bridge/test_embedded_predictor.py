@@ -8,6 +8,7 @@ choice of mode.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -19,12 +20,15 @@ from bridge.embedded import (
     PredictedReuse,
     PredictorEstimate,
     embedded_wanted,
+    estimate_reuse,
 )
 from bridge.placement import RecencyOracle, RunnerView
 from bridge.prefetch import PrefetchOracle
 from bridge.settings import SettingsError, load_settings
 from ollamasim.testing import RunningDaemon, RunningFleet, serve_in_thread
 from predictor.config import PredictorConfig
+from predictor.core.machine import new_state
+from predictor.core.rates import ArrivalRate
 from predictor.embedded import EmbeddedPredictor
 from tests.bridge._events import runtime, wait_for
 from tests.bridge._support import GIB, running_bridge, settings_for
@@ -177,3 +181,19 @@ async def test_a_then_b_sessions_make_the_bridge_prefetch_b(fleet: RunningFleet)
         prefetches = [d for d in decisions if d["kind"] == "prefetch"]
         assert prefetches, decisions[-10:]
         assert {d["model"] for d in prefetches} == {"beta:latest"}, prefetches
+
+
+def test_the_rate_estimate_needs_a_request_in_its_window_the_histogram_min_samples() -> None:
+    now = 10_000.0
+    state = new_state(PredictorConfig.recommended())  # rate, 15-minute window, 30 s
+    assert estimate_reuse(state, "a", now) is None  # never seen: the caller uses recency
+    rate = state.rates["a"] = ArrivalRate(state.config.rate_window_minutes)
+    for i in range(15):  # one request a minute
+        rate.add(now - 60 * i - 1)
+    p = estimate_reuse(state, "a", now)
+    assert p is not None
+    assert abs(p - (1 - math.exp(-30 / 60))) < 1e-9  # 15 per 15 min, 30 s horizon
+    assert estimate_reuse(state, "a", now + 3600) is None  # nothing in the window any more
+    hist_state = new_state(PredictorConfig.recommended().replace(reuse_estimate="histogram"))
+    hist_state.rates["a"] = rate
+    assert estimate_reuse(hist_state, "a", now) is None  # no idle gaps recorded yet
