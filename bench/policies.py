@@ -1,43 +1,135 @@
-"""The five policies on one replayed trace, side by side (a program, not a test).
+"""The five policies on replayed traces, side by side (a program, not a test).
 
     .venv/bin/python -m bench.policies --trace T.jsonl --fleet F.yaml [--limit N] [--json OUT]
+    .venv/bin/python -m bench.policies --synth-seeds 1-12 --sessions-per-minute 5 --fleet F.yaml
 
-Prints one Markdown table (policy x metrics) from a single run of the deterministic
-replay (``predictor.replay``): Ollama's defaults, the bridge with its recency/LRU
-eviction and no prediction, the seed article's predictor, the hybrid histogram alone,
-and ours. Same inputs, same numbers: nothing here is timed or random.
+With ``--trace``: one Markdown table (policy x metrics) from a single run of the
+deterministic replay (``predictor.replay``): Ollama's defaults, the bridge with its
+recency/LRU eviction and no prediction, the seed article's predictor, the hybrid
+histogram alone, and ours. With ``--synth-seeds``: the synthetic trace of each seed
+(``alb trace synth --seed N``), every policy on each, then one table per metric
+(cold-start rate, p99 latency, idle GB·h) with a column per seed and the mean, and
+how many seeds ours wins (lowest cold-start rate and p99 of all policies, idle memory
+at most Ollama's). ``--lean P`` adds the row ``ours-lean``: ours with
+``unload_below = P`` (idle runners whose P(reuse) is below P unloaded at once).
+Same inputs, same numbers: nothing here is timed or random.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from predictor.replay.des import simulate
 from predictor.replay.fleets import load_fleet
-from predictor.replay.policies import POLICIES
-from predictor.replay.report import markdown_table
-from predictor.replay.workload import load_requests
+from predictor.replay.policies import POLICIES, PolicySpec
+from predictor.replay.report import ReplayReport, markdown_table
+from predictor.replay.workload import Request, load_requests, requests_from_records
+from predictor.traces.synth import SynthParams, synthesize
+
+METRICS = (
+    ("cold", "cold_start_rate", "{:.1%}"),
+    ("p99 s", "p99_latency_s", "{:.0f}"),
+    ("idle GB·h", "idle_gb_h", "{:.1f}"),
+)
+
+
+def _specs(names: str, lean: float | None) -> list[PolicySpec]:
+    specs = [POLICIES[n] for n in names.split(",")]
+    if lean is not None:
+        ours = POLICIES["ours"]
+        assert ours.predictor is not None
+        specs.append(
+            replace(ours, name="ours-lean", predictor=ours.predictor.replace(unload_below=lean))
+        )
+    return specs
+
+
+def _seeds(text: str) -> list[int]:
+    if "-" in text:
+        lo, hi = text.split("-")
+        return list(range(int(lo), int(hi) + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def _wins(name: str, per_seed: list[dict[str, ReplayReport]]) -> dict[str, int]:
+    """Seeds on which ``name`` has the lowest cold-start rate / p99 of the five (ties
+    count) and idle memory at most Ollama's."""
+    wins = {"cold": 0, "p99": 0, "idle": 0, "all three": 0}
+    for reports in per_seed:
+        me = reports[name]
+        others = [r for n, r in reports.items() if n != name and not n.startswith("ours")]
+        cold = me.cold_start_rate <= min(r.cold_start_rate for r in others)
+        p99 = me.p99_latency_s <= min(r.p99_latency_s for r in others)
+        idle = me.idle_gb_h <= reports["ollama"].idle_gb_h
+        wins["cold"] += cold
+        wins["p99"] += p99
+        wins["idle"] += idle
+        wins["all three"] += cold and p99 and idle
+    return wins
+
+
+def _seed_tables(args: argparse.Namespace, specs: list[PolicySpec]) -> None:
+    fleet = load_fleet(args.fleet)
+    seeds = _seeds(args.synth_seeds)
+    per_seed: list[dict[str, ReplayReport]] = []
+    for seed in seeds:
+        params = SynthParams(seed=seed, sessions_per_minute=args.sessions_per_minute)
+        requests: list[Request] = requests_from_records(synthesize(params))
+        per_seed.append({s.name: simulate(fleet, s, requests) for s in specs})
+        print(f"seed {seed}: {len(requests)} requests", file=sys.stderr)
+    print(
+        f"synthetic seeds {seeds[0]}-{seeds[-1]}, {args.sessions_per_minute} sessions/min, "
+        f"fleet {args.fleet.name}\n"
+    )
+    head = "| policy | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |"
+    rule = "| --- |" + " ---: |" * (len(seeds) + 1)
+    for label, field, fmt in METRICS:
+        print(f"{label}:\n\n{head}\n{rule}")
+        for s in specs:
+            values = [getattr(r[s.name], field) for r in per_seed]
+            cells = " | ".join(fmt.format(v) for v in values)
+            print(f"| {s.name} | {cells} | {fmt.format(statistics.mean(values))} |")
+        print()
+    for name in [s.name for s in specs if s.name.startswith("ours")]:
+        wins = _wins(name, per_seed)
+        print(
+            f"{name}, seeds won of {len(seeds)}: "
+            + ", ".join(f"{k} {v}" for k, v in wins.items())
+        )
+    if args.json is not None:
+        rows = [{n: r.as_dict() for n, r in reports.items()} for reports in per_seed]
+        args.json.write_text(json.dumps({"seeds": seeds, "reports": rows}, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trace", type=Path, required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--trace", type=Path)
+    source.add_argument("--synth-seeds", help="e.g. 1-12 or 1,3,5")
+    parser.add_argument("--sessions-per-minute", type=float, default=5.0)
     parser.add_argument("--fleet", type=Path, required=True)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--lean", type=float, default=None, help="add ours-lean (unload_below)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    specs = _specs(args.policies, args.lean)
+    if args.synth_seeds is not None:
+        _seed_tables(args, specs)
+        return 0
     requests = load_requests(args.trace, args.limit)
     fleet = load_fleet(args.fleet)
     reports = []
-    for name in args.policies.split(","):
+    for spec in specs:
         t0 = time.perf_counter()
-        reports.append(simulate(fleet, POLICIES[name], requests))
-        print(f"{name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        reports.append(simulate(fleet, spec, requests))
+        print(f"{spec.name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     print(f"{len(requests)} requests, {args.trace.name}, fleet {args.fleet.name}\n")
     print(markdown_table(reports))
     if args.json is not None:

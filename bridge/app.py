@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from bridge import routes_admin, routes_native, routes_openai, routes_ops
 from bridge.context import Bridge, Runtime
-from bridge.embedded import PredictedReuse, PredictorEstimate, open_predictor
+from bridge.embedded import PredictedReuse, PredictorEstimate, PredictorKeepAlive, open_predictor
 from bridge.events import Events, open_events
 from bridge.fleet import Fleet
 from bridge.loader import StateChange
@@ -75,6 +75,7 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> Starlet
                     bridge.metrics,
                     bridge.decisions,
                     oracle=PrefetchOracle(reuse, book),
+                    keep_alive=None if predictor is None else PredictorKeepAlive(predictor),
                 )
                 _wire(bridge, scheduler, events, book, sink)
                 consumer: Consumer | None = None

@@ -67,6 +67,43 @@ def estimate_reuse(state: PredictorState, model: str, now: float) -> float | Non
     return reuse_probability(state, model, now)
 
 
+def keep_alive_after(state: PredictorState, model: str, now: float, cap: float) -> float:
+    """Seconds an idle runner of ``model`` stays loaded after its last request, by the
+    predictor, at most ``cap`` (``ALB_IDLE_UNLOAD_AFTER``).
+
+    The hybrid histogram's windows (Shahrad et al.): keep ``keep_alive_s`` after the
+    last request; with a pre-warm window, unload at once (the pre-warm prefetch brings
+    the model back when it is due); a model without a window yet keeps
+    ``fallback_keep_alive_s``. Then, with ``unload_below`` > 0, a model whose
+    P(reuse within the horizon) (:func:`estimate_reuse`) is below it is unloaded at
+    once. The bridge's idle unloads (``bridge.upkeep.unload_idle``) and the replay's
+    (``predictor.replay``) both use this."""
+    cfg = state.config
+    hint = state.hints.get(model)
+    if hint is None:
+        keep = cfg.fallback_keep_alive_s
+    else:
+        keep_alive_s, prewarm_after_s, _pattern = hint
+        keep = 0.0 if prewarm_after_s > 0 else keep_alive_s
+    if keep > 0 and cfg.unload_below > 0:
+        p = estimate_reuse(state, model, now)
+        if p is not None and p < cfg.unload_below:
+            keep = 0.0
+    return min(keep, cap)
+
+
+class PredictorKeepAlive:
+    """The bridge's per-model idle timeout from an ``EmbeddedPredictor``
+    (:func:`keep_alive_after`)."""
+
+    def __init__(self, predictor: EmbeddedPredictor) -> None:
+        self._predictor = predictor
+
+    def seconds(self, model: str, cap: float) -> float:
+        p = self._predictor
+        return keep_alive_after(p.state, model, p.clock(), cap)
+
+
 class PredictorEstimate:
     """:class:`ReuseEstimate` over an ``EmbeddedPredictor`` (:func:`estimate_reuse`)."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from bridge.admission import Gate
 from bridge.decisions import DecisionLog
@@ -34,7 +35,13 @@ from bridge.upstream import Upstream
 
 GIB = 1024**3
 
-__all__ = ["GIB", "Residency", "Target", "vram_tier_ctx"]
+__all__ = ["GIB", "KeepAlive", "Residency", "Target", "vram_tier_ctx"]
+
+
+class KeepAlive(Protocol):
+    """Seconds an idle runner of ``model`` stays loaded, at most ``cap``."""
+
+    def seconds(self, model: str, cap: float) -> float: ...
 
 
 def vram_tier_ctx(capacity: int | None) -> int:
@@ -55,8 +62,11 @@ class Residency:
         metrics: Metrics,
         decisions: DecisionLog,
         oracle: ReuseOracle | None = None,
+        keep_alive: KeepAlive | None = None,
     ) -> None:
         self._settings = settings
+        #: Per-model idle timeout (the embedded predictor's); None: ``idle_unload_after``.
+        self.keep_alive = keep_alive
         self.fleet = fleet
         self._upstream = upstream
         self._metrics = metrics
@@ -200,12 +210,21 @@ class Residency:
 
     def idle_expiry(self, daemon: str, key: str) -> float | None:
         """Monotonic time at which the bridge will unload the model (bridge policy)."""
-        if self._settings.keep_alive_policy != "bridge" or self._settings.idle_unload_after <= 0:
-            return None
-        if self.pinned(daemon, key):
+        after = self.idle_after(key)
+        if after is None or self.pinned(daemon, key):
             return None
         last = self.used_at.get((daemon, key))
-        return None if last is None else last + self._settings.idle_unload_after
+        return None if last is None else last + after
+
+    def idle_after(self, key: str) -> float | None:
+        """Seconds an idle runner of ``key`` stays loaded (bridge keep-alive policy):
+        the embedded predictor's keep-alive for the model, at most
+        ``ALB_IDLE_UNLOAD_AFTER``; without a predictor, that setting. None: the bridge
+        does not unload idle runners (``honour`` policy, or the setting is 0)."""
+        cap = self._settings.idle_unload_after
+        if self._settings.keep_alive_policy != "bridge" or cap <= 0:
+            return None
+        return cap if self.keep_alive is None else self.keep_alive.seconds(key, cap)
 
     def last_used(self, daemon: str, key: str) -> float | None:
         return self.used_at.get((daemon, key))

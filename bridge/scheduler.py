@@ -34,7 +34,7 @@ from bridge.memory import ModelInfo
 from bridge.metrics import Metrics
 from bridge.numctx import Need, openai_default_hint
 from bridge.placement import DaemonView, Load, Reject, ReuseOracle, route
-from bridge.residency import Residency
+from bridge.residency import KeepAlive, Residency
 from bridge.settings import Settings
 from bridge.upstream import Upstream
 
@@ -75,8 +75,9 @@ class Scheduler(Residency):
         metrics: Metrics,
         decisions: DecisionLog,
         oracle: ReuseOracle | None = None,
+        keep_alive: KeepAlive | None = None,
     ) -> None:
-        super().__init__(settings, fleet, upstream, metrics, decisions, oracle)
+        super().__init__(settings, fleet, upstream, metrics, decisions, oracle, keep_alive)
         self.driver = Driver(self)
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -100,15 +100,19 @@ def _went_down(s: Scheduler, d: DaemonState) -> None:
 
 
 def unload_idle(s: Scheduler) -> None:
-    idle_after = s.settings.idle_unload_after
-    if s.settings.keep_alive_policy != "bridge" or idle_after <= 0:
+    """Unload runners idle for longer than their keep-alive (``Residency.idle_after``:
+    the embedded predictor's per model, else ``ALB_IDLE_UNLOAD_AFTER``); runs every
+    ``ALB_REFRESH_INTERVAL``."""
+    if s.settings.keep_alive_policy != "bridge" or s.settings.idle_unload_after <= 0:
         return
     now = time.monotonic()
     for (name, key), gate in list(s.gates.items()):
+        if not gate.ready or gate.outstanding:
+            continue
+        idle_after = s.idle_after(key)
         last = s.last_used(name, key) or now
         if (
-            gate.ready
-            and gate.outstanding == 0
+            idle_after is not None
             and now - last >= idle_after
             and not s.pinned(name, key)
             and not s.busy_op(name, key)

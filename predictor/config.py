@@ -107,6 +107,10 @@ class PredictorConfig:
     ``rate``: from its arrival rate over the last ``rate_window_minutes`` minutes,
     ``1 - exp(-rate * reuse_horizon_s)`` (see :mod:`predictor.core.rates`)."""
     rate_window_minutes: int = 15
+    unload_below: float = 0.0
+    """Unload an idle runner at once (instead of keeping it ``keep_alive``) when its
+    model's P(reuse within ``reuse_horizon_s``) is below this; 0 = never. Trades cold
+    starts for idle memory (BENCHMARKS.md, "Policies on replayed traces")."""
 
     def __post_init__(self) -> None:
         positive_ints = {
@@ -146,6 +150,7 @@ class PredictorConfig:
             "histogram_margin": self.histogram_margin,
             "oob_threshold": self.oob_threshold,
             "oob_margin": self.oob_margin,
+            "unload_below": self.unload_below,
         }.items():
             if not 0.0 <= p <= 1.0:
                 raise ConfigError(f"{name} must be within [0, 1], got {p}")

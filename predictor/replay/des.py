@@ -27,9 +27,9 @@ Who decides loads, evictions and num_ctx is the *controller*:
 Prediction: when the policy has a predictor, each finished (or refused) request
 becomes an :class:`~predictor.records.AccessRecord` fed to the core's ``step`` at its
 completion time (the access log is written when a request ends), and ``tick`` runs
-every ``tick_s``. Prefetch outputs go to the controller, keep-alive hints set per-model
-idle timeouts, and the eviction value can read ``reuse_probability`` directly (what the
-embedded mode does).
+every ``tick_s``. Prefetch outputs go to the controller; idle timeouts and the eviction
+value read the predictor's state through the bridge's own rules
+(``bridge.embedded.keep_alive_after`` and ``estimate_reuse``), as the embedded mode does.
 
 Accounting happens between events: the bytes of loaded-but-idle runners are integrated
 over time (idle memory-seconds) and every daemon's resident bytes are checked against
@@ -44,8 +44,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bridge.embedded import keep_alive_after
 from ollamasim.config import DaemonConfig, FleetConfig, ModelConfig
-from predictor.core import KeepAliveHint, Output, Prefetch, new_state, step, tick
+from predictor.core import Output, Prefetch, new_state, step, tick
 from predictor.core.machine import PredictorState
 from predictor.records import AccessRecord
 from predictor.replay.policies import PolicySpec
@@ -190,7 +191,6 @@ class Simulation:
         self.state: PredictorState | None = (
             new_state(policy.predictor) if policy.predictor is not None else None
         )
-        self.hints: dict[str, KeepAliveHint] = {}
         self._heap: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
         self._seq = 0
         self._finished = 0
@@ -309,25 +309,17 @@ class Simulation:
                 self.tally.prefetch_events += 1
                 if self.policy.prefetch and out.expires_at > self.now:
                     self.controller.prefetch(out)
-            elif isinstance(out, KeepAliveHint):
-                self.hints[out.model] = out
 
     def idle_timeout(self, model: str) -> float:
-        """Seconds an idle runner of ``model`` stays loaded (bridge policies).
-
-        ``hints``: the hybrid histogram's windows: keep ``keep_alive_s`` after the last
-        request when there is no pre-warm window; with one, unload at once (the pre-warm
-        prefetch brings it back), as in Shahrad et al."""
+        """Seconds an idle runner of ``model`` stays loaded (bridge policies): with
+        ``keep_alive == "hints"`` the bridge's own rule over the predictor's state
+        (``bridge.embedded.keep_alive_after``: the hybrid histogram's windows, early
+        unload below ``unload_below``), at most ``idle_unload_after_s``, as the embedded
+        bridge's ``unload_idle``; else ``idle_unload_after_s``."""
         policy = self.policy
-        if policy.keep_alive == "fixed":
+        if policy.keep_alive == "fixed" or self.state is None:
             return policy.idle_unload_after_s
-        hint = self.hints.get(model)
-        if hint is None:
-            assert policy.predictor is not None
-            return policy.predictor.fallback_keep_alive_s
-        if hint.prewarm_after_s > 0:
-            return 0.0
-        return hint.keep_alive_s
+        return keep_alive_after(self.state, model, self.now, policy.idle_unload_after_s)
 
 
 def simulate(

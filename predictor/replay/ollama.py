@@ -5,7 +5,10 @@ simulator's pure policy functions:
 
 * a request for a loaded runner whose options match (``needs_reload``) joins it at
   once, bypassing the pending queue; beyond ``num_parallel`` it waits in the runner;
-* anything else goes to the daemon's one FIFO pending queue, served one at a time:
+* anything else goes to the daemon's one FIFO pending queue, served one at a time
+  (``OLLAMA_MAX_QUEUE`` deep, the daemon's ``max_queue``: a request that finds it full
+  is answered 503 "server busy", as ``sched.go``'s ``GetRunner`` does; the request being
+  served, taken off the queue, does not count):
   reload on changed options, evict (``pick_runner_to_unload``: shortest keep_alive
   first, idle first, then by name) when ``max_loaded_models`` or memory is reached,
   then load; a busy victim is unloaded when it goes idle and everything pending waits
@@ -102,6 +105,10 @@ class OllamaFleet:
         r = d.runners.get(key)
         if r is not None and r.ready and not policy.needs_reload(r.opts, job.opts):
             self._use(r, job)
+            return
+        waiting = len(d.pending) - (1 if d.waiting is not None else 0)
+        if waiting >= max(d.cfg.max_queue, 1):
+            sim.fail(job, 503)
             return
         job.cold = True
         d.pending.append(job)

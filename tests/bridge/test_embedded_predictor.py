@@ -21,6 +21,7 @@ from bridge.embedded import (
     PredictorEstimate,
     embedded_wanted,
     estimate_reuse,
+    keep_alive_after,
 )
 from bridge.placement import RecencyOracle, RunnerView
 from bridge.prefetch import PrefetchOracle
@@ -197,3 +198,56 @@ def test_the_rate_estimate_needs_a_request_in_its_window_the_histogram_min_sampl
     hist_state = new_state(PredictorConfig.recommended().replace(reuse_estimate="histogram"))
     hist_state.rates["a"] = rate
     assert estimate_reuse(hist_state, "a", now) is None  # no idle gaps recorded yet
+
+
+def test_keep_alive_follows_the_histogram_windows_and_unloads_unlikely_models_early() -> None:
+    now = 10_000.0
+    cfg = PredictorConfig.recommended()
+    state = new_state(cfg)
+    cap = 1800.0
+    # no window yet: the fallback keep-alive; never above the operator's cap
+    assert keep_alive_after(state, "a", now, cap) == cfg.fallback_keep_alive_s
+    assert keep_alive_after(state, "a", now, 60.0) == 60.0
+    state.hints["a"] = (900.0, 0.0, "histogram")  # keep 15 min after the last request
+    assert keep_alive_after(state, "a", now, cap) == 900.0
+    state.hints["a"] = (600.0, 120.0, "histogram")  # a pre-warm window: unload at once
+    assert keep_alive_after(state, "a", now, cap) == 0.0
+    # unload_below: P(reuse within 30 s) of one request per 15 min is ~0.033
+    lean = new_state(cfg.replace(unload_below=0.2))
+    lean.rates["a"] = ArrivalRate(cfg.rate_window_minutes)
+    lean.rates["a"].add(now - 5)
+    assert keep_alive_after(lean, "a", now, cap) == 0.0
+    for i in range(30):  # two a minute: P ~0.63, kept
+        lean.rates["a"].add(now - 30 * i - 1)
+    assert keep_alive_after(lean, "a", now, cap) == cfg.fallback_keep_alive_s
+    # no evidence (never seen) is not "unlikely": kept
+    assert keep_alive_after(lean, "b", now, cap) == cfg.fallback_keep_alive_s
+
+
+async def test_the_embedded_predictors_keep_alive_unloads_idle_runners(
+    fleet: RunningFleet,
+) -> None:
+    # A model seen once in 15 minutes has P(reuse within 30 s) ~0.03: with unload_below
+    # 0.2 the bridge unloads it at its next refresh, not after ALB_IDLE_UNLOAD_AFTER.
+    d = fleet.daemon("a")
+    settings = settings_for(
+        fleet,
+        idle_unload_after=3600,
+        refresh_interval=0.1,
+        predictor_config='{"unload_below": 0.2}',
+    )
+    async with (
+        running_bridge(settings) as b,
+        httpx.AsyncClient(base_url=b.base_url, timeout=10) as c,
+    ):
+        r = await c.post("/api/generate", json={"model": "alpha", "prompt": "x", "stream": False})
+        assert r.status_code == 200
+        predictor = runtime(b.app).predictor
+        assert isinstance(predictor, EmbeddedPredictor)
+        await wait_for(lambda: "alpha:latest" in predictor.state.rates, what="the access log")
+
+        def unloaded() -> bool:
+            return any(e.kind == "unload" and e.model == "alpha:latest" for e in d.events())
+
+        await wait_for(unloaded, 5.0, what="the predicted unload")
+        assert (await c.get("/api/ps")).json()["models"] == []

@@ -168,6 +168,34 @@ def test_ollama_cold_load_blocks_other_cold_loads_on_the_daemon() -> None:
     assert starts["b:latest"] == pytest.approx(11.0 + 3.0)  # only after a's load
 
 
+def test_ollama_answers_503_when_its_pending_queue_is_full() -> None:
+    # OLLAMA_MAX_QUEUE=2: a loads (taken off the queue), b and c wait for a's load and
+    # fill the queue, d is refused; e is for the runner being loaded, which is not
+    # ready either, so it queues too and is refused the same way. Nothing is lost: every
+    # request ends exactly once.
+    fleet = _one_daemon({"a": 10.0, "b": 2.0, "c": 2.0, "d": 2.0}, max_queue=2)
+    requests = [
+        _req(0, 0.0, "a"),
+        _req(1, 0.1, "b"),
+        _req(2, 0.2, "c"),
+        _req(3, 0.3, "d"),
+        _req(4, 0.4, "a"),
+    ]
+    sim = Simulation(fleet, POLICIES["ollama"], requests)
+    failed: list[tuple[str, int]] = []
+    fail = sim.fail
+
+    def on_fail(job: Job, status: int) -> None:
+        failed.append((job.req.model, status))
+        fail(job, status)
+
+    sim.fail = on_fail  # type: ignore[method-assign]
+    report = sim.run()
+    assert failed == [("d:latest", 503), ("a:latest", 503)]
+    assert report.completed == 3
+    assert report.errors == 2
+
+
 def test_static_assignment_balances_bytes() -> None:
     home = static_assignment(_fleet())
     per: Counter[str] = Counter()
