@@ -11,7 +11,8 @@ histogram alone, and ours. With ``--synth-seeds``: the synthetic trace of each s
 (cold-start rate, p99 latency, idle GB·h) with a column per seed and the mean, and
 how many seeds ours wins (lowest cold-start rate and p99 of all policies, idle memory
 at most Ollama's). ``--lean P`` adds the row ``ours-lean``: ours with
-``unload_below = P`` (idle runners whose P(reuse) is below P unloaded at once).
+``unload_below = P`` (idle runners whose P(reuse) is below P unloaded at once);
+``--lean P1,P2,...`` a row per value.
 Same inputs, same numbers: nothing here is timed or random.
 """
 
@@ -39,14 +40,14 @@ METRICS = (
 )
 
 
-def _specs(names: str, lean: float | None) -> list[PolicySpec]:
+def _specs(names: str, lean: str | None) -> list[PolicySpec]:
     specs = [POLICIES[n] for n in names.split(",")]
-    if lean is not None:
-        ours = POLICIES["ours"]
-        assert ours.predictor is not None
-        specs.append(
-            replace(ours, name="ours-lean", predictor=ours.predictor.replace(unload_below=lean))
-        )
+    values = [] if lean is None else [float(v) for v in lean.split(",")]
+    ours = POLICIES["ours"]
+    assert ours.predictor is not None
+    for v in values:
+        name = "ours-lean" if len(values) == 1 else f"ours-lean={v:g}"
+        specs.append(replace(ours, name=name, predictor=ours.predictor.replace(unload_below=v)))
     return specs
 
 
@@ -99,8 +100,7 @@ def _seed_tables(args: argparse.Namespace, specs: list[PolicySpec]) -> None:
     for name in [s.name for s in specs if s.name.startswith("ours")]:
         wins = _wins(name, per_seed)
         print(
-            f"{name}, seeds won of {len(seeds)}: "
-            + ", ".join(f"{k} {v}" for k, v in wins.items())
+            f"{name}, seeds won of {len(seeds)}: " + ", ".join(f"{k} {v}" for k, v in wins.items())
         )
     if args.json is not None:
         rows = [{n: r.as_dict() for n, r in reports.items()} for reports in per_seed]
@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fleet", type=Path, required=True)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--policies", default=",".join(POLICIES))
-    parser.add_argument("--lean", type=float, default=None, help="add ours-lean (unload_below)")
+    parser.add_argument(
+        "--lean", default=None, help="add ours-lean rows: unload_below values, e.g. 0.2 or 0.1,0.3"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     specs = _specs(args.policies, args.lean)
