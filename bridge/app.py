@@ -75,7 +75,13 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> Starlet
                     bridge.metrics,
                     bridge.decisions,
                     oracle=PrefetchOracle(reuse, book),
-                    keep_alive=None if predictor is None else PredictorKeepAlive(predictor),
+                    keep_alive=(
+                        None
+                        if predictor is None
+                        else PredictorKeepAlive(
+                            predictor, lambda d, k: book.confidence(d, k) is not None
+                        )
+                    ),
                 )
                 _wire(bridge, scheduler, events, book, sink)
                 consumer: Consumer | None = None

@@ -23,7 +23,7 @@ off, or with Kafka (the predictor then runs elsewhere), the recency oracle stays
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -67,16 +67,21 @@ def estimate_reuse(state: PredictorState, model: str, now: float) -> float | Non
     return reuse_probability(state, model, now)
 
 
-def keep_alive_after(state: PredictorState, model: str, now: float, cap: float) -> float:
-    """Seconds an idle runner of ``model`` stays loaded after its last request, by the
-    predictor, at most ``cap`` (``ALB_IDLE_UNLOAD_AFTER``).
+def keep_alive_after(
+    state: PredictorState, model: str, now: float, cap: float, *, prefetched: bool = False
+) -> float:
+    """Seconds an idle runner of ``model`` stays loaded after its last request (or its
+    load), by the predictor, at most ``cap`` (``ALB_IDLE_UNLOAD_AFTER``).
 
     The hybrid histogram's windows (Shahrad et al.): keep ``keep_alive_s`` after the
     last request; with a pre-warm window, unload at once (the pre-warm prefetch brings
     the model back when it is due); a model without a window yet keeps
     ``fallback_keep_alive_s``. Then, with ``unload_below`` > 0, a model whose
     P(reuse within the horizon) (:func:`estimate_reuse`) is below it is unloaded at
-    once. The bridge's idle unloads (``bridge.upkeep.unload_idle``) and the replay's
+    once. A runner a prefetch loaded and no request has used yet (``prefetched``) is
+    kept its ``keep_alive_s`` window (the paper's "kept for keep_alive from the
+    pre-warm"): neither early rule applies, or the prefetch would be undone at once.
+    The bridge's idle unloads (``bridge.upkeep.unload_idle``) and the replay's
     (``predictor.replay``) both use this."""
     cfg = state.config
     hint = state.hints.get(model)
@@ -84,8 +89,8 @@ def keep_alive_after(state: PredictorState, model: str, now: float, cap: float) 
         keep = cfg.fallback_keep_alive_s
     else:
         keep_alive_s, prewarm_after_s, _pattern = hint
-        keep = 0.0 if prewarm_after_s > 0 else keep_alive_s
-    if keep > 0 and cfg.unload_below > 0:
+        keep = 0.0 if prewarm_after_s > 0 and not prefetched else keep_alive_s
+    if keep > 0 and cfg.unload_below > 0 and not prefetched:
         p = estimate_reuse(state, model, now)
         if p is not None and p < cfg.unload_below:
             keep = 0.0
@@ -94,14 +99,20 @@ def keep_alive_after(state: PredictorState, model: str, now: float, cap: float) 
 
 class PredictorKeepAlive:
     """The bridge's per-model idle timeout from an ``EmbeddedPredictor``
-    (:func:`keep_alive_after`)."""
+    (:func:`keep_alive_after`); ``prefetched`` tells a runner loaded by a prefetch and
+    not used yet (``bridge.prefetch.PrefetchBook``)."""
 
-    def __init__(self, predictor: EmbeddedPredictor) -> None:
+    def __init__(
+        self, predictor: EmbeddedPredictor, prefetched: Callable[[str, str], bool]
+    ) -> None:
         self._predictor = predictor
+        self._prefetched = prefetched
 
-    def seconds(self, model: str, cap: float) -> float:
+    def seconds(self, daemon: str, model: str, cap: float) -> float:
         p = self._predictor
-        return keep_alive_after(p.state, model, p.clock(), cap)
+        return keep_alive_after(
+            p.state, model, p.clock(), cap, prefetched=self._prefetched(daemon, model)
+        )
 
 
 class PredictorEstimate:

@@ -39,9 +39,9 @@ __all__ = ["GIB", "KeepAlive", "Residency", "Target", "vram_tier_ctx"]
 
 
 class KeepAlive(Protocol):
-    """Seconds an idle runner of ``model`` stays loaded, at most ``cap``."""
+    """Seconds an idle runner of ``model`` on ``daemon`` stays loaded, at most ``cap``."""
 
-    def seconds(self, model: str, cap: float) -> float: ...
+    def seconds(self, daemon: str, model: str, cap: float) -> float: ...
 
 
 def vram_tier_ctx(capacity: int | None) -> int:
@@ -210,13 +210,13 @@ class Residency:
 
     def idle_expiry(self, daemon: str, key: str) -> float | None:
         """Monotonic time at which the bridge will unload the model (bridge policy)."""
-        after = self.idle_after(key)
+        after = self.idle_after(daemon, key)
         if after is None or self.pinned(daemon, key):
             return None
         last = self.used_at.get((daemon, key))
         return None if last is None else last + after
 
-    def idle_after(self, key: str) -> float | None:
+    def idle_after(self, daemon: str, key: str) -> float | None:
         """Seconds an idle runner of ``key`` stays loaded (bridge keep-alive policy):
         the embedded predictor's keep-alive for the model, at most
         ``ALB_IDLE_UNLOAD_AFTER``; without a predictor, that setting. None: the bridge
@@ -224,7 +224,7 @@ class Residency:
         cap = self._settings.idle_unload_after
         if self._settings.keep_alive_policy != "bridge" or cap <= 0:
             return None
-        return cap if self.keep_alive is None else self.keep_alive.seconds(key, cap)
+        return cap if self.keep_alive is None else self.keep_alive.seconds(daemon, key, cap)
 
     def last_used(self, daemon: str, key: str) -> float | None:
         return self.used_at.get((daemon, key))

@@ -109,7 +109,7 @@ def unload_idle(s: Scheduler) -> None:
     for (name, key), gate in list(s.gates.items()):
         if not gate.ready or gate.outstanding:
             continue
-        idle_after = s.idle_after(key)
+        idle_after = s.idle_after(name, key)
         last = s.last_used(name, key) or now
         if (
             idle_after is not None

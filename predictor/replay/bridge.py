@@ -447,7 +447,7 @@ class BridgeFleet:
 
     def _arm(self, r: Runner) -> None:
         r.timer += 1
-        after = self.sim.idle_timeout(r.model)
+        after = self.sim.idle_timeout(r.model, prefetched=r.prefetch_conf is not None)
         self.sim.at(self.sim.now + after, self._expire, r, r.timer)
 
     def _expire(self, r: Runner, token: int) -> None:

@@ -310,16 +310,19 @@ class Simulation:
                 if self.policy.prefetch and out.expires_at > self.now:
                     self.controller.prefetch(out)
 
-    def idle_timeout(self, model: str) -> float:
+    def idle_timeout(self, model: str, *, prefetched: bool = False) -> float:
         """Seconds an idle runner of ``model`` stays loaded (bridge policies): with
         ``keep_alive == "hints"`` the bridge's own rule over the predictor's state
         (``bridge.embedded.keep_alive_after``: the hybrid histogram's windows, early
-        unload below ``unload_below``), at most ``idle_unload_after_s``, as the embedded
-        bridge's ``unload_idle``; else ``idle_unload_after_s``."""
+        unload below ``unload_below``; ``prefetched``: loaded by a prefetch, unused), at
+        most ``idle_unload_after_s``, as the embedded bridge's ``unload_idle``; else
+        ``idle_unload_after_s``."""
         policy = self.policy
         if policy.keep_alive == "fixed" or self.state is None:
             return policy.idle_unload_after_s
-        return keep_alive_after(self.state, model, self.now, policy.idle_unload_after_s)
+        return keep_alive_after(
+            self.state, model, self.now, policy.idle_unload_after_s, prefetched=prefetched
+        )
 
 
 def simulate(

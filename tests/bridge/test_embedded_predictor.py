@@ -212,11 +212,14 @@ def test_keep_alive_follows_the_histogram_windows_and_unloads_unlikely_models_ea
     assert keep_alive_after(state, "a", now, cap) == 900.0
     state.hints["a"] = (600.0, 120.0, "histogram")  # a pre-warm window: unload at once
     assert keep_alive_after(state, "a", now, cap) == 0.0
+    # ... but the runner its pre-warm prefetch loaded is kept its window
+    assert keep_alive_after(state, "a", now, cap, prefetched=True) == 600.0
     # unload_below: P(reuse within 30 s) of one request per 15 min is ~0.033
     lean = new_state(cfg.replace(unload_below=0.2))
     lean.rates["a"] = ArrivalRate(cfg.rate_window_minutes)
     lean.rates["a"].add(now - 5)
     assert keep_alive_after(lean, "a", now, cap) == 0.0
+    assert keep_alive_after(lean, "a", now, cap, prefetched=True) == cfg.fallback_keep_alive_s
     for i in range(30):  # two a minute: P ~0.63, kept
         lean.rates["a"].add(now - 30 * i - 1)
     assert keep_alive_after(lean, "a", now, cap) == cfg.fallback_keep_alive_s

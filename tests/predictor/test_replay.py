@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from datetime import timedelta
@@ -259,6 +260,11 @@ def test_prefetch_loads_the_predicted_model_before_it_is_asked_for() -> None:
     lru = simulate(fleet, POLICIES["bridge-lru"], requests)
     assert ours.prefetch_hits > 0
     assert ours.cold_start_rate < lru.cold_start_rate
+    # unload_below = 1 unloads every idle runner the moment it goes idle, except one a
+    # prefetch loaded that nothing has used yet: the prefetches still hit
+    eager = dataclasses.replace(POLICIES["ours"], predictor=OURS.replace(unload_below=1.0))
+    lean = simulate(fleet, eager, requests)
+    assert lean.prefetch_hits == ours.prefetch_hits
 
 
 def _fields(r: Request) -> tuple[Any, ...]:
