@@ -3,7 +3,9 @@
 The lifespan owns every resource: it creates the upstream client, the events
 pipeline (bus, spool, sender, prompt registry, recorder: ``bridge.events``), the
 embedded predictor on that bus when Kafka is not configured (``bridge.embedded``;
-its reuse probability feeds the eviction value), the fleet view, the scheduler
+its reuse probability feeds the eviction value, its keep-alive the idle unloads) or,
+with Kafka, the reader of the Faust worker's model hints that do the same
+(``bridge.hints``), the fleet view, the scheduler
 (which starts its refresh task) and the prefetch / warm-cache consumer
 (``bridge.prefetch``), and closes them in the reverse order — the consumer, then
 background tasks and loads, then the predictor, then the events pipeline (bounded
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
 
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,14 +29,19 @@ from bridge.context import Bridge, Runtime
 from bridge.embedded import PredictedReuse, PredictorEstimate, PredictorKeepAlive, open_predictor
 from bridge.events import Events, open_events
 from bridge.fleet import Fleet
+from bridge.hints import HintBook, HintConsumer, HintEstimate, HintKeepAlive, HintMetrics
 from bridge.loader import StateChange
 from bridge.metrics import Metrics
 from bridge.placement import RecencyOracle, ReuseOracle
 from bridge.prefetch import Consumer, PrefetchBook, PrefetchMetrics, PrefetchOracle
 from bridge.records import RecordSink, RequestRecord
+from bridge.residency import KeepAlive
 from bridge.scheduler import Scheduler
 from bridge.settings import Settings
 from bridge.upstream import Upstream
+
+if TYPE_CHECKING:
+    from predictor.embedded import EmbeddedPredictor
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
@@ -55,13 +64,12 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> Starlet
                 if settings.events:
                     events = await stack.enter_async_context(open_events(settings, registry))
                 predictor = await stack.enter_async_context(open_predictor(settings, events))
-                reuse: ReuseOracle = (
-                    RecencyOracle()
-                    if predictor is None
-                    else PredictedReuse(PredictorEstimate(predictor))
-                )
                 prefetch_metrics = PrefetchMetrics(registry)
                 book = PrefetchBook(prefetch_metrics)
+
+                reuse, keep_alive, hints = _predictor_seams(
+                    settings, events, predictor, book, registry
+                )
                 fleet = Fleet(
                     settings.daemon_specs(),
                     upstream,
@@ -75,18 +83,14 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> Starlet
                     bridge.metrics,
                     bridge.decisions,
                     oracle=PrefetchOracle(reuse, book),
-                    keep_alive=(
-                        None
-                        if predictor is None
-                        else PredictorKeepAlive(
-                            predictor, lambda d, k: book.confidence(d, k) is not None
-                        )
-                    ),
+                    keep_alive=keep_alive,
                 )
                 _wire(bridge, scheduler, events, book, sink)
                 consumer: Consumer | None = None
                 try:
                     await scheduler.start()
+                    if hints is not None:
+                        hints.start()
                     if events is not None:
                         consumer = Consumer(
                             settings,
@@ -100,7 +104,7 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> Starlet
                         )
                         consumer.start()
                     bridge.runtime = Runtime(
-                        upstream, fleet, scheduler, events, consumer, predictor
+                        upstream, fleet, scheduler, events, consumer, predictor, hints
                     )
                     yield
                 finally:
@@ -112,6 +116,8 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> Starlet
                     bridge.runtime = None
                     if consumer is not None:
                         await consumer.aclose()
+                    if hints is not None:
+                        await hints.aclose()
                     await scheduler.aclose()
         finally:
             await upstream.aclose()
@@ -128,6 +134,35 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> Starlet
     )
     app.state.bridge = bridge
     return app
+
+
+def _predictor_seams(
+    settings: Settings,
+    events: Events | None,
+    predictor: EmbeddedPredictor | None,
+    book: PrefetchBook,
+    registry: CollectorRegistry,
+) -> tuple[ReuseOracle, KeepAlive | None, HintConsumer | None]:
+    """What feeds the eviction value and the idle unloads: the embedded predictor's state;
+    with Kafka, the Faust worker's model hints (and their reader, to start); else recency
+    and ``ALB_IDLE_UNLOAD_AFTER``."""
+
+    def prefetched(daemon: str, key: str) -> bool:
+        return book.confidence(daemon, key) is not None
+
+    if predictor is not None:
+        return (
+            PredictedReuse(PredictorEstimate(predictor)),
+            PredictorKeepAlive(predictor, prefetched),
+            None,
+        )
+    if events is not None and settings.kafka_bootstrap_servers and settings.model_hints:
+        hint_book = HintBook()
+        reader = HintConsumer(
+            events.bus, hint_book, HintMetrics(registry), group_prefix=settings.consumer_group
+        )
+        return PredictedReuse(HintEstimate(hint_book)), HintKeepAlive(hint_book, prefetched), reader
+    return RecencyOracle(), None, None
 
 
 def _wire(

@@ -12,6 +12,7 @@ from bridge.decisions import Decision, DecisionLog
 from bridge.errors import Unavailable
 from bridge.events import Events
 from bridge.fleet import Fleet
+from bridge.hints import HintConsumer
 from bridge.metrics import Metrics
 from bridge.prefetch import Consumer
 from bridge.records import RecordSink
@@ -36,6 +37,8 @@ class Runtime:
     consumer: Consumer | None = None
     #: The embedded predictor (``bridge.embedded``); None with Kafka or when turned off.
     predictor: EmbeddedPredictor | None = None
+    #: With Kafka: the reader of the Faust worker's model hints (``bridge.hints``).
+    hints: HintConsumer | None = None
 
 
 class Bridge:

@@ -16,9 +16,11 @@ predictor has equal hopes for are still ordered least recently used first. A mod
 the predictor has no evidence for (no request in the rate window; with the histogram,
 fewer than ``min_samples`` idle gaps) is valued by recency alone: "no evidence" must
 not read as "never again", or a model used a second ago would be the first evicted
-for any prefetch. :func:`estimate_reuse` is that rule; the replay
-(``predictor.replay``) values runners through it too. With the predictor
-off, or with Kafka (the predictor then runs elsewhere), the recency oracle stays.
+for any prefetch. That rule and the idle-unload one are the core's
+(:mod:`predictor.core.keepalive`: ``estimate_reuse``, ``keep_alive_after``); the
+replay (``predictor.replay``) and the Faust worker's model hints use them too. With
+Kafka the predictor runs elsewhere and its published hints stand in for the state
+(``bridge.hints``); with the predictor off, the recency oracle stays.
 """
 
 from __future__ import annotations
@@ -30,11 +32,22 @@ from typing import TYPE_CHECKING, Protocol
 
 from bridge.placement import RecencyOracle, ReuseOracle, RunnerView
 from bridge.settings import Settings
+from predictor.core.keepalive import estimate_reuse, keep_alive_after
 
 if TYPE_CHECKING:
     from bridge.events import Events
-    from predictor.core import PredictorState
     from predictor.embedded import EmbeddedPredictor
+
+__all__ = [
+    "PredictedReuse",
+    "PredictorEstimate",
+    "PredictorKeepAlive",
+    "ReuseEstimate",
+    "embedded_wanted",
+    "estimate_reuse",
+    "keep_alive_after",
+    "open_predictor",
+]
 
 #: Weight of recency in :class:`PredictedReuse`: small enough never to reorder two
 #: runners the predictor tells apart by more than this, large enough to order the rest.
@@ -45,56 +58,6 @@ class ReuseEstimate(Protocol):
     """The predictor's answer for one model; None: not enough evidence to say."""
 
     def estimate(self, model: str) -> float | None: ...
-
-
-def estimate_reuse(state: PredictorState, model: str, now: float) -> float | None:
-    """The predictor's P(``model`` is requested within the horizon) once it has evidence
-    for the model, else None (the caller falls back on recency: no evidence is not
-    "never again"). Evidence: with ``reuse_estimate == "rate"`` a request of the model in
-    the rate window; with ``"histogram"`` ``min_samples`` idle gaps (the core's bar for a
-    representative histogram). The bridge and the replay (``predictor.replay``) both
-    value runners through this."""
-    from predictor.core import reuse_probability  # noqa: PLC0415  (the bridge loads the predictor lazily)
-
-    if state.config.reuse_estimate == "rate":
-        rate = state.rates.get(model)
-        if rate is None or rate.count(now) == 0:
-            return None
-        return reuse_probability(state, model, now)
-    hist = state.idle.get(model)
-    if hist is None or hist.total + hist.oob < state.config.min_samples:
-        return None
-    return reuse_probability(state, model, now)
-
-
-def keep_alive_after(
-    state: PredictorState, model: str, now: float, cap: float, *, prefetched: bool = False
-) -> float:
-    """Seconds an idle runner of ``model`` stays loaded after its last request (or its
-    load), by the predictor, at most ``cap`` (``ALB_IDLE_UNLOAD_AFTER``).
-
-    The hybrid histogram's windows (Shahrad et al.): keep ``keep_alive_s`` after the
-    last request; with a pre-warm window, unload at once (the pre-warm prefetch brings
-    the model back when it is due); a model without a window yet keeps
-    ``fallback_keep_alive_s``. Then, with ``unload_below`` > 0, a model whose
-    P(reuse within the horizon) (:func:`estimate_reuse`) is below it is unloaded at
-    once. A runner a prefetch loaded and no request has used yet (``prefetched``) is
-    kept its ``keep_alive_s`` window (the paper's "kept for keep_alive from the
-    pre-warm"): neither early rule applies, or the prefetch would be undone at once.
-    The bridge's idle unloads (``bridge.upkeep.unload_idle``) and the replay's
-    (``predictor.replay``) both use this."""
-    cfg = state.config
-    hint = state.hints.get(model)
-    if hint is None:
-        keep = cfg.fallback_keep_alive_s
-    else:
-        keep_alive_s, prewarm_after_s, _pattern = hint
-        keep = 0.0 if prewarm_after_s > 0 and not prefetched else keep_alive_s
-    if keep > 0 and cfg.unload_below > 0 and not prefetched:
-        p = estimate_reuse(state, model, now)
-        if p is not None and p < cfg.unload_below:
-            keep = 0.0
-    return min(keep, cap)
 
 
 class PredictorKeepAlive:

@@ -233,6 +233,10 @@ class Settings(BaseSettings):
     #: configured (``bridge.embedded``); with Kafka the Faust worker (``alb predictor``)
     #: does that job.
     predictor_embedded: bool = True
+    #: With Kafka: read the Faust worker's model hints (``alb.model-hints.v1``) into the
+    #: eviction value and the idle unloads, as the embedded predictor's state is used
+    #: without Kafka (``bridge.hints``); ``false``: recency and ``ALB_IDLE_UNLOAD_AFTER``.
+    model_hints: bool = True
     #: The embedded predictor's core knobs: a JSON object of ``PredictorConfig`` fields,
     #: the same variable ``alb predictor`` reads (``ALB_PREDICTOR_CONFIG``).
     predictor_config: str = ""

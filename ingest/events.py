@@ -34,6 +34,7 @@ class Topic(StrEnum):
     DECISIONS = "alb.decisions.v1"
     PREFETCH = "alb.prefetch.v1"
     WARM_CACHE = "alb.warm-cache.v1"
+    MODEL_HINTS = "alb.model-hints.v1"
 
 
 Name = Annotated[str, Field(min_length=1, max_length=512)]
@@ -289,9 +290,40 @@ class WarmCacheEvent(Event):
         return self.model
 
 
+HintPattern = Literal["histogram", "out-of-range", "uncertain", "few-samples"]
+"""How the idle-time histogram of a model reads (``predictor.core.idle``)."""
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class ModelHintEvent(Event):
+    """The predictor's view of one model, for bridges without predictor state
+    (``alb.model-hints.v1``, published on every tick; the newest per model wins)."""
+
+    TOPIC: ClassVar[Topic] = Topic.MODEL_HINTS
+
+    model: Name
+    reuse_probability: Confidence | None
+    horizon_s: Seconds
+    keep_alive_s: Seconds
+    prefetched_keep_alive_s: Seconds
+    prewarm_after_s: Seconds
+    pattern: HintPattern | None
+    expires_at: datetime
+
+    def key(self) -> str | None:
+        return self.model
+
+
 EVENT_TYPES: dict[Topic, type[Event]] = {
     cls.TOPIC: cls
-    for cls in (AccessLogEvent, ModelStateEvent, DecisionEvent, PrefetchEvent, WarmCacheEvent)
+    for cls in (
+        AccessLogEvent,
+        ModelStateEvent,
+        DecisionEvent,
+        PrefetchEvent,
+        WarmCacheEvent,
+        ModelHintEvent,
+    )
 }
 
 

@@ -9,12 +9,14 @@ Choices (DESIGN.md "Topics and events"):
   of loads, evictions and durations; a "current state" view is the bridge's
   ``/alb/v1/models``, not a topic. Prefetch and warm-cache events are commands
   that expire within minutes: compaction would keep the last stale one per model
-  forever, where a short time retention lets them go.
+  forever, where a short time retention lets them go. Model hints too: the worker
+  publishes a fresh one per model on every tick, so a bridge that starts reading
+  from the end has them all within one tick.
 - **Partitions** set the parallelism of a consumer group and are fixed for good:
   adding partitions moves keys to other partitions and breaks per-key order, so
   ``ensure_topics`` never changes a count, it reports the drift.
 - **Retention**: access log 7 days, decisions 14, model state 30 (small and slow),
-  prefetch / warm-cache 1 hour.
+  prefetch / warm-cache / model hints 1 hour.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(Topic.DECISIONS.value, partitions=3, retention_ms=14 * _DAY_MS),
     TopicSpec(Topic.PREFETCH.value, partitions=3, retention_ms=_HOUR_MS),
     TopicSpec(Topic.WARM_CACHE.value, partitions=3, retention_ms=_HOUR_MS),
+    TopicSpec(Topic.MODEL_HINTS.value, partitions=3, retention_ms=_HOUR_MS),
 )
 
 

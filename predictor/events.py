@@ -10,13 +10,20 @@ is the shell's clock, never read here unless left out (then the model's default)
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from ingest.events import AccessLogEvent, PrefetchEvent, WarmCacheEvent
+from ingest.events import (
+    AccessLogEvent,
+    HintPattern,
+    ModelHintEvent,
+    PrefetchEvent,
+    WarmCacheEvent,
+)
+from predictor.core.keepalive import ModelHint
 from predictor.core.outputs import Prefetch, WarmCache
 from predictor.records import AccessRecord, record_from_event
 
-__all__ = ["from_access_log", "prefetch_event", "warm_cache_event"]
+__all__ = ["from_access_log", "model_hint_event", "prefetch_event", "warm_cache_event"]
 
 
 def _dt(seconds: float) -> datetime:
@@ -57,4 +64,21 @@ def warm_cache_event(w: WarmCache, *, producer: str, ts: datetime | None = None)
         expected_arrival=_dt(w.expected_arrival),
         expires_at=_dt(w.expires_at),
         reason=w.reason,
+    )
+
+
+def model_hint_event(
+    h: ModelHint, ttl_s: float, *, producer: str, ts: datetime | None = None
+) -> ModelHintEvent:
+    """``alb.model-hints.v1`` for a core :class:`ModelHint`, valid ``ttl_s`` from its time."""
+    return ModelHintEvent(
+        **_envelope(producer, ts),
+        model=h.model,
+        reuse_probability=h.reuse_probability,
+        horizon_s=h.horizon_s,
+        keep_alive_s=h.keep_alive_s,
+        prefetched_keep_alive_s=h.prefetched_keep_alive_s,
+        prewarm_after_s=h.prewarm_after_s,
+        pattern=cast(HintPattern | None, h.pattern),  # checked by the model
+        expires_at=_dt(h.at + ttl_s),
     )

@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from bridge.embedded import PredictedReuse, estimate_reuse
+from bridge.embedded import PredictedReuse
 from bridge.errors import BadRequest
 from bridge.memory import ModelInfo, SizeBook
 from bridge.numctx import DaemonDefault, Limits, Need, Target, choose_target, need_for
@@ -59,6 +59,7 @@ from bridge.prefetch import ACCEPTED, TokenBucket, judge
 from ollamasim import scheduler as sim_policy
 from ollamasim.config import DaemonConfig
 from predictor.core import Prefetch
+from predictor.core.keepalive import estimate_reuse
 from predictor.replay.des import Job, PrefetchJob, Runner
 
 if TYPE_CHECKING:

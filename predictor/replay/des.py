@@ -29,7 +29,8 @@ becomes an :class:`~predictor.records.AccessRecord` fed to the core's ``step`` a
 completion time (the access log is written when a request ends), and ``tick`` runs
 every ``tick_s``. Prefetch outputs go to the controller; idle timeouts and the eviction
 value read the predictor's state through the bridge's own rules
-(``bridge.embedded.keep_alive_after`` and ``estimate_reuse``), as the embedded mode does.
+(``predictor.core.keepalive``: ``keep_alive_after`` and ``estimate_reuse``), as the
+embedded bridge does.
 
 Accounting happens between events: the bytes of loaded-but-idle runners are integrated
 over time (idle memory-seconds) and every daemon's resident bytes are checked against
@@ -44,9 +45,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bridge.embedded import keep_alive_after
 from ollamasim.config import DaemonConfig, FleetConfig, ModelConfig
 from predictor.core import Output, Prefetch, new_state, step, tick
+from predictor.core.keepalive import keep_alive_after
 from predictor.core.machine import PredictorState
 from predictor.records import AccessRecord
 from predictor.replay.policies import PolicySpec
@@ -313,7 +314,7 @@ class Simulation:
     def idle_timeout(self, model: str, *, prefetched: bool = False) -> float:
         """Seconds an idle runner of ``model`` stays loaded (bridge policies): with
         ``keep_alive == "hints"`` the bridge's own rule over the predictor's state
-        (``bridge.embedded.keep_alive_after``: the hybrid histogram's windows, early
+        (``predictor.core.keepalive.keep_alive_after``: the hybrid histogram's windows, early
         unload below ``unload_below``; ``prefetched``: loaded by a prefetch, unused), at
         most ``idle_unload_after_s``, as the embedded bridge's ``unload_idle``; else
         ``idle_unload_after_s``."""

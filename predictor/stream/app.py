@@ -17,7 +17,7 @@ two stages, each an agent with concurrency 1::
                                                   ▼
                                    global agent ── table "global" (one key, 1 p)
                                                   │
-                         alb.prefetch.v1 / alb.warm-cache.v1 (key=model)
+          alb.prefetch.v1 / alb.warm-cache.v1 / alb.model-hints.v1 (key=model)
 
 1. **Sessions agent** (:class:`~predictor.stream.stages.SessionStage`): per record,
    reads the session's part from the ``sessions`` table (its last model and time, its
@@ -38,7 +38,9 @@ two stages, each an agent with concurrency 1::
    state with the unchanged ``step`` / ``tick`` (the record's session is put in for
    the call; :func:`~predictor.core.partition.step_with_session`), drops prefetches of
    models the latest model-state events show loaded and outputs that expired already,
-   and publishes prefetch / warm-cache events keyed by model. Its state (global
+   and publishes prefetch / warm-cache events keyed by model; on each tick also a
+   model hint per model (:mod:`predictor.core.keepalive`: P(reuse) and the keep-alive,
+   for bridges that run with Kafka; ``bridge.hints``). Its state (global
    windows, idle histograms, prompt heavy hitters, gate, hints, loaded models) is one
    zlib-compressed JSON value under one key of the ``global`` table (a few kB to tens
    of kB; written once per batch, not per event). One key means one changelog record:
@@ -79,7 +81,7 @@ changelogs (sessions: one record per live session; global: one record); with
 
 Limits: session parts trail the global clock for records more than a window late (see
 :mod:`predictor.core.partition`); ``max_sessions`` is not enforced (sessions expire by
-``session_ttl_s``); keep-alive and reuse hints are not published (no topic yet).
+``session_ttl_s``).
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ import faust
 import faust.streams
 import orjson
 
+from ingest.events import Topic
 from predictor.core.partition import SessionPart
 from predictor.stream.preflight import KafkaUnreachable, check_kafka
 from predictor.stream.settings import PredictorSettings
@@ -156,6 +159,12 @@ class Streams:
         )
         self.prefetch = app.topic(settings.prefetch_topic, **raw)
         self.warm_cache = app.topic(settings.warm_cache_topic, **raw)
+        self.model_hints = app.topic(settings.model_hints_topic, **raw)
+        self._out_topics = {
+            Topic.PREFETCH: self.prefetch,
+            Topic.WARM_CACHE: self.warm_cache,
+            Topic.MODEL_HINTS: self.model_hints,
+        }
         self.sessions = app.Table(
             "sessions", partitions=settings.access_log_partitions, help="session parts", **raw
         )
@@ -256,6 +265,7 @@ class Streams:
                 self.config,
                 producer=self.settings.producer,
                 namespace=self.settings.app_id,
+                hint_ttl_s=self.settings.model_hints_ttl_s,
             )
         return self.global_stage
 
@@ -267,7 +277,7 @@ class Streams:
             out.extend(stage.apply(event.message.offset, event.message.value or b"", now))
         pending = []
         for ev in out:
-            topic = self.prefetch if ev.TOPIC.value.endswith("prefetch.v1") else self.warm_cache
+            topic = self._out_topics[ev.TOPIC]
             pending.append(await self._send(topic, ev.model.encode(), ev.to_json()))
         await _acked(pending)  # 1. outputs acknowledged
         with _processing(events[-1]):  # 2. then state (one record, all of it)

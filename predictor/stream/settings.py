@@ -58,6 +58,10 @@ class PredictorSettings(BaseSettings):
     model_state_topic: str = Topic.MODEL_STATE.value
     prefetch_topic: str = Topic.PREFETCH.value
     warm_cache_topic: str = Topic.WARM_CACHE.value
+    model_hints_topic: str = Topic.MODEL_HINTS.value
+    model_hints_ttl_s: float = Field(30.0, ge=0)
+    """Every tick publishes a hint per model (``alb.model-hints.v1``: P(reuse) and the
+    keep-alive, for bridges running with Kafka), valid this long; 0: publish none."""
     access_log_partitions: int = Field(_ACCESS_LOG_PARTITIONS, ge=1)
     """Must equal the access log's partition count: the session table is co-partitioned
     with it (Faust refuses to start otherwise)."""

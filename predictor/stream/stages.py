@@ -32,9 +32,16 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from ingest.events import AccessLogEvent, ModelStateEvent, PrefetchEvent, WarmCacheEvent
+from ingest.events import (
+    AccessLogEvent,
+    ModelHintEvent,
+    ModelStateEvent,
+    PrefetchEvent,
+    WarmCacheEvent,
+)
 from predictor.config import PredictorConfig
 from predictor.core import Output, Prefetch, WarmCache, new_state, tick
+from predictor.core.keepalive import ModelHint, model_hints
 from predictor.core.partition import (
     SessionPart,
     advance_session,
@@ -42,7 +49,7 @@ from predictor.core.partition import (
     global_to_dict,
     step_with_session,
 )
-from predictor.events import from_access_log, prefetch_event, warm_cache_event
+from predictor.events import from_access_log, model_hint_event, prefetch_event, warm_cache_event
 from predictor.records import AccessRecord, RecordError
 
 __all__ = [
@@ -56,7 +63,7 @@ __all__ = [
 
 SNAPSHOT_VERSION = 1
 _EVENT_NS = uuid.UUID("6f1c1f0e-5a7e-4d38-9b49-1d1f3a0c7b21")
-PublishedEvent = PrefetchEvent | WarmCacheEvent
+PublishedEvent = PrefetchEvent | WarmCacheEvent | ModelHintEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,10 +170,14 @@ class GlobalStage:
     input offset, so outputs recomputed after a crash carry the ids they had.
     """
 
-    def __init__(self, config: PredictorConfig, *, producer: str, namespace: str) -> None:
+    def __init__(
+        self, config: PredictorConfig, *, producer: str, namespace: str, hint_ttl_s: float = 0.0
+    ) -> None:
         self.config = config
         self.producer = producer
         self.namespace = namespace
+        self.hint_ttl_s = hint_ttl_s
+        """> 0: every tick also yields a model hint per model, valid this long."""
         self.state = new_state(config)
         self.input_offset = -1
         self.applied: dict[str, int] = {}
@@ -191,10 +202,16 @@ class GlobalStage:
 
     @classmethod
     def restore(
-        cls, blob: bytes | None, config: PredictorConfig, *, producer: str, namespace: str
+        cls,
+        blob: bytes | None,
+        config: PredictorConfig,
+        *,
+        producer: str,
+        namespace: str,
+        hint_ttl_s: float = 0.0,
     ) -> GlobalStage:
         """A stage from :meth:`snapshot` (a fresh one for None)."""
-        stage = cls(config, producer=producer, namespace=namespace)
+        stage = cls(config, producer=producer, namespace=namespace, hint_ttl_s=hint_ttl_s)
         if blob is None:
             return stage
         data = orjson.loads(zlib.decompress(blob))
@@ -217,17 +234,20 @@ class GlobalStage:
             return []
         self.input_offset = offset
         data = orjson.loads(value)
-        outputs: list[Output] = []
+        outputs: list[Output | ModelHint] = []
         for obs in data if isinstance(data, list) else [data]:
             outputs.extend(self._fold(obs))
         return self._events(offset, outputs, now)
 
-    def _fold(self, obs: dict[str, Any]) -> list[Output]:
+    def _fold(self, obs: dict[str, Any]) -> list[Output | ModelHint]:
         kind = obs.get("k")
         outputs: list[Output]
         if kind == "t":
-            self.state, outputs = tick(self.state, float(obs["ts"]))
-            return outputs
+            ts = float(obs["ts"])
+            self.state, outputs = tick(self.state, ts)
+            if self.hint_ttl_s > 0:
+                return [*outputs, *model_hints(self.state, ts)]
+            return list(outputs)
         if kind not in ("a", "m"):
             return []
         src, src_offset = str(obs["src"]), int(obs["o"])
@@ -241,7 +261,7 @@ class GlobalStage:
         record = AccessRecord(**obs["r"])
         part = SessionPart.from_dict(obs["s"]) if obs["s"] is not None else None
         self.state, outputs = step_with_session(self.state, record, part)
-        return outputs
+        return list(outputs)
 
     def _model_state(self, obs: dict[str, Any]) -> None:
         daemons = self.loaded.setdefault(str(obs["model"]), set())
@@ -250,12 +270,23 @@ class GlobalStage:
         else:
             daemons.discard(str(obs["daemon"]))
 
-    def _events(self, offset: int, outputs: list[Output], now: datetime) -> list[PublishedEvent]:
+    def _events(
+        self, offset: int, outputs: list[Output | ModelHint], now: datetime
+    ) -> list[PublishedEvent]:
         events: list[PublishedEvent] = []
         horizon = now.timestamp()
         for index, out in enumerate(outputs):
+            event: PublishedEvent
+            if isinstance(out, ModelHint):
+                if out.at + self.hint_ttl_s <= horizon:
+                    self.skipped_stale += 1
+                    continue
+                event_id = uuid.uuid5(_EVENT_NS, f"{self.namespace}:{offset}:{index}")
+                event = model_hint_event(out, self.hint_ttl_s, producer=self.producer, ts=now)
+                events.append(event.model_copy(update={"event_id": event_id}))
+                continue
             if not isinstance(out, Prefetch | WarmCache):
-                continue  # keep-alive and reuse hints have no topic (yet)
+                continue  # the core's own KeepAliveHint / ReuseHint: ModelHint carries them
             if self.loaded.get(out.model):
                 self.skipped_loaded += 1
                 continue
@@ -263,7 +294,7 @@ class GlobalStage:
                 self.skipped_stale += 1
                 continue
             event_id = uuid.uuid5(_EVENT_NS, f"{self.namespace}:{offset}:{index}")
-            event: PublishedEvent = (
+            event = (
                 prefetch_event(out, producer=self.producer, ts=now)
                 if isinstance(out, Prefetch)
                 else warm_cache_event(out, producer=self.producer, ts=now)

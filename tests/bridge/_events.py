@@ -18,7 +18,7 @@ from bridge.context import Bridge, Runtime
 from bridge.events import Events
 from ingest.bus import Delivery, EventBus
 from ingest.contracts import validation_errors
-from ingest.events import PrefetchEvent, WarmCacheEvent, utcnow
+from ingest.events import ModelHintEvent, PrefetchEvent, WarmCacheEvent, utcnow
 
 
 def bridge_of(app: Starlette) -> Bridge:
@@ -95,6 +95,27 @@ def prefetch(model: str, *, expires_in_s: float = 60, confidence: float = 0.9) -
         reason="transition",
         num_ctx=None,
         keep_alive_s=None,
+    )
+
+
+def model_hint(
+    model: str,
+    *,
+    reuse_probability: float | None = 0.5,
+    keep_alive_s: float = 300.0,
+    prefetched_keep_alive_s: float = 300.0,
+    expires_in_s: float = 60,
+) -> ModelHintEvent:
+    return ModelHintEvent(
+        producer="test-predictor",
+        model=model,
+        reuse_probability=reuse_probability,
+        horizon_s=30.0,
+        keep_alive_s=keep_alive_s,
+        prefetched_keep_alive_s=prefetched_keep_alive_s,
+        prewarm_after_s=0.0,
+        pattern="histogram",
+        expires_at=utcnow() + timedelta(seconds=expires_in_s),
     )
 
 

@@ -9,6 +9,7 @@
 - Past the spool limit, drops show in ``/metrics`` and in the log; nothing else is lost.
 - The consumer group acts on a prefetch event published on Kafka within the model's
   load time + 1 s, once.
+- A model hint published on Kafka reaches the eviction value and the idle unloads.
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ from tests.bridge._events import (
     events_of,
     first_seen_per_key,
     invalid,
+    model_hint,
     prefetch,
     read_topic,
     runtime,
+    wait_for,
 )
 from tests.bridge._support import RunningBridge, running_bridge, settings_for
 from tests.ingest._broker import RestartableBroker
@@ -226,6 +229,47 @@ async def test_prefetch_over_kafka_loads_once_within_load_time_plus_1s(
     starts = [e for e in fleet.daemon("a").events() if e.kind == "load-start"]
     assert [e.model for e in starts].count("other:latest") == 1
     print(f"\nprefetch over Kafka: loaded {took:.2f}s after publishing")
+
+
+async def test_a_model_hint_on_kafka_unloads_an_idle_runner_the_predictor_gives_up_on(
+    fleet: RunningFleet, topics: str, tmp_path: Path
+) -> None:
+    # ALB_IDLE_UNLOAD_AFTER=3600: without a hint the runner would stay an hour.
+    d = fleet.daemon("a")
+    settings = _kafka_settings(
+        fleet, topics, tmp_path, idle_unload_after=3600, refresh_interval=0.1
+    )
+    async with (
+        running_bridge(settings) as b,
+        httpx.AsyncClient(base_url=b.base_url, timeout=10) as c,
+    ):
+        r = await c.post("/api/generate", json={"model": "chatty", "prompt": "x", "stream": False})
+        assert r.status_code == 200
+        hints = runtime(b.app).hints
+        assert hints is not None
+        await asyncio.wait_for(hints.ready.wait(), 30)
+        registry = b.app.state.bridge.metrics.registry
+
+        def handled(outcome: str) -> float:
+            return registry.get_sample_value("alb_model_hints_total", {"outcome": outcome}) or 0
+
+        async with KafkaBus(KafkaConfig(topics)) as bus:
+            stale = model_hint("chatty", keep_alive_s=0.0, expires_in_s=-1)
+            await bus.publish(Topic.MODEL_HINTS.value, stale.key(), stale)
+            await wait_for(lambda: handled("expired") == 1, 15, "the expired hint")
+            loaded = [m["name"] for m in (await c.get("/api/ps")).json()["models"]]
+            assert "chatty:latest" in loaded  # the expired hint changed nothing
+            hint = model_hint("chatty", reuse_probability=0.01, keep_alive_s=0.0)
+            await bus.publish(Topic.MODEL_HINTS.value, hint.key(), hint)
+
+        def unloaded() -> bool:
+            return any(e.kind == "unload" and e.model == "chatty:latest" for e in d.events())
+
+        await wait_for(unloaded, 15, "the hinted unload")
+        assert handled("applied") == 1
+        assert hints.book.reuse("chatty:latest") == 0.01  # what the eviction value reads
+        loaded = [m["name"] for m in (await c.get("/api/ps")).json()["models"]]
+        assert "chatty:latest" not in loaded
 
 
 # --- broker outage (dedicated, restartable broker) ------------------------------------

@@ -12,6 +12,7 @@ from ingest.events import (
     AccessLogEvent,
     DecisionEvent,
     Event,
+    ModelHintEvent,
     ModelStateEvent,
     PrefetchEvent,
     WarmCacheEvent,
@@ -133,12 +134,28 @@ def trace_record(**over: Any) -> TraceRecord:
     return TraceRecord(**{**fields, **over})
 
 
+def model_hint(**over: Any) -> ModelHintEvent:
+    fields: dict[str, Any] = {
+        "producer": "alb-predictor/test",
+        "model": "llama3:latest",
+        "reuse_probability": 0.74,
+        "horizon_s": 30.0,
+        "keep_alive_s": 300.0,
+        "prefetched_keep_alive_s": 300.0,
+        "prewarm_after_s": 0.0,
+        "pattern": "histogram",
+        "expires_at": NOW + timedelta(seconds=30),
+    }
+    return ModelHintEvent(**{**fields, **over})
+
+
 FACTORIES: dict[type[Event], Callable[..., Event]] = {
     AccessLogEvent: access_log,
     ModelStateEvent: model_state,
     DecisionEvent: decision,
     PrefetchEvent: prefetch,
     WarmCacheEvent: warm_cache,
+    ModelHintEvent: model_hint,
 }
 
 

@@ -8,6 +8,7 @@ events with aiokafka and reads ``alb.prefetch.v1`` (a per-test name) back.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import subprocess
 import sys
@@ -22,8 +23,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from bridge.hints import HintBook
 from ingest.contracts import validation_errors
-from ingest.events import Event, PrefetchEvent, Topic, WarmCacheEvent
+from ingest.events import Event, ModelHintEvent, PrefetchEvent, Topic, WarmCacheEvent
 from ingest.topics import TopicSpec, ensure_topics
 from tests.predictor._access import a_then_b, access_event, model_state_event
 from tests.services._env import REPO_ROOT, spawn, stop_process, tail
@@ -80,6 +82,7 @@ async def worker(kafka_bootstrap: str, tmp_path: Path, store: str) -> AsyncItera
         "model_state": _unique("alb-t-state"),
         "prefetch": _unique("alb-t-prefetch"),
         "warm_cache": _unique("alb-t-warm"),
+        "model_hints": _unique("alb-t-hints"),
     }
     await ensure_topics(
         kafka_bootstrap,
@@ -88,6 +91,7 @@ async def worker(kafka_bootstrap: str, tmp_path: Path, store: str) -> AsyncItera
             TopicSpec(topics["model_state"], 1, 3_600_000),
             TopicSpec(topics["prefetch"], 1, 3_600_000),
             TopicSpec(topics["warm_cache"], 1, 3_600_000),
+            TopicSpec(topics["model_hints"], 1, 3_600_000),
         ],
     )
     await _wait_for_leaders(kafka_bootstrap, list(topics.values()))
@@ -200,6 +204,31 @@ async def test_a_then_b_nine_in_ten_prefetches_b_after_a(worker: Worker) -> None
         assert parsed.confidence >= 0.5
         assert parsed.expires_at.timestamp() > parsed.expected_arrival.timestamp()
         assert parsed.producer == "alb-predictor"
+    assert len({e["event_id"] for e in seen}) == len(seen)
+
+
+async def test_every_tick_publishes_a_hint_per_model_that_a_bridge_can_use(
+    worker: Worker,
+) -> None:
+    now = time.time()
+    await _produce(worker.bootstrap, worker.topics["access_log"], list(a_then_b(now - 60.0, 20)))
+
+    def informed(seen: list[dict[str, object]]) -> bool:
+        known = {e["model"] for e in seen if e["reuse_probability"] is not None}
+        return {"A", "B"} <= known
+
+    seen = await _read_until(worker, worker.topics["model_hints"], informed)
+    book = HintBook()
+    for event in seen:
+        assert validation_errors(Topic.MODEL_HINTS.value, event) == []
+        parsed = ModelHintEvent.model_validate(event)
+        assert parsed.producer == "alb-predictor"
+        assert parsed.expires_at > parsed.ts
+        assert book.offer(parsed) in ("applied", "older")
+    # A was asked 20 times in the 15-minute rate window: P(again within 30 s) = 1 - e^(-20·30/900)
+    reuse_a = book.reuse("a:latest")
+    assert reuse_a == pytest.approx(1 - math.exp(-20 * 30 / 900), abs=0.01)
+    assert book.keep_alive("b:latest", 1800.0) > 0
     assert len({e["event_id"] for e in seen}) == len(seen)
 
 

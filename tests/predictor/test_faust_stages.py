@@ -203,3 +203,45 @@ def test_bundled_observations_decide_the_same() -> None:
     assert len({e.event_id for e in bundled}) == len(bundled)
     # a bundle sent again (stage 1 replayed its batch) is recognised entry by entry
     assert stage.apply(10_000, bundle(pipe.observations, 1000)[0], LATER) == []
+
+
+def test_every_tick_publishes_a_model_hint_per_model_with_the_bridges_rule() -> None:
+    from ingest.contracts import validation_errors  # noqa: PLC0415
+    from ingest.events import ModelHintEvent  # noqa: PLC0415
+    from predictor.core.keepalive import estimate_reuse, keep_alive_after  # noqa: PLC0415
+
+    cfg = PredictorConfig.recommended().replace(cooldown_s=0, unload_below=0.2)
+    pipe = Pipeline(cfg)
+    pipe.glob.hint_ttl_s = 30.0
+    for ev in a_then_b(T0, 20):
+        pipe.feed(ev.to_json(), ev.key())
+    assert not any(isinstance(e, ModelHintEvent) for e in pipe.drain())  # only ticks send them
+    tick_at = T0 + 400.0
+    pipe.observations.append(tick_observation(tick_at))
+    hints = [e for e in pipe.drain() if isinstance(e, ModelHintEvent)]
+    assert [h.model for h in hints] == ["A", "B", "C"]  # a_then_b: A, then B or C
+    state = pipe.glob.state
+    for h in hints:
+        assert validation_errors(h.TOPIC.value, h.model_dump(mode="json")) == []
+        assert h.reuse_probability == estimate_reuse(state, h.model, tick_at)
+        assert h.keep_alive_s == keep_alive_after(state, h.model, tick_at)
+        assert h.prefetched_keep_alive_s == keep_alive_after(
+            state, h.model, tick_at, prefetched=True
+        )
+        assert h.expires_at.timestamp() == pytest.approx(tick_at + 30.0)
+        assert h.key() == h.model
+    assert hints[0].reuse_probability is not None
+    # a tick replayed after a crash publishes the same ids; a stale one publishes nothing
+    again = GlobalStage.restore(None, cfg, producer="test", namespace="t", hint_ttl_s=30.0)
+    for offset, obs in enumerate(pipe.observations[:-1]):
+        again.apply(offset, obs, LATER)
+    replayed = again.apply(len(pipe.observations) - 1, pipe.observations[-1], LATER)
+    assert [e.event_id for e in replayed if isinstance(e, ModelHintEvent)] == [
+        h.event_id for h in hints
+    ]
+    late = datetime.fromtimestamp(tick_at + 31.0, tz=UTC)
+    stale = GlobalStage.restore(None, cfg, producer="test", namespace="t", hint_ttl_s=30.0)
+    for offset, obs in enumerate(pipe.observations):
+        out = stale.apply(offset, obs, late)
+    assert not any(isinstance(e, ModelHintEvent) for e in out)
+    assert stale.skipped_stale >= 2
