@@ -10,60 +10,25 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from bridge.hints import HintBook
 from ingest.contracts import validation_errors
 from ingest.events import Event, ModelHintEvent, PrefetchEvent, Topic, WarmCacheEvent
 from ingest.topics import TopicSpec, ensure_topics
 from tests.predictor._access import a_then_b, access_event, model_state_event
-from tests.services._env import REPO_ROOT, spawn, stop_process, tail
+from tests.predictor._worker import Worker, unique, wait_for_leaders
+from tests.services._env import REPO_ROOT, tail
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(120)]
 
 DEADLINE_S = 40.0
-
-
-@dataclass
-class Worker:
-    bootstrap: str
-    app_id: str
-    topics: dict[str, str]
-    env: dict[str, str]
-    workdir: Path
-    proc: subprocess.Popen[bytes] | None = None
-    log: Path = Path("/dev/null")
-    starts: int = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        self.log = self.workdir / f"worker-{self.starts}.log"
-        argv = [sys.executable, "-m", "predictor.stream"]
-        self.proc = spawn(argv, log=self.log, cwd=self.workdir, env=self.env)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, grace_s=15.0)
-            self.proc = None
-
-    def check_alive(self) -> None:
-        assert self.proc is not None
-        assert self.proc.poll() is None, f"predictor worker exited:\n{tail(self.log)}"
-
-
-def _unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture
@@ -78,11 +43,11 @@ def store(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 async def worker(kafka_bootstrap: str, tmp_path: Path, store: str) -> AsyncIterator[Worker]:
     topics = {
-        "access_log": _unique("alb-t-access"),
-        "model_state": _unique("alb-t-state"),
-        "prefetch": _unique("alb-t-prefetch"),
-        "warm_cache": _unique("alb-t-warm"),
-        "model_hints": _unique("alb-t-hints"),
+        "access_log": unique("alb-t-access"),
+        "model_state": unique("alb-t-state"),
+        "prefetch": unique("alb-t-prefetch"),
+        "warm_cache": unique("alb-t-warm"),
+        "model_hints": unique("alb-t-hints"),
     }
     await ensure_topics(
         kafka_bootstrap,
@@ -94,8 +59,8 @@ async def worker(kafka_bootstrap: str, tmp_path: Path, store: str) -> AsyncItera
             TopicSpec(topics["model_hints"], 1, 3_600_000),
         ],
     )
-    await _wait_for_leaders(kafka_bootstrap, list(topics.values()))
-    app_id = _unique("alb-t-predictor")
+    await wait_for_leaders(kafka_bootstrap, list(topics.values()))
+    app_id = unique("alb-t-predictor")
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO_ROOT),
@@ -115,30 +80,6 @@ async def worker(kafka_bootstrap: str, tmp_path: Path, store: str) -> AsyncItera
         yield w
     finally:
         w.stop()
-
-
-async def _wait_for_leaders(bootstrap: str, names: list[str], timeout_s: float = 30.0) -> None:
-    """Until every partition of ``names`` has a leader (``ensure_topics`` returns once
-    the topics exist; their leaders are elected a moment later)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    deadline = time.monotonic() + timeout_s
-    try:
-        while True:
-            described = await admin.describe_topics(names)
-            leaderless = [
-                t["topic"]
-                for t in described
-                if t["error_code"] != 0
-                or not t["partitions"]
-                or any(p["leader"] < 0 for p in t["partitions"])
-            ]
-            if not leaderless:
-                return
-            assert time.monotonic() < deadline, f"no leaders after {timeout_s}s: {leaderless}"
-            await asyncio.sleep(0.1)
-    finally:
-        await admin.close()
 
 
 async def _produce(bootstrap: str, topic: str, events: list[Event]) -> None:
