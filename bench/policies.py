@@ -12,7 +12,10 @@ histogram alone, and ours. With ``--synth-seeds``: the synthetic trace of each s
 how many seeds ours wins (lowest cold-start rate and p99 of all policies, idle memory
 at most Ollama's). ``--lean P`` adds the row ``ours-lean``: ours with
 ``unload_below = P`` (idle runners whose P(reuse) is below P unloaded at once);
-``--lean P1,P2,...`` a row per value.
+``--lean P1,P2,...`` a row per value. ``--eviction per-byte`` is a what-if, not the
+bridge: every bridge policy ranks its eviction victims by predicted reuse x reload cost
+*per byte* (``bridge.placement.eviction_value`` replaced for the run), to measure what a
+size-aware value would change.
 Same inputs, same numbers: nothing here is timed or random.
 """
 
@@ -23,9 +26,14 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import bridge.placement as placement
+import bridge.prefetch as prefetch
+import predictor.replay.bridge as replay_bridge
+from bridge.placement import ReuseOracle, RunnerView
 from predictor.replay.des import simulate
 from predictor.replay.fleets import load_fleet
 from predictor.replay.policies import POLICIES, PolicySpec
@@ -38,6 +46,17 @@ METRICS = (
     ("p99 s", "p99_latency_s", "{:.0f}"),
     ("idle GB·h", "idle_gb_h", "{:.1f}"),
 )
+
+
+def _per_byte(oracle: ReuseOracle, daemon: str, runner: RunnerView) -> float:
+    """What-if eviction value: reuse x reload cost per GB held."""
+    return oracle.reuse(daemon, runner) * max(runner.reload_s, 0.001) * 1e9 / max(runner.size, 1)
+
+
+def _use_eviction_value(fn: Callable[[ReuseOracle, str, RunnerView], float]) -> None:
+    """Make every caller of ``eviction_value`` the replay reaches use ``fn``."""
+    for module in (placement, replay_bridge, prefetch):
+        module.eviction_value = fn  # type: ignore[attr-defined]
 
 
 def _specs(names: str, lean: str | None) -> list[PolicySpec]:
@@ -120,7 +139,15 @@ def main(argv: list[str] | None = None) -> int:
         "--lean", default=None, help="add ours-lean rows: unload_below values, e.g. 0.2 or 0.1,0.3"
     )
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--eviction",
+        choices=("value", "per-byte"),
+        default="value",
+        help="what-if: per-byte ranks victims by reuse x reload cost per byte (not the bridge)",
+    )
     args = parser.parse_args(argv)
+    if args.eviction == "per-byte":
+        _use_eviction_value(_per_byte)
     specs = _specs(args.policies, args.lean)
     if args.synth_seeds is not None:
         _seed_tables(args, specs)
