@@ -176,6 +176,7 @@ class Simulation:
         *,
         knobs: BridgeKnobs | None = None,
         tick_s: float = 10.0,
+        observer: Callable[[Simulation], None] | None = None,
     ) -> None:
         from predictor.replay.bridge import BridgeFleet  # noqa: PLC0415
         from predictor.replay.ollama import OllamaFleet  # noqa: PLC0415
@@ -185,6 +186,8 @@ class Simulation:
         self.requests = requests
         self.knobs = knobs or BridgeKnobs()
         self.tick_s = tick_s
+        self.observer = observer
+        """Called after every event, before the accounting (``bench.idle_anatomy``)."""
         self.now = 0.0
         self.tally = Tally()
         self.models: dict[str, ModelConfig] = {m.key: m for m in fleet.models}
@@ -229,6 +232,8 @@ class Simulation:
         return ReplayReport.from_tally(self.policy.name, self.tally)
 
     def _after_event(self) -> None:
+        if self.observer is not None:
+            self.observer(self)
         idle = 0
         for r in self.controller.runners():
             if r.idle:

@@ -297,6 +297,22 @@ def test_five_policies_on_a_short_synthetic_trace_finish_quickly() -> None:
     assert reports[0].prefetch_loads == 0  # Ollama never prefetches
 
 
+@pytest.mark.parametrize("policy", ["ollama", "ours"])
+def test_the_idle_anatomy_accounts_for_the_reports_idle_memory(policy: str) -> None:
+    from bench.idle_anatomy import ENDS, STATES, Anatomy  # noqa: PLC0415
+
+    anatomy = Anatomy()
+    sim = Simulation(_fleet(), POLICIES[policy], _synth(3), observer=anatomy)
+    report = sim.run()
+    anatomy.finish(sim.now)
+    idle = anatomy.byte_s["idle"]
+    assert idle == pytest.approx(report.idle_gb_h * 1e9 * 3600, rel=1e-9)
+    assert sum(anatomy.byte_s[f"idle:{e}"] for e in ENDS) == pytest.approx(idle, rel=1e-9)
+    assert all(anatomy.byte_s[s] > 0 for s in STATES)
+    assert anatomy.spells["reused"] > 0
+    assert anatomy.spells["evicted"] > 0
+
+
 def test_workload_times_are_relative_and_ordered() -> None:
     recs = [
         TraceRecord(
