@@ -272,9 +272,9 @@ def to_native(path: str, doc: Mapping[str, Any], num_ctx: int) -> bytes:
             out["think"] = think
         if doc.get("logprobs") is True:
             out["logprobs"] = True
-            top = _number(doc, "top_logprobs", "int")
-            if top:
-                out["top_logprobs"] = top
+        top = _number(doc, "top_logprobs", "int")  # passed on as is, as FromChatRequest does
+        if top:
+            out["top_logprobs"] = top
         return orjson.dumps(out)
     prompt = doc.get("prompt", "")
     if prompt is None:
@@ -290,6 +290,12 @@ def to_native(path: str, doc: Mapping[str, Any], num_ctx: int) -> bytes:
         out["suffix"] = suffix
     out["options"] = _options(doc, num_ctx, chat=False)
     out["stream"] = stream
+    # FromCompleteRequest: an integer logprobs > 0 asks for that many alternatives. Ollama
+    # computes them, and its CompleteWriter does not write them: neither does the bridge.
+    top = _number(doc, "logprobs", "int")
+    if top is not None and top > 0:
+        out["logprobs"] = True
+        out["top_logprobs"] = top
     return orjson.dumps(out)
 
 

@@ -141,6 +141,25 @@ def test_completions_request_maps_like_ollamas_middleware() -> None:
     }
 
 
+def test_logprobs_are_asked_for_as_ollamas_middleware_asks() -> None:
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    got = native(CHAT, {**chat, "logprobs": True, "top_logprobs": 3})
+    assert (got["logprobs"], got["top_logprobs"]) == (True, 3)
+    got = native(CHAT, {**chat, "top_logprobs": 25})  # passed on: the daemon says 400
+    assert "logprobs" not in got
+    assert got["top_logprobs"] == 25
+    assert "top_logprobs" not in native(CHAT, chat)
+    # /v1/completions: an integer, > 0 means that many alternatives (and logprobs on)
+    got = native(COMPLETIONS, {"model": "m", "prompt": "p", "logprobs": 2})
+    assert (got["logprobs"], got["top_logprobs"]) == (True, 2)
+    for off in (0, None):
+        got = native(COMPLETIONS, {"model": "m", "prompt": "p", "logprobs": off})
+        assert "logprobs" not in got
+        assert "top_logprobs" not in got
+    with pytest.raises(BadRequest, match="cannot unmarshal bool into Go struct field .logprobs"):
+        native(COMPLETIONS, {"model": "m", "prompt": "p", "logprobs": True})
+
+
 @pytest.mark.parametrize(
     ("path", "doc", "message"),
     [
