@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -68,7 +67,7 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> Starlet
                 book = PrefetchBook(prefetch_metrics)
 
                 reuse, keep_alive, hints = _predictor_seams(
-                    settings, events, predictor, book, registry
+                    settings, events, predictor, book, HintMetrics(registry)
                 )
                 fleet = Fleet(
                     settings.daemon_specs(),
@@ -141,7 +140,7 @@ def _predictor_seams(
     events: Events | None,
     predictor: EmbeddedPredictor | None,
     book: PrefetchBook,
-    registry: CollectorRegistry,
+    hint_metrics: HintMetrics,
 ) -> tuple[ReuseOracle, KeepAlive | None, HintConsumer | None]:
     """What feeds the eviction value and the idle unloads: the embedded predictor's state;
     with Kafka, the Faust worker's model hints (and their reader, to start); else recency
@@ -159,7 +158,7 @@ def _predictor_seams(
     if events is not None and settings.kafka_bootstrap_servers and settings.model_hints:
         hint_book = HintBook()
         reader = HintConsumer(
-            events.bus, hint_book, HintMetrics(registry), group_prefix=settings.consumer_group
+            events.bus, hint_book, hint_metrics, group_prefix=settings.consumer_group
         )
         return PredictedReuse(HintEstimate(hint_book)), HintKeepAlive(hint_book, prefetched), reader
     return RecencyOracle(), None, None

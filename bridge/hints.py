@@ -125,6 +125,8 @@ class HintKeepAlive:
 
 
 class HintMetrics:
+    """Registered in every mode (zero without Kafka), so alert rules can name them."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         self.handled = Counter(
             "alb_model_hints",
@@ -136,6 +138,11 @@ class HintMetrics:
         self.held = Gauge(
             "alb_model_hints_held",
             "Models with an unexpired hint from the predictor.",
+            registry=registry,
+        )
+        self.reading = Gauge(
+            "alb_model_hints_reading",
+            "1 while the bridge reads alb.model-hints.v1 (Kafka mode), else 0.",
             registry=registry,
         )
 
@@ -171,6 +178,7 @@ class HintConsumer:
             try:
                 async with self._bus.subscribe(topics, self.group, from_beginning=False) as sub:
                     self.ready.set()
+                    self.metrics.reading.set(1)
                     backoff = 0.5
                     while True:
                         for delivery in await sub.getmany(1.0, max_records=500):
@@ -182,6 +190,7 @@ class HintConsumer:
                 log.exception("model hints consumer failed; resubscribing")
             finally:
                 self.ready.clear()
+                self.metrics.reading.set(0)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _BACKOFF_MAX_S)
 

@@ -253,6 +253,8 @@ async def test_a_model_hint_on_kafka_unloads_an_idle_runner_the_predictor_gives_
         def handled(outcome: str) -> float:
             return registry.get_sample_value("alb_model_hints_total", {"outcome": outcome}) or 0
 
+        assert registry.get_sample_value("alb_model_hints_reading") == 1
+
         async with KafkaBus(KafkaConfig(topics)) as bus:
             stale = model_hint("chatty", keep_alive_s=0.0, expires_in_s=-1)
             await bus.publish(Topic.MODEL_HINTS.value, stale.key(), stale)
