@@ -156,7 +156,7 @@ def test_logprobs_are_asked_for_as_ollamas_middleware_asks() -> None:
         got = native(COMPLETIONS, {"model": "m", "prompt": "p", "logprobs": off})
         assert "logprobs" not in got
         assert "top_logprobs" not in got
-    with pytest.raises(BadRequest, match="cannot unmarshal bool into Go struct field .logprobs"):
+    with pytest.raises(BadRequest, match=r"cannot unmarshal bool into Go struct field \.logprobs"):
         native(COMPLETIONS, {"model": "m", "prompt": "p", "logprobs": True})
 
 
