@@ -144,9 +144,16 @@ async def test_sessions_through_a_kafka_bridge_teach_the_worker_and_b_is_loaded_
 
         decision_log = b.app.state.bridge.decisions
 
-        def b_loaded() -> bool:  # the consumer records the decision once the load is done
-            prefetched = decision_log.query(model=key_b, kind="prefetch", limit=10)
-            return any(d.reason == "prefetch_loaded" for d in prefetched)
+        def prefetch_loads() -> int:  # the consumer records the decision once the load is done
+            prefetched = decision_log.query(model=key_b, kind="prefetch", limit=1000)
+            return sum(1 for d in prefetched if d.reason == "prefetch_loaded")
+
+        # The worker may have prefetched B during the teaching already (after the second
+        # A -> B); only a prefetch after the unloads counts.
+        earlier = prefetch_loads()
+
+        def b_loaded() -> bool:
+            return prefetch_loads() > earlier
 
         deadline = time.monotonic() + 60
         probe = 0
