@@ -112,7 +112,11 @@ async def test_sessions_through_a_kafka_bridge_teach_the_worker_and_b_is_loaded_
                 json={"model": model, "prompt": "hi", "stream": False},
                 headers={"X-ALB-Session": session},
             )
-            assert r.status_code == 200, r.text
+            if r.status_code != 200:  # say why the daemon looked down, if it did
+                d = rt.fleet.daemons["a"]
+                breaker = rt.scheduler.breakers["a"]
+                why = f"up={d.up} error={d.error!r} breaker={breaker.state} {breaker.last_error!r}"
+                raise AssertionError(f"{model}: {r.status_code} {r.text} ({why})")
             return r
 
         async def unload_all() -> None:
