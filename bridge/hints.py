@@ -20,8 +20,6 @@ book keeps a model's hint with the latest ``ts``.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -31,13 +29,13 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from bridge import names
-from ingest.bus import BusError, Delivery, EventBus
+from bridge.reader import BusReader
+from ingest.bus import Delivery, EventBus, Subscription
 from ingest.events import ModelHintEvent, Topic, parse_event
 
 __all__ = ["HintBook", "HintConsumer", "HintEstimate", "HintKeepAlive"]
 
 log = logging.getLogger(__name__)
-_BACKOFF_MAX_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,52 +145,30 @@ class HintMetrics:
         )
 
 
-class HintConsumer:
+class HintConsumer(BusReader):
     """Reads ``alb.model-hints.v1`` into a :class:`HintBook` (see the module docstring)."""
 
     def __init__(
         self, bus: EventBus, book: HintBook, metrics: HintMetrics, *, group_prefix: str
     ) -> None:
-        self._bus = bus
+        super().__init__(
+            bus,
+            [Topic.MODEL_HINTS.value],
+            f"{group_prefix}-hints-{uuid.uuid4().hex[:12]}",
+            name="alb-hints",
+            from_beginning=False,
+            max_records=500,
+        )
         self.book = book
         self.metrics = metrics
-        self.group = f"{group_prefix}-hints-{uuid.uuid4().hex[:12]}"
-        #: Set while subscribed (tests wait for it).
-        self.ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self.run(), name="alb-hints")
+    async def consume(self, sub: Subscription, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            self.handle(delivery)
+        self.metrics.held.set(len(self.book))
 
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def run(self) -> None:
-        topics = [Topic.MODEL_HINTS.value]
-        backoff = 0.5
-        while True:
-            try:
-                async with self._bus.subscribe(topics, self.group, from_beginning=False) as sub:
-                    self.ready.set()
-                    self.metrics.reading.set(1)
-                    backoff = 0.5
-                    while True:
-                        for delivery in await sub.getmany(1.0, max_records=500):
-                            self.handle(delivery)
-                        self.metrics.held.set(len(self.book))
-            except BusError as exc:
-                log.warning("model hints: bus unavailable (%s); retrying", exc)
-            except Exception:  # a bug: keep reading, but say so
-                log.exception("model hints consumer failed; resubscribing")
-            finally:
-                self.ready.clear()
-                self.metrics.reading.set(0)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, _BACKOFF_MAX_S)
+    def subscribed(self, held: bool) -> None:
+        self.metrics.reading.set(1 if held else 0)
 
     def handle(self, delivery: Delivery) -> str:
         """Offer one delivery to the book; returns (and counts) the outcome."""

@@ -70,17 +70,17 @@ from bridge.placement import (
     eviction_value,
     route,
 )
+from bridge.reader import BusReader
 from bridge.scheduler import Lease, Scheduler
 from bridge.settings import Settings
 from bridge.upstream import Upstream
-from ingest.bus import BusError, CommitFailed, Delivery, EventBus
+from ingest.bus import Delivery, EventBus, Subscription
 from ingest.events import PrefetchEvent, Topic, WarmCacheEvent, parse_event, utcnow
 from ingest.prompts import PromptRegistry
 
 log = logging.getLogger(__name__)
 _SESSION = "alb-prefetch"
 _POLL_S = 0.02
-_BACKOFF_MAX_S = 10.0
 _WARM_TIMEOUT_S = 60.0
 Kind = Literal["prefetch", "warm"]
 
@@ -273,7 +273,7 @@ def judge(
     return Outcome(ACCEPTED, name, inputs)
 
 
-class Consumer:
+class Consumer(BusReader):
     """The consumer-group member and the actions (see the module docstring)."""
 
     def __init__(  # noqa: PLR0917
@@ -287,8 +287,13 @@ class Consumer:
         book: PrefetchBook,
         metrics: PrefetchMetrics,
     ) -> None:
+        super().__init__(
+            bus,
+            [Topic.PREFETCH.value, Topic.WARM_CACHE.value],
+            settings.consumer_group,
+            name="alb-consumer",
+        )
         self._settings = settings
-        self._bus = bus
         self._scheduler = scheduler
         self._fleet = scheduler.fleet
         self._upstream = upstream
@@ -299,45 +304,11 @@ class Consumer:
         self._seen = Seen(settings.events_seen_capacity)
         self._prefetch_bucket = TokenBucket(settings.prefetch_rate, settings.prefetch_burst)
         self._warm_bucket = TokenBucket(settings.warm_rate, settings.warm_burst)
-        #: Set while the member holds its partitions (tests wait for it).
-        self.ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
-    # --- lifecycle ----------------------------------------------------------------------
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self.run(), name="alb-consumer")
-
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def run(self) -> None:
-        topics = [Topic.PREFETCH.value, Topic.WARM_CACHE.value]
-        backoff = 0.5
-        while True:
-            try:
-                async with self._bus.subscribe(topics, self._settings.consumer_group) as sub:
-                    self.ready.set()
-                    backoff = 0.5
-                    while True:
-                        for delivery in await sub.getmany(1.0, max_records=100):
-                            await self.handle(delivery)
-                            await sub.commit(delivery)
-            except CommitFailed as exc:  # rebalanced: the new owner resumes from the commit
-                log.info("prefetch consumer: %s", exc)
-            except BusError as exc:
-                log.warning("prefetch consumer: bus unavailable (%s); retrying", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX_S)
-            except Exception:  # a bug: keep consuming, but say so
-                log.exception("prefetch consumer failed; rejoining")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX_S)
-            finally:
-                self.ready.clear()
+    async def consume(self, sub: Subscription, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            await self.handle(delivery)
+            await sub.commit(delivery)
 
     # --- one event ----------------------------------------------------------------------
     async def handle(self, delivery: Delivery) -> str:
