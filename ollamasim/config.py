@@ -125,6 +125,11 @@ class DaemonConfig(_Frozen):
     max_loaded_models: int = 0  # OLLAMA_MAX_LOADED_MODELS; 0 = 3 per GPU (one GPU)
     keep_alive: str | float = "5m"  # OLLAMA_KEEP_ALIVE
     context_length: int = 0  # OLLAMA_CONTEXT_LENGTH; 0 = VRAM-tier default
+    #: Seconds an unloaded runner stays in /api/ps, its memory still held, as on a GPU
+    #: while Ollama measures the VRAM before it lets the runner go (seen on an H100:
+    #: docs/real-ollama.md); requests for it wait until it has gone. 0: gone at once
+    #: (a CPU daemon).
+    unload_linger_s: float = Field(default=0.0, ge=0)
     models: tuple[str, ...] | None = None  # default: every fleet model
 
     @property

@@ -15,6 +15,9 @@ Mirrors server/sched.go of current Ollama:
   in-flight request). Idle runners expire after their keep-alive.
 * The load is tied to the requesting client: if it disconnects first the load
   is aborted (``load-aborted``).
+* With ``unload_linger_s`` (a GPU daemon) an unloaded runner stays listed in
+  ``/api/ps``, its memory held, for that long before it is gone; the ``unload`` event
+  marks the end.
 """
 
 from __future__ import annotations
@@ -185,6 +188,8 @@ class Engine:
 
     def request_expiration(self, runner: Runner, reason: str) -> None:
         """``requestImmediateExpirationLocked``: now if idle, else when idle."""
+        if runner.unloading:
+            return  # on its way out already (maybe lingering: its timer ends that)
         runner.cancel_timer()
         runner.keep_alive_ns = 0
         runner.unload_reason = reason
@@ -208,6 +213,16 @@ class Engine:
             return
         runner.unloading = True
         runner.cancel_timer()
+        linger = self.daemon.unload_linger_s
+        if linger > 0:  # listed, memory held, until the VRAM is back (a GPU)
+            runner.expires_at = self.clock.now()
+            loop = asyncio.get_running_loop()
+            runner.timer = loop.call_later(self.clock.to_wall(linger), self._gone, runner)
+            return
+        self._gone(runner)
+
+    def _gone(self, runner: Runner) -> None:
+        runner.timer = None
         if self.loaded.get(runner.key) is runner:
             del self.loaded[runner.key]
         self.emit("unload", runner.key, reason=runner.unload_reason, size=runner.size)
@@ -231,6 +246,9 @@ class Engine:
             runner = self.loaded.get(key)
             victim: Runner | None = None
             reason = f"evicted-for-{key}"
+            if runner is not None and runner.unloading:
+                await runner.unloaded.wait()  # its unload finishes first, then a new load
+                continue
             if runner is not None:
                 if policy.needs_reload(runner.options, p.options):
                     victim, reason = runner, "reload-options-changed"

@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any
 
 import httpx
+import pytest
 
 from bridge.fleet import Fleet
 from bridge.gpu import GpuMemory, GpuReading
@@ -67,8 +68,14 @@ async def _traffic(base_url: str, seed: int, stop_at: float) -> list[tuple[str, 
     return out
 
 
-async def test_randomised_traffic_never_exceeds_capacity_interrupts_or_evicts_pins() -> None:
-    with serve_in_thread(CONFIG) as fleet:
+@pytest.mark.parametrize("linger_s", [0.0, 20.0], ids=["cpu-unloads", "gpu-unloads"])
+async def test_randomised_traffic_never_exceeds_capacity_interrupts_or_evicts_pins(
+    linger_s: float,
+) -> None:
+    # gpu-unloads: an unloaded runner stays in /api/ps, memory held, for 20 simulated s
+    # (80 ms) as on a GPU (docs/real-ollama.md); the bridge must wait for it to go.
+    daemons_cfg = [{**d, "unload_linger_s": linger_s} for d in CONFIG["daemons"]]
+    with serve_in_thread({**CONFIG, "daemons": daemons_cfg}) as fleet:
         daemons = ",".join(f"{d.name}={d.base_url}?parallel=2&memory=24GB" for d in fleet.daemons)
         settings = load_settings(
             {"ALB_DAEMONS": daemons, "ALB_PINNED": PINNED, "ALB_REFRESH_INTERVAL": "0.5"}

@@ -379,3 +379,29 @@ def test_event_log_is_bounded_and_counts_what_it_let_go() -> None:
         assert kinds[-1] == "request-end"
         total = int(r.headers["x-sim-events-dropped"]) + len(kinds)
         assert total >= 8  # load-start, loaded, 3 x (request-start, request-end)
+
+
+def test_a_gpu_daemon_lists_an_unloaded_runner_until_its_memory_is_back() -> None:
+    # What an H100 showed (docs/real-ollama.md): after the keep_alive 0 reply /api/ps still
+    # lists the runner, expires_at = the unload; loads that need its memory, and requests
+    # for the model itself, wait until it has gone. 30 simulated s = 0.3 s of wall time.
+    with serve_in_thread(fleet_config(unload_linger_s=30.0)) as f:
+        d = f.daemon("d")
+        with client(d) as c:
+            assert c.post("/api/generate", json={"model": "medium"}).status_code == 200
+            r = c.post("/api/generate", json={"model": "medium", "keep_alive": 0})
+            assert r.json()["done_reason"] == "unload"
+            ps = c.get("/api/ps").json()["models"]
+            assert [m["name"] for m in ps] == ["medium:latest"]  # not gone yet
+            n = len(d.events())
+            # large (7 GiB) fits 10 GiB only once medium (5 GiB) has gone; then medium again
+            assert c.post("/api/generate", json={"model": "large"}).status_code == 200
+            assert c.post("/api/generate", json={"model": "medium"}).status_code == 200
+        assert _kinds(d.events(), n) == [
+            ("unload", "medium:latest", "requested"),
+            ("load-start", "large:latest", None),
+            ("loaded", "large:latest", None),
+            ("unload", "large:latest", "evicted-for-medium:latest"),
+            ("load-start", "medium:latest", None),
+            ("loaded", "medium:latest", None),
+        ]
