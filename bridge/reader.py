@@ -68,11 +68,13 @@ class BusReader:
         backoff = 0.5
         subscribe = self._bus.subscribe
         while True:
+            held = False
             try:
                 async with subscribe(
                     self.topics, self.group, from_beginning=self._from_beginning
                 ) as sub:
                     self.ready.set()
+                    held = True
                     self.subscribed(True)
                     backoff = 0.5
                     while True:
@@ -86,6 +88,7 @@ class BusReader:
                 log.exception("%s failed; subscribing again", self._name)
             finally:
                 self.ready.clear()
-                self.subscribed(False)
+                if held:
+                    self.subscribed(False)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _BACKOFF_MAX_S)
