@@ -187,5 +187,8 @@ def _wire(
             events.state_changed(change)
 
     bridge.sink = finished
+    bridge.metrics.in_flight.source = lambda: [
+        ([daemon, key], gate.busy) for (daemon, key), gate in scheduler.gates.items()
+    ]
     bridge.on_decision = None if events is None else events.decided
     scheduler.loader.on_state = state_changed

@@ -38,6 +38,12 @@ class BadRequest(BridgeError):
     status = 400
 
 
+class Internal(BridgeError):
+    """A bug in the bridge: 500 in the API's shape, with the id it was logged under."""
+
+    status = 500
+
+
 class Unauthorized(BridgeError):
     status = 401
 

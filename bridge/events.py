@@ -94,6 +94,12 @@ class EventsMetrics:
             "Records the recorder could not turn into an event (a bug: logged).",
             registry=registry,
         )
+        self.clamped = Counter(
+            "alb_events_clamped",
+            "Access-log fields clamped or nulled to fit the event (a client's huge number).",
+            ["field"],
+            registry=registry,
+        )
         self.registry_errors = Counter(
             "alb_prompt_registry_errors",
             "System prompts the registry could not store (Redis unreachable).",
@@ -157,6 +163,10 @@ class Events:
         """The shipper could not build a record's event (it logged why)."""
         self.metrics.failures.inc()
 
+    def clamped(self, field: str) -> None:
+        """A field of an access-log event was clamped to fit (the event was written)."""
+        self.metrics.clamped.labels(field=field).inc()
+
     def decided(self, decision: Decision) -> None:
         self._put(decision)
 
@@ -199,7 +209,7 @@ class Events:
             event: Event | Record | None
             system = None
             if isinstance(item, RequestRecord):
-                event, system = access_log_record(item, self.producer)
+                event, system = access_log_record(item, self.producer, on_clamped=self.clamped)
                 kind = "access_log"
             elif isinstance(item, Decision):
                 event, kind = decision_event(item, self.producer), "decision"
@@ -297,6 +307,7 @@ async def open_events(settings: Settings, registry: CollectorRegistry) -> AsyncI
                 # ``events`` is created below, before the child can report anything.
                 on_prompt=lambda text: events.register_prompt(text),  # noqa: PLW0108
                 on_failed=lambda: events.build_failed(),  # noqa: PLW0108
+                on_clamped=lambda field: events.clamped(field),  # noqa: PLW0108
                 restarts=restarts,
             )
         else:

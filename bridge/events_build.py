@@ -14,10 +14,11 @@ and the loader's state changes onto their topics.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
@@ -131,11 +132,26 @@ def conversation(endpoint: str, doc: Mapping[str, Any]) -> tuple[str | None, lis
     return system, ([("system", system)] if system else []) + [("user", prompt)]
 
 
+#: The largest integer an event carries (a signed 64-bit integer, as the schemas'
+#: consumers read it); a larger value a client or a daemon sent is clamped to it.
+INT_MAX = 2**63 - 1
+#: Called with a field's name when its value was clamped or nulled to fit the event.
+Clamped = Callable[[str], None]
+
+
+def _bounded(field: str, value: int | None, on_clamped: Clamped | None) -> int | None:
+    if value is None or value <= INT_MAX:
+        return value
+    if on_clamped is not None:
+        on_clamped(field)
+    return INT_MAX
+
+
 def token_counts(tail: bytes) -> tuple[int | None, int | None]:
     """``(prompt tokens, output tokens)`` from the last frame (native or OpenAI usage)."""
     prompt = output = None
-    for m in _COUNTS.finditer(tail):
-        field, value = m.group(1), int(m.group(2))
+    for m in _COUNTS.finditer(tail[-4096:]):
+        field, value = m.group(1), int(m.group(2)[:20])
         if field in (b"prompt_eval_count", b"prompt_tokens"):
             prompt = value
         else:
@@ -157,9 +173,12 @@ def status_of(record: RequestRecord) -> tuple[Status, str | None]:
     return ("rejected" if record.error in _REFUSALS else "error"), kind
 
 
-def _access_log_fields(record: RequestRecord, producer: str) -> tuple[dict[str, Any], str | None]:
+def _access_log_fields(
+    record: RequestRecord, producer: str, on_clamped: Clamped | None = None
+) -> tuple[dict[str, Any], str | None]:
     """The access-log event's fields (all but ``event_id`` and ``ts``), each within the
-    model's constraints by construction, and the system prompt to register (or None)."""
+    model's constraints by construction (an integer past 64 bits is clamped, and
+    ``on_clamped`` told), and the system prompt to register (or None)."""
     doc = record.doc or {}
     session, source, key_id = identify(record.headers, record.doc)
     system, pairs = conversation(record.endpoint, doc)
@@ -169,7 +188,9 @@ def _access_log_fields(record: RequestRecord, producer: str) -> tuple[dict[str, 
         (v.decode("latin-1") for k, v in record.headers if k == b"x-request-id"), None
     )
     native = record.api != "openai"
-    requested = client_num_ctx(doc) if native else None
+    requested = _bounded("num_ctx_requested", client_num_ctx(doc) if native else None, on_clamped)
+    prompt_tokens = _bounded("prompt_tokens", prompt_tokens, on_clamped)
+    output_tokens = _bounded("output_tokens", output_tokens, on_clamped)
     fields: dict[str, Any] = {
         "producer": producer[:_NAME_MAX] or "-",
         "request_id": request_id,
@@ -203,20 +224,40 @@ def _ts(record: RequestRecord) -> datetime:
     return datetime.fromtimestamp(record.finished_at, UTC) if record.finished_at else utcnow()
 
 
-def access_log_event(record: RequestRecord, producer: str) -> tuple[AccessLogEvent, str | None]:
+def _safe_fields(
+    record: RequestRecord, producer: str, on_clamped: Clamped | None
+) -> tuple[dict[str, Any], str | None]:
+    """``_access_log_fields``; should a value still defeat it, the event without what
+    came from the body and the last frame (``on_clamped("body")``): never no event."""
+    try:
+        return _access_log_fields(record, producer, on_clamped)
+    except Exception:
+        if on_clamped is not None:
+            on_clamped("body")
+        bare = dataclasses.replace(record, doc=None, headers=[], tail=b"")
+        return _access_log_fields(bare, producer, on_clamped)
+
+
+def access_log_event(
+    record: RequestRecord, producer: str, on_clamped: Clamped | None = None
+) -> tuple[AccessLogEvent, str | None]:
     """The access-log event of ``record`` (the validated model) and the system prompt to
     register (or None). The bridge publishes ``access_log_record``, its fast twin."""
-    fields, system = _access_log_fields(record, producer)
+    fields, system = _safe_fields(record, producer, on_clamped)
     return AccessLogEvent(ts=_ts(record), **fields), system
 
 
 def access_log_record(
-    record: RequestRecord, producer: str, *, event_id: str | None = None
+    record: RequestRecord,
+    producer: str,
+    *,
+    event_id: str | None = None,
+    on_clamped: Clamped | None = None,
 ) -> tuple[Record, str | None]:
     """``access_log_event``'s record, serialised straight from the fields (no model, no
     validation: ~4x cheaper) with ``event_id`` (default: a fresh one); same bytes as the
     model's JSON."""
-    fields, system = _access_log_fields(record, producer)
+    fields, system = _safe_fields(record, producer, on_clamped)
     value = access_log_json(event_id=event_id or new_event_id(), ts=_ts(record), **fields)
     return Record(_ACCESS_LOG, fields["session"] or fields["api_key_id"], value), system
 

@@ -13,9 +13,11 @@ label tuple costs one dict lookup afterwards. Bounded labels keep the caches sma
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -61,6 +63,25 @@ class Children(Generic[_M]):
         return child
 
 
+class GaugeFrom:
+    """A labelled gauge read at scrape time from ``source`` (``(label values, value)``
+    pairs): the state it shows is the one the bridge acts on, not a copy kept beside it."""
+
+    def __init__(self, name: str, doc: str, labels: list[str], registry: CollectorRegistry):
+        self._name, self._doc, self._labels = name, doc, labels
+        self.source: Callable[[], Iterable[tuple[list[str], float]]] = list
+        registry.register(self)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(self._name, self._doc, labels=self._labels)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self._name, self._doc, labels=self._labels)
+        for values, value in self.source():
+            family.add_metric(values, value)
+        yield family
+
+
 class Metrics:
     """Every collector the bridge exports."""
 
@@ -100,11 +121,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge(
+        #: Slots held, read from the scheduler's gates (the counters admission uses).
+        self.in_flight = GaugeFrom(
             "alb_in_flight",
-            "Requests running upstream, per daemon and model.",
+            "Requests holding a slot (running upstream), per daemon and model.",
             ["daemon", "model"],
-            registry=r,
+            r,
         )
         self.loads = Counter(
             "alb_loads",
@@ -193,7 +215,6 @@ class Metrics:
         self.requests_by = Children(self.requests)
         self.latency_by = Children(self.latency)
         self.ttft_by = Children(self.ttft)
-        self.in_flight_by = Children(self.in_flight)
         self.retries_by = Children(self.upstream_retries)
         self.num_ctx_choice = Children(self.num_ctx_choices)
 

@@ -100,7 +100,8 @@ def prompt_size(doc: Mapping[str, Any]) -> PromptSize:
             chars += len(value)
         elif isinstance(value, list):  # /v1/completions accepts a list of prompts
             chars += sum(len(v) for v in value if isinstance(v, str))
-    for msg in doc.get("messages") or ():
+    msgs = doc.get("messages")
+    for msg in msgs if isinstance(msgs, list) else ():
         if not isinstance(msg, dict):
             continue
         messages += 1
@@ -109,8 +110,9 @@ def prompt_size(doc: Mapping[str, Any]) -> PromptSize:
         images += i
         imgs = msg.get("images")
         images += len(imgs) if isinstance(imgs, list) else 0
-        for call in msg.get("tool_calls") or ():
-            chars += len(orjson.dumps(call))
+        calls = msg.get("tool_calls")
+        if isinstance(calls, list):
+            chars += sum(len(orjson.dumps(call)) for call in calls)
     imgs = doc.get("images")
     images += len(imgs) if isinstance(imgs, list) else 0
     tools = doc.get("tools")

@@ -1,10 +1,13 @@
 """Request parsing and the body rewrite: pure functions, no I/O.
 
-``parse`` decodes a request body once and checks what the bridge relies on
-(the model name and the types of the fields it reads), raising ``BadRequest``
-— never anything else — for bad input. ``rewrite`` applies the keep-alive
-policy and returns the original bytes whenever nothing changes, so most
-requests are forwarded byte for byte.
+``parse`` decodes a request body once (``bridge.jsonbody``: the limits, and Go's
+case-insensitive reading of the fields of Ollama's request structs) and checks what
+the bridge relies on (the model name and the types of the fields it reads), raising
+``BadRequest`` — never anything else — for bad input, naming the field. Only the
+fields of the route's own struct are read, as Ollama reads them: ``messages`` on
+``/api/generate`` is an unknown field to both. ``rewrite`` applies the keep-alive
+policy and returns the original bytes whenever nothing changes, so most requests are
+forwarded byte for byte (a body whose keys were folded is forwarded re-encoded).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from bridge import keepalive, names
+from bridge import jsonbody, keepalive, names
 from bridge.errors import Api, BadRequest, Forbidden
 
 #: Options that select a runner; a change forces Ollama to reload (api.Runner).
@@ -45,10 +48,87 @@ class Endpoint:
     #: generate and chat treat "no prompt + keep_alive 0" as an unload request.
     can_unload: bool = False
 
+    @property
+    def fields(self) -> frozenset[str]:
+        """The top-level fields of the Go struct Ollama decodes this route's body into."""
+        return STRUCT_FIELDS.get(self.path, frozenset())
+
     def not_found(self, model: str) -> str:
         if self.embed_style_404:
             return f'model "{model}" not found, try pulling it first'
         return f"model '{model}' not found"
+
+
+def _fields(*names_: str) -> frozenset[str]:
+    return frozenset(names_)
+
+
+_NATIVE_COMMON = _fields("model", "keep_alive", "options", "truncate")
+_NATIVE_INFER = _NATIVE_COMMON | _fields(
+    "stream", "format", "think", "shift", "_debug_render_only", "logprobs", "top_logprobs"
+)
+_OPENAI_COMMON = _fields(
+    "model", "stream", "stream_options", "max_tokens", "seed", "stop", "temperature",
+    "frequency_penalty", "presence_penalty", "top_p", "logprobs", "_debug_render_only",
+)  # fmt: skip
+#: The fields of the structs Ollama v0.17.4 decodes each route's body into
+#: (``api/types.go``: GenerateRequest, ChatRequest, EmbedRequest, EmbeddingRequest,
+#: ShowRequest; ``openai/openai.go``: ChatCompletionRequest, CompletionRequest,
+#: EmbedRequest). Go's ``encoding/json`` matches their keys case-insensitively.
+STRUCT_FIELDS: dict[str, frozenset[str]] = {
+    "/api/generate": _NATIVE_INFER
+    | _fields(
+        "prompt",
+        "suffix",
+        "system",
+        "template",
+        "context",
+        "raw",
+        "images",
+        "width",
+        "height",
+        "steps",
+    ),
+    "/api/chat": _NATIVE_INFER | _fields("messages", "tools"),
+    "/api/embed": _NATIVE_COMMON | _fields("input", "dimensions"),
+    "/api/embeddings": _fields("model", "prompt", "keep_alive", "options"),
+    "/api/show": _fields("model", "name", "system", "template", "verbose", "options"),
+    "/v1/chat/completions": _OPENAI_COMMON
+    | _fields("messages", "response_format", "tools", "reasoning", "reasoning_effort")
+    | _fields("top_logprobs"),
+    "/v1/completions": _OPENAI_COMMON | _fields("prompt", "suffix"),
+    "/v1/embeddings": _fields("model", "input", "dimensions", "encoding_format"),
+}
+#: The fields of one message (``api.Message``; ``openai.Message``).
+MESSAGE_FIELDS: dict[Api, frozenset[str]] = {
+    Api.NATIVE: _fields(
+        "role", "content", "thinking", "images", "tool_calls", "tool_name", "tool_call_id"
+    ),
+    Api.OPENAI: _fields("role", "content", "reasoning", "tool_calls", "name", "tool_call_id"),
+}
+
+_STR = ((str,), "string")
+_LIST = ((list,), "array")
+_OBJECT = ((dict,), "object")
+_NUMBER = ((int, float), "number")
+#: The types the bridge relies on, for the fields it reads (``None`` is always accepted:
+#: Go leaves the field unset). Checked only where the route's struct has the field.
+FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "name": _STR,
+    "options": _OBJECT,
+    "system": _STR,
+    "suffix": _STR,
+    "images": _LIST,
+    "messages": _LIST,
+    "tools": _LIST,
+    "max_tokens": _NUMBER,
+    "stream_options": _OBJECT,
+}
+_MESSAGE_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "role": _STR,
+    "images": _LIST,
+    "tool_calls": _LIST,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +142,8 @@ class Parsed:
     runner_options: dict[str, Any]
     user: str | None
     doc: dict[str, Any]
+    #: Keys were renamed to their fields' spelling: the body must be re-encoded.
+    folded: bool = False
 
 
 _PAYLOAD_TYPES: dict[str, tuple[type, ...]] = {
@@ -83,18 +165,52 @@ def _type_error(field: str, value: Any, want: str) -> BadRequest:
     return BadRequest(f"invalid type for '{field}': expected {want}, got {got}")
 
 
+def _check_types(
+    obj: dict[str, Any], types: dict[str, tuple[tuple[type, ...], str]], where: str
+) -> None:
+    for field, (allowed, want) in types.items():
+        value = obj.get(field)
+        if value is not None and (not isinstance(value, allowed) or isinstance(value, bool)):
+            raise _type_error(where + field, value, want)
+
+
+def _read_messages(doc: dict[str, Any], ep: Endpoint) -> list[Any] | None:
+    """Check ``messages`` (objects, Go-folded keys, field types); a new list when a
+    message's keys were renamed, else None."""
+    messages = doc.get("messages")
+    if not isinstance(messages, list):
+        return None
+    fields = MESSAGE_FIELDS[ep.api]
+    content_types = (str, list) if ep.api is Api.OPENAI else (str,)
+    out: list[Any] | None = None
+    for i, msg in enumerate(messages):
+        where = f"messages[{i}]."
+        if not isinstance(msg, dict):
+            raise _type_error(where[:-1], msg, "object")
+        folded = jsonbody.fold_keys(msg, fields, where)
+        content = folded.get("content")
+        if content is not None and not isinstance(content, content_types):
+            raise _type_error(where + "content", content, "string")
+        _check_types(folded, _MESSAGE_TYPES, where)
+        if folded is not msg:
+            out = list(messages) if out is None else out
+            out[i] = folded
+    return out
+
+
 def parse(body: bytes, ep: Endpoint) -> Parsed:
     """Decode and check a request body; ``BadRequest``/``Forbidden`` on bad input."""
-    if not body.strip():
-        raise BadRequest("missing request body")
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"invalid JSON: {exc.msg}") from None
-    if not isinstance(doc, dict):
-        raise BadRequest("the request body must be a JSON object")
+    raw = jsonbody.decode(body)
+    fields = ep.fields
+    doc = jsonbody.fold_keys(raw, fields) if fields else raw
+    folded = doc is not raw
+    messages = _read_messages(doc, ep) if "messages" in fields else None
+    if messages is not None:
+        doc = {**doc, "messages": messages}
+        folded = True
+    _check_types(doc, {f: t for f, t in FIELD_TYPES.items() if f in fields}, "")
     model = doc.get("model")
-    if model is None and ep.api is Api.NATIVE:
+    if model is None and "name" in fields:
         model = doc.get("name")
     if model is None or model == "":
         raise BadRequest("model is required")
@@ -129,7 +245,7 @@ def parse(body: bytes, ep: Endpoint) -> Parsed:
             raise _type_error(ep.payload, payload, "string or array")
         if ep.api is Api.NATIVE and not payload:
             kind = Kind.UNLOAD if keep == 0 and ep.can_unload else Kind.LOAD
-    return Parsed(model, names.key(model), kind, stream, keep, runner, user, doc)
+    return Parsed(model, names.key(model), kind, stream, keep, runner, user, doc, folded)
 
 
 def effective_keep_alive(parsed: Parsed, policy: str, low: float, high: float) -> float | None:
@@ -190,4 +306,6 @@ def rewrite(
             doc = dict(parsed.doc) if doc is None else doc
             if opts or old is not None:
                 doc["options"] = opts
-    return body if doc is None else orjson.dumps(doc)
+    if doc is None:
+        return orjson.dumps(parsed.doc) if parsed.folded else body
+    return orjson.dumps(doc)

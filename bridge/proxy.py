@@ -44,7 +44,8 @@ from bridge.openai_native import NATIVE_PATH, Translator, to_native
 from bridge.parsing import KEEP, Endpoint, Kind, Parsed, parse, rewrite
 from bridge.records import RequestRecord
 from bridge.relay import HEARTBEAT, Exchange, read_body, relay, watch_disconnect
-from bridge.scheduler import Lease, Ticket
+from bridge.responses import internal_error
+from bridge.scheduler import Lease, Scheduler, Ticket
 
 _SSE_TYPE = b"text/event-stream"
 #: Placements one request may go through (failovers and re-placements included).
@@ -128,6 +129,11 @@ class InferenceRoute:
             if not ex.client_gone:
                 raise
             task.uncancel()
+        except Exception:  # a bug: answered in the API's shape, logged with an id
+            bug = internal_error(f"{ep.path} request")
+            state.error = bug
+            with contextlib.suppress(Exception):
+                await ex.fail(bug)
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -162,67 +168,67 @@ class InferenceRoute:
             except Replaced as err:
                 failure = err
                 continue
-            state.lease = lease
-            state.daemon = lease.daemon.name
-            if not ex.started:
-                ex.extra_headers = _alb_headers(lease, lease.queue_ms, lease.load_ms)
-            path, translator = self._ep.path, None
-            if need.auto and not lease.gate.auto and lease.gate.ctx:
-                # A /v1 request on a runner at another context (``Need.translate``):
-                # the native API with the runner's num_ctx, answered in OpenAI's shape.
-                path = NATIVE_PATH[path]
+            with _Held(rt.scheduler, lease) as held:
+                state.lease = lease
+                state.daemon = lease.daemon.name
+                if not ex.started:
+                    ex.extra_headers = _alb_headers(lease, lease.queue_ms, lease.load_ms)
+                path, forward, translator = self._forward(lease, body, parsed, need)
+                held.used = True
                 try:
-                    forward = to_native(self._ep.path, parsed.doc, lease.gate.ctx)
-                except BadRequest:
-                    rt.scheduler.release(lease, used=False)
+                    end = await relay(
+                        rt.upstream,
+                        ex,
+                        lease.daemon.url,
+                        path,
+                        forward,
+                        retries=settings.upstream_retries,
+                        on_retry=metrics.retries_by(lease.daemon.name).inc,
+                        translator=translator,
+                    )
+                    state.stream_failed = end is End.ERROR
+                except BridgeError as err:
+                    if err.retriable and not ex.sent_upstream_bytes:
+                        # Nothing reached the client: try another daemon. Only transport
+                        # failures count against the daemon's circuit (a 5xx is the model's).
+                        if isinstance(err, UpstreamUnreachable):
+                            rt.scheduler.report_failure(lease.daemon, err.message)
+                        metrics.failovers.labels(daemon=lease.daemon.name).inc()
+                        exclude.add(lease.daemon.name)
+                        failure = err
+                        continue
+                    state.stream_failed = ex.sent_upstream_bytes
                     raise
-                translator = Translator.for_request(
-                    self._ep.path, parsed.doc, random.randrange(999), int(time.time())
-                )
-                metrics.num_ctx_choice("translated").inc()
-            else:
-                forward = rewrite(
-                    body,
-                    parsed,
-                    settings.keep_alive_policy,
-                    settings.keep_alive_min,
-                    settings.keep_alive_max,
-                    num_ctx=None if lease.gate.auto else lease.gate.ctx or KEEP,
-                    strip_runner=settings.runner_options == "strip",
-                    native=self._ep.api is Api.NATIVE,
-                )
-            in_flight = metrics.in_flight_by(lease.daemon.name, lease.key)
-            in_flight.inc()
-            try:
-                end = await relay(
-                    rt.upstream,
-                    ex,
-                    lease.daemon.url,
-                    path,
-                    forward,
-                    retries=settings.upstream_retries,
-                    on_retry=metrics.retries_by(lease.daemon.name).inc,
-                    translator=translator,
-                )
-                state.stream_failed = end is End.ERROR
-            except BridgeError as err:
-                if err.retriable and not ex.sent_upstream_bytes:
-                    # Nothing reached the client: try another daemon. Only transport
-                    # failures count against the daemon's circuit (a 5xx is the model's).
-                    if isinstance(err, UpstreamUnreachable):
-                        rt.scheduler.report_failure(lease.daemon, err.message)
-                    metrics.failovers.labels(daemon=lease.daemon.name).inc()
-                    exclude.add(lease.daemon.name)
-                    failure = err
-                    continue
-                state.stream_failed = ex.sent_upstream_bytes
-                raise
-            finally:
-                in_flight.dec()
-                rt.scheduler.release(lease)
             self._calibrate(rt, parsed, ex, state)
             return
         raise failure or Unavailable("no daemon could serve the request", retry_after=5)
+
+    def _forward(
+        self, lease: Lease, body: bytes, parsed: Parsed, need: Need
+    ) -> tuple[str, bytes, Translator | None]:
+        """The path and bytes to send for ``lease``'s runner, and the translator of the
+        answer (None: the daemon's answer goes to the client as it is)."""
+        settings = self._bridge.settings
+        if need.auto and not lease.gate.auto and lease.gate.ctx:
+            # A /v1 request on a runner at another context (``Need.translate``):
+            # the native API with the runner's num_ctx, answered in OpenAI's shape.
+            forward = to_native(self._ep.path, parsed.doc, lease.gate.ctx)
+            translator = Translator.for_request(
+                self._ep.path, parsed.doc, random.randrange(999), int(time.time())
+            )
+            self._bridge.metrics.num_ctx_choice("translated").inc()
+            return NATIVE_PATH[self._ep.path], forward, translator
+        forward = rewrite(
+            body,
+            parsed,
+            settings.keep_alive_policy,
+            settings.keep_alive_min,
+            settings.keep_alive_max,
+            num_ctx=None if lease.gate.auto else lease.gate.ctx or KEEP,
+            strip_runner=settings.runner_options == "strip",
+            native=self._ep.api is Api.NATIVE,
+        )
+        return self._ep.path, forward, None
 
     def _need(self, rt: Runtime, parsed: Parsed, info: ModelInfo | None, state: _State) -> Need:
         ep = self._ep
@@ -348,6 +354,25 @@ class InferenceRoute:
 
 def _error_name(err: BridgeError | None) -> str | None:
     return None if err is None else type(err).__name__
+
+
+class _Held:
+    """A slot held for one ``with`` block and given back exactly once when the block
+    ends, however it ends (an answer, a failover, a bug, a cancellation). ``used``:
+    the request went upstream (the slot's service time counts)."""
+
+    __slots__ = ("_lease", "_scheduler", "used")
+
+    def __init__(self, scheduler: Scheduler, lease: Lease) -> None:
+        self._scheduler = scheduler
+        self._lease = lease
+        self.used = False
+
+    def __enter__(self) -> _Held:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._scheduler.release(self._lease, used=self.used)
 
 
 class _State:

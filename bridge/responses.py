@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -9,7 +11,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from bridge.errors import JSON_TYPE, Api, BridgeError, render
+from bridge.errors import JSON_TYPE, Api, BridgeError, Internal, render
+
+log = logging.getLogger("alb.errors")
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -28,6 +32,14 @@ def error_response(err: BridgeError, api: Api) -> Response:
     return resp
 
 
+def internal_error(where: str) -> Internal:
+    """The answer to an unexpected exception (call it in an ``except`` block): logged
+    with its traceback under a fresh id, which the client sees, never the traceback."""
+    ident = secrets.token_hex(6)
+    log.exception("internal error %s in %s", ident, where)
+    return Internal(f"internal error in the bridge (logged as {ident})")
+
+
 def guard(api: Api) -> Callable[[Handler], Handler]:
     """Answer any ``BridgeError`` a handler raises in ``api``'s shape (the one
     boundary where the error tree meets HTTP for these routes)."""
@@ -38,6 +50,8 @@ def guard(api: Api) -> Callable[[Handler], Handler]:
                 return await handler(request)
             except BridgeError as err:
                 return error_response(err, api)
+            except Exception:
+                return error_response(internal_error(request.url.path), api)
 
         wrapped.__name__ = handler.__name__
         wrapped.__doc__ = handler.__doc__

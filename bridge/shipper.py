@@ -35,7 +35,8 @@ and ``("ping",)``; ``payload`` is the ``marshal`` string of a list of items, the
 of index ``start``: ``("a", fields)`` (a request record) or ``("r", topic, key,
 value)`` (an event built in the bridge: decisions, model state). Child to bridge:
 ``("ack", settled, idle, families)``, ``("prompt", text)``, ``("log", logger, level,
-message)`` and ``("failed",)`` (a record it could not build).
+message)``, ``("clamped", field)`` (an access-log field clamped to fit) and
+``("failed",)`` (a record it could not build).
 """
 
 from __future__ import annotations
@@ -202,10 +203,13 @@ class Shipper:
         on_prompt: Callable[[str], None],
         on_failed: Callable[[], None],
         restarts: Counter | None = None,
+        *,
+        on_clamped: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self._on_prompt = on_prompt
         self._on_failed = on_failed
+        self._on_clamped = on_clamped
         self._limit = 2 * config.queue_max
         self._pending: list[tuple[Any, ...]] = []
         self._requests = 0  # request records pending, for ``built``
@@ -401,7 +405,10 @@ class Shipper:
             marshal.dumps(item)
         except ValueError:
             built, _ = access_log_record(
-                RequestRecord(*item[1]), self.config.producer, event_id=self.event_id(index)
+                RequestRecord(*item[1]),
+                self.config.producer,
+                event_id=self.event_id(index),
+                on_clamped=self._on_clamped,
             )
             return ("r", built.topic, built.key, built.value)
         return item
@@ -498,6 +505,8 @@ class Shipper:
             logging.getLogger(name).log(level, "%s", text)
         elif kind == "failed":
             self._on_failed()
+        elif kind == "clamped" and self._on_clamped is not None:
+            self._on_clamped(message[1])
 
     def _retire_counters(self) -> None:
         """Carry the dead child's counters into the next one's (they restart at 0)."""
@@ -573,7 +582,10 @@ class _Child:
                 continue
             try:
                 record, system = access_log_record(
-                    RequestRecord(*item[1]), producer, event_id=event_id_at(seed, index)
+                    RequestRecord(*item[1]),
+                    producer,
+                    event_id=event_id_at(seed, index),
+                    on_clamped=self._clamped,
                 )
             except Exception:
                 log.exception("could not build an access-log event")
@@ -582,6 +594,9 @@ class _Child:
             self.sender.offer(record)
             if system is not None:
                 self._prompt(system, now)
+
+    def _clamped(self, field: str) -> None:
+        self.send(("clamped", field))
 
     def _prompt(self, text: str, now: float) -> None:
         last = self._prompts.get(text)
