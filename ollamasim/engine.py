@@ -10,6 +10,9 @@ Mirrors server/sched.go of current Ollama:
   ``processPending``: reuse, or pick a runner to expire (max runners reached,
   options changed, or the new model does not fit) and wait for that unload, or
   load. Loads are sequential, so a cold load blocks other cold loads.
+* A load larger than the daemon's whole memory fails at once with Ollama's 500
+  "model requires more system memory (X) than is available (Y)"; nothing is unloaded
+  for it, and a runner of the model it would have replaced keeps serving.
 * A runner is unloaded only when its reference count is zero; asking for an
   eviction of a busy runner marks it ``expire_on_idle`` (Ollama never cuts an
   in-flight request). Idle runners expire after their keep-alive.
@@ -242,6 +245,24 @@ class Engine:
 
     async def _schedule(self, p: _Pending) -> None:
         key = p.model.key
+        parallel = policy.parallel_for(
+            self.daemon.num_parallel,
+            completion=not p.model.is_embedding_only,
+            family=p.model.family,
+        )
+        size = policy.runner_size(
+            p.model.size, p.model.kv_bytes_per_token, p.options.num_ctx, parallel
+        )
+        if size > self.daemon.memory:
+            # More than the whole daemon: Ollama's memory error, before anything is
+            # unloaded for it (the runner it would replace keeps serving).
+            msg = (
+                f"model requires more system memory ({human_bytes2(size)}) "
+                f"than is available ({human_bytes2(self.daemon.memory)})"
+            )
+            self.emit("load-failed", key, reason="insufficient-memory", size=size)
+            p.future.set_exception(ScheduleError(500, msg))
+            return
         while not p.abandoned.is_set():
             runner = self.loaded.get(key)
             victim: Runner | None = None
@@ -259,22 +280,6 @@ class Engine:
             elif len(self.loaded) >= self.daemon.max_runners:
                 victim = self._pick_victim()
             else:
-                parallel = policy.parallel_for(
-                    self.daemon.num_parallel,
-                    completion=not p.model.is_embedding_only,
-                    family=p.model.family,
-                )
-                size = policy.runner_size(
-                    p.model.size, p.model.kv_bytes_per_token, p.options.num_ctx, parallel
-                )
-                if not self.loaded and size > self.daemon.memory:
-                    msg = (
-                        f"model requires more system memory ({human_bytes2(size)}) "
-                        f"than is available ({human_bytes2(self.daemon.memory)})"
-                    )
-                    self.emit("load-failed", key, reason="insufficient-memory", size=size)
-                    p.future.set_exception(ScheduleError(500, msg))
-                    return
                 if policy.fits(self.daemon.memory, self.memory_used(), size):
                     await self._load(p, parallel, size)
                     return
