@@ -1,4 +1,8 @@
-"""Operations endpoints: liveness, readiness, Prometheus metrics, model state."""
+"""Operations endpoints: liveness, readiness, Prometheus metrics, model state.
+
+Topology is for operators: daemon URLs (credentials masked even then) and this host's
+name appear only to a request in admin scope (``routes_admin.authorize``); everyone
+else sees the daemons' names."""
 
 from __future__ import annotations
 
@@ -10,9 +14,21 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from bridge.context import Bridge
+from bridge.errors import Forbidden, Unauthorized
 from bridge.metrics import CONTENT_TYPE
 from bridge.responses import json_response
+from bridge.routes_admin import authorize
 from bridge.shipper import Shipper
+
+
+def admin_scope(bridge: Bridge, request: Request) -> bool:
+    """The request may see what only operators see (daemon URLs, host names)."""
+    try:
+        authorize(bridge, request)
+    except (Forbidden, Unauthorized):
+        return False
+    return True
+
 
 _READY_RECHECK_S = 1.0
 
@@ -33,8 +49,13 @@ def routes(bridge: Bridge) -> list[BaseRoute]:
         if now - last_check[0] >= _READY_RECHECK_S:
             last_check[0] = now
             await rt.fleet.refresh_all(tags=False)
+        operator = admin_scope(bridge, request)
         daemons = {
-            d.name: {"up": d.up, "url": d.url, **({"error": d.error} if d.error else {})}
+            d.name: {
+                "up": d.up,
+                **({"url": d.spec.shown_url} if operator else {}),
+                **({"error": d.error} if d.error else {}),
+            }
             for d in rt.fleet.daemons.values()
         }
         ready = any(d.up for d in rt.fleet.daemons.values())
@@ -52,6 +73,7 @@ def routes(bridge: Bridge) -> list[BaseRoute]:
         if rt is None:
             return json_response({"daemons": []}, 503)
         out: list[dict[str, Any]] = []
+        operator = admin_scope(bridge, request)
         for d in rt.fleet.daemons.values():
             keys = set(d.loaded) | set(d.loading)
             keys |= {k for (n, k) in rt.scheduler.gates if n == d.name}
@@ -87,7 +109,7 @@ def routes(bridge: Bridge) -> list[BaseRoute]:
             out.append(
                 {
                     "name": d.name,
-                    "url": d.url,
+                    **({"url": d.spec.shown_url} if operator else {}),
                     "up": d.up,
                     "error": d.error or None,
                     "parallel": d.spec.parallel,
@@ -122,7 +144,7 @@ def routes(bridge: Bridge) -> list[BaseRoute]:
         return json_response(
             {
                 "mode": "kafka" if settings.kafka_bootstrap_servers else "embedded",
-                "producer": ev.producer,
+                "producer": ev.producer if admin_scope(bridge, request) else None,
                 "backlog": ev.backlog,
                 "sender_idle": ev.sender.idle,
                 "shipper": ev.sender.status() if isinstance(ev.sender, Shipper) else None,

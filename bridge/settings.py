@@ -14,13 +14,15 @@ else from ``OLLAMA_HOST`` in any of Ollama's forms (``host``, ``host:port``,
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,6 +53,17 @@ class DaemonSpec:
     #: The daemon's default num_ctx (its ``OLLAMA_CONTEXT_LENGTH``, else Ollama's VRAM
     #: tier): ``?default_ctx=4096`` or ``ALB_DEFAULT_NUM_CTX``; None = learn it.
     default_ctx: int | None = None
+    #: ``Basic …`` from credentials in the URL (``http://user:pass@host``), which ``url``
+    #: never holds: only the upstream client sends it, nothing shows it.
+    authorization: str | None = field(default=None, repr=False)
+
+    @property
+    def shown_url(self) -> str:
+        """The URL as operators see it: credentials, when configured, as ``***``."""
+        if self.authorization is None:
+            return self.url
+        scheme, rest = self.url.split("://", 1)
+        return f"{scheme}://***@{rest}"
 
 
 _UNITS = {
@@ -76,6 +89,19 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+def split_userinfo(value: str) -> tuple[str, str | None]:
+    """``http://user:pass@host:1`` -> ``("http://host:1", "Basic dXNlcjpwYXNz")``; the
+    credentials are percent-decoded, as in a URL."""
+    scheme, sep, rest = value.strip().rpartition("://")
+    authority, slash, tail = rest.partition("/")
+    userinfo, at, hostport = authority.rpartition("@")
+    if not at:
+        return value, None
+    user, _, password = userinfo.partition(":")
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+    return f"{scheme}{sep}{hostport}{slash}{tail}", f"Basic {token}"
+
+
 def normalise_ollama_host(value: str) -> str:
     """``OLLAMA_HOST`` forms → ``scheme://host:port`` (Ollama's ``envconfig.Host``)."""
     raw = value.strip().rstrip("/")
@@ -84,6 +110,7 @@ def normalise_ollama_host(value: str) -> str:
     scheme = "http"
     if "://" in raw:
         scheme, raw = raw.split("://", 1)
+    userinfo, at, raw = raw.rpartition("@")  # kept as given: ``parse_daemons`` takes it
     host, port = raw, ""
     if raw.startswith("["):
         end = raw.find("]")
@@ -96,7 +123,7 @@ def normalise_ollama_host(value: str) -> str:
         host = "127.0.0.1"
     if not port.isdigit():
         raise SettingsError(f"OLLAMA_HOST: invalid port in {value!r}")
-    return f"{scheme}://{host}:{port}"
+    return f"{scheme}://{userinfo}{at}{host}:{port}"
 
 
 class Settings(BaseSettings):
@@ -188,6 +215,12 @@ class Settings(BaseSettings):
     #: Consecutive failures that open a daemon's circuit; seconds before a half-open probe.
     breaker_failures: int = Field(3, ge=1)
     breaker_cooldown: float = Field(10.0, gt=0)
+    # --- failed loads teach placement (issue #12, finding 8) -----------------------------
+    #: Seconds a (daemon, model) whose load timed out or failed gets no load of the model
+    #: (others take it; alone, 503 + Retry-After); doubled per consecutive failure.
+    load_failure_cooldown: float = Field(30.0, gt=0)
+    #: The longest that cooldown grows to.
+    load_failure_cooldown_max: float = Field(600.0, gt=0)
     #: Decision records kept in memory (``GET /alb/v1/decisions``).
     decisions_capacity: int = Field(2048, ge=1)
 
@@ -248,6 +281,31 @@ class Settings(BaseSettings):
     sim_fallback: bool = False
     sim_config: str = ""
 
+    # --- the edge: Host/Origin checks, client connection and body limits (issue #12) ------
+    #: Extra allowed browser origins, comma-separated, one ``*`` wildcard each (as
+    #: ``OLLAMA_ORIGINS``; ``*`` alone: any). Ollama's defaults are always allowed.
+    origins: str = ""
+    #: Extra ``Host`` names accepted while listening on loopback, comma-separated
+    #: (``bridge.example.com``, ``*.corp.example``); ``*``: no Host check at all.
+    allowed_hosts: str = ""
+    #: Peers (IPs or CIDRs, comma-separated) whose ``X-Forwarded-For`` names the client;
+    #: empty: it is never read (uvicorn's FORWARDED_ALLOW_IPS is not used).
+    trusted_proxies: str = ""
+    #: Seconds a connection gets to send a whole request head (from accept, or from the
+    #: first byte of a keep-alive request); then it is closed.
+    header_timeout: float = Field(10.0, gt=0)
+    #: Seconds an idle keep-alive connection is kept between requests.
+    idle_timeout: float = Field(5.0, gt=0)
+    #: A request body must arrive at this average rate (bytes/s) once the grace is over.
+    body_min_rate: int = Field(64 * 1024, ge=0)
+    body_grace: float = Field(5.0, ge=0)
+    #: Open client connections; past it a new one gets a 503 (and at most 1 s to say what).
+    max_client_connections: int = Field(2048, ge=1)
+    #: Bytes of one request head (request line and headers); past it, 431 and close.
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    #: Request-body bytes all requests in progress may hold together; past it, 503.
+    body_budget_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+
     @field_validator("ollama_host")
     @classmethod
     def _ollama_host(cls, v: str) -> str:
@@ -265,9 +323,7 @@ class Settings(BaseSettings):
             memory = s.memory if s.memory is not None else default_memory
             local = s.local or s.name == self.local_daemon
             default_ctx = s.default_ctx or self.default_num_ctx or None
-            out.append(
-                DaemonSpec(s.name, s.url, s.parallel, s.max_loaded, memory, local, default_ctx)
-            )
+            out.append(dataclasses.replace(s, memory=memory, local=local, default_ctx=default_ctx))
         return tuple(out)
 
     def bucket_list(self) -> tuple[int, ...]:
@@ -319,7 +375,8 @@ def parse_daemons(text: str, parallel: int, max_loaded: int) -> tuple[DaemonSpec
         if not item:
             continue
         name, _, url = item.partition("=") if "=" in item.split("://")[0] else ("", "", item)
-        base = normalise_ollama_host(url.split("?", 1)[0])
+        bare, authorization = split_userinfo(url.split("?", 1)[0])
+        base = normalise_ollama_host(bare)
         query = parse_qs(urlsplit(url).query)
         par = _int_param(query, "parallel", parallel)
         mx = _int_param(query, "max_loaded", max_loaded)
@@ -330,7 +387,7 @@ def parse_daemons(text: str, parallel: int, max_loaded: int) -> tuple[DaemonSpec
         local = (query.get("local") or ["0"])[0].lower() in ("1", "true", "yes")
         default_ctx = _int_param(query, "default_ctx", 0) or None
         name = name.strip() or base.split("://", 1)[1]
-        specs.append(DaemonSpec(name, base, par, mx, memory, local, default_ctx))
+        specs.append(DaemonSpec(name, base, par, mx, memory, local, default_ctx, authorization))
     if not specs:
         raise SettingsError("ALB_DAEMONS: no daemon given")
     names = [s.name for s in specs]

@@ -17,6 +17,7 @@ daemon's handler yet (the relay retries only before the first byte).
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,13 +40,21 @@ _USER_AGENT = "alb-bridge"
 _KEEPALIVE_S = 30.0
 
 
+def _reason(exc: BaseException | None) -> str:
+    """What went wrong, without the address (clients see these messages)."""
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    return type(exc).__name__
+
+
 def _translate(exc: BaseException, where: str) -> BridgeError:
-    """aiohttp's failure as the bridge's error (``retriable``: try again is safe)."""
+    """aiohttp's failure as the bridge's error (``retriable``: try again is safe).
+    ``where`` names the daemon (never its URL: the message may reach a client)."""
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         # Connecting, or waiting for a free pooled connection, took too long.
         return UpstreamUnreachable(f"cannot reach {where} in time")
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamUnreachable(f"cannot reach {where}: {exc.os_error or exc}")
+        return UpstreamUnreachable(f"cannot reach {where}: {_reason(exc.os_error)}")
     if isinstance(exc, TimeoutError):  # sock_read or the overall backstop
         return UpstreamTimeout(f"{where} did not answer in time")
     if isinstance(
@@ -53,8 +62,8 @@ def _translate(exc: BaseException, where: str) -> BridgeError:
         aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | aiohttp.ClientPayloadError,
     ):
         # A kept-alive connection the daemon had just closed, or a reply cut short.
-        return UpstreamUnreachable(f"connection to {where} broke: {exc or type(exc).__name__}")
-    return UpstreamError(f"upstream failure at {where}: {exc or type(exc).__name__}")
+        return UpstreamUnreachable(f"connection to {where} broke: {_reason(exc)}")
+    return UpstreamError(f"upstream failure at {where}: {_reason(exc)}")
 
 
 class UpstreamResponse:
@@ -111,6 +120,11 @@ class Upstream:
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         #: ``Host`` per daemon base URL (a handful of entries).
         self._hosts: dict[str, str] = {}
+        specs = settings.daemon_specs()
+        #: How errors name a daemon: ``daemon gpu0``, never its URL.
+        self._names = {d.url: f"daemon {d.name}" for d in specs}
+        #: ``Authorization`` for daemons whose URL carried credentials (basic auth).
+        self._auth = {d.url: d.authorization for d in specs if d.authorization}
 
     @classmethod
     def create(cls, settings: Settings) -> Upstream:
@@ -172,6 +186,10 @@ class Upstream:
         }
         if body is not None:
             headers["Content-Type"] = _JSON
+        auth = self._auth.get(base_url)
+        if auth is not None:
+            headers["Authorization"] = auth
+        where = self._names.get(base_url, "the daemon")
         kwargs: dict[str, Any] = {}
         if read_timeout is not None:
             kwargs["timeout"] = self._timeout(read_timeout)
@@ -185,8 +203,8 @@ class Upstream:
                 **kwargs,
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _translate(exc, base_url) from None
-        return UpstreamResponse(resp, base_url)
+            raise _translate(exc, where) from None
+        return UpstreamResponse(resp, where)
 
     async def call(
         self,
@@ -218,4 +236,5 @@ class Upstream:
         try:
             return status, orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
-            raise UpstreamError(f"{base_url}{path} answered invalid JSON") from None
+            where = self._names.get(base_url, "the daemon")
+            raise UpstreamError(f"{where} answered invalid JSON to {path}") from None
