@@ -240,7 +240,9 @@ async def _forward_translated(
     if resp.status != 200:
         # Its {"error": "..."} becomes OpenAI's error object when the exchange renders it.
         raise UpstreamStatus(resp.status, await resp.read(), resp.content_type)
-    if not translator.stream:
+    if not translator.stream or "ndjson" not in resp.content_type:
+        # Streams too: Ollama answers a request without a prompt (a load) with one
+        # JSON object, not NDJSON, even when it was asked to stream.
         data = await resp.read()
         ex.tail = data
         try:
@@ -250,6 +252,12 @@ async def _forward_translated(
         if not isinstance(native, dict) or "error" in native:
             err = native.get("error") if isinstance(native, dict) else None
             raise UpstreamError(str(err or "the daemon's answer is not an object"))
+        if translator.stream:
+            if not ex.started:
+                await ex.start(200, [(b"content-type", _SSE_TYPE)])
+            await ex.chunk(translator.frame(native))
+            await ex.end()
+            return End.DONE
         body = translator.whole(native)
         if ex.started:
             await ex.chunk(body)

@@ -278,3 +278,17 @@ def test_message_keys_fold_and_unknown_fields_are_not_read() -> None:
     # OpenAI's chat accepts content parts; Ollama's native chat does not.
     assert parse(b'{"model":"m","messages":[{"content":[{"type":"text"}]}]}', V1_CHAT)
     assert V1_CHAT.api is Api.OPENAI
+
+
+async def test_a_translated_v1_stream_without_a_prompt_ends_properly(
+    bridge: RunningBridge, client: httpx.AsyncClient
+) -> None:
+    """Found by the fuzzer: through the native API an empty prompt is a load, which
+    Ollama answers with one JSON object even when asked to stream."""
+    r = await client.post("/api/generate", json={**PLAIN, "options": {"num_ctx": 8192}})
+    assert r.status_code == 200
+    r = await client.post("/v1/completions", json={"model": "chatty", "stream": True})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert r.text.endswith("data: [DONE]\n\n"), r.text
+    await _nothing_held(bridge, client)
