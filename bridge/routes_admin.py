@@ -2,7 +2,8 @@
 
 Admin scope: with ``ALB_ADMIN_TOKEN`` set, the routes need ``Authorization: Bearer
 <token>`` (or ``X-ALB-Admin-Token``); without it they answer loopback clients only,
-so an unconfigured bridge cannot be steered from the network. ``GET
+so an unconfigured bridge cannot be steered from the network. A ``num_ctx`` given to
+``load`` or ``pin`` must lie within 4 .. ``ALB_NUM_CTX_MAX`` (400 otherwise). ``GET
 /alb/v1/decisions`` is read-only (no prompts in it) and open like ``/alb/v1/models``.
 """
 
@@ -24,6 +25,8 @@ from bridge.relay import read_body
 from bridge.responses import guard, json_response
 
 _ACTIONS = ("load", "unload", "pin", "unpin")
+#: The largest context anything accepts (a signed 32-bit int in llama.cpp).
+_NUM_CTX_LIMIT = 2**31 - 1
 
 
 def _loopback(host: str | None) -> bool:
@@ -69,13 +72,26 @@ async def _options(bridge: Bridge, request: Request) -> tuple[str | None, int | 
     ):
         raise BadRequest(f"no daemon named {daemon!r}")
     if num_ctx is not None:
-        try:
-            num_ctx = int(num_ctx)
-        except (TypeError, ValueError):
-            raise BadRequest("num_ctx must be an integer") from None
-        if num_ctx < 4:
-            raise BadRequest("num_ctx must be at least 4")
+        num_ctx = _num_ctx(num_ctx, min(bridge.settings.num_ctx_max, _NUM_CTX_LIMIT))
     return daemon, num_ctx
+
+
+def _num_ctx(value: object, most: int) -> int:
+    """An admin ``num_ctx``: a whole number from 4 to ``most`` (``ALB_NUM_CTX_MAX``, at
+    most 2^31 - 1: llama.cpp keeps the context in a 32-bit int), else a 400."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise BadRequest("num_ctx must be an integer")
+    try:
+        n = int(value)
+    except ValueError:
+        raise BadRequest("num_ctx must be an integer") from None
+    if n < 4:
+        raise BadRequest("num_ctx must be at least 4")
+    if n > most:
+        raise BadRequest(f"num_ctx must be at most {most} (ALB_NUM_CTX_MAX)")
+    return n
 
 
 def routes(bridge: Bridge) -> list[BaseRoute]:
