@@ -10,6 +10,15 @@ release that leaves a model idle while others wait, every unload and every
 refresh kicks the driver again. Victims' gates are closed before the first
 await, so no request can reach a runner that is being evicted.
 
+A failed load teaches (``health.LoadBook``): a memory error sets the daemon's
+ceiling; any other failure (a timeout included) marks the pair failing for a cooldown
+and counts against the daemon's breaker. Its waiters are then placed again with what
+was learned (``Replaced``: another daemon, or here at a size that fits; a runner the
+daemon kept serves on), unless no other daemon could take them: then they get the
+error. The model's own runner is unloaded before a reload only when the new size is
+known to fit (``RoomPlan.proven``); otherwise the load goes ahead and the daemon
+replaces the runner itself, or refuses and keeps it.
+
 ``unload_model`` is the explicit unload (admin API, honour-policy clients, idle
 unloads): it closes the gate, lets the model's requests finish, then unloads.
 """
@@ -22,7 +31,7 @@ import time
 from typing import Any, Literal
 
 from bridge.admission import Gate
-from bridge.errors import BadRequest, BridgeError, Conflict, LoadFailed, Replaced
+from bridge.errors import BadRequest, BridgeError, Conflict, LoadFailed, Replaced, Unavailable
 from bridge.fleet import DaemonState
 from bridge.loader import LoadSpec
 from bridge.numctx import Need, openai_default_hint
@@ -79,6 +88,11 @@ class Driver:
                 if reload and gate.hold:
                     gate.open()  # those it drained for left (refused, cancelled): serve on
                 continue
+            cool = r.book.failing_for(d.name, key, time.monotonic())
+            if cool is not None:
+                # Its loads failed lately: no load until the cooldown ends.
+                self._cooling(d, key, gate, cool.until - time.monotonic(), cool.error, reload)
+                continue
             info = await r.fleet.model_info(key)
             if info is None:
                 gate.fail(LoadFailed(f"no daemon can describe {key} (/api/show failed)"))
@@ -102,6 +116,24 @@ class Driver:
             return True
         return False
 
+    def _cooling(  # noqa: PLR0917
+        self, d: DaemonState, key: str, gate: Gate, left_s: float, error: str, reload: bool
+    ) -> None:
+        """Waiters for a load of a pair in its cooldown: placed again elsewhere, else 503."""
+        why = f"loading {key} on {d.name} failed lately ({error})"
+        err: BridgeError = (
+            Replaced(why, retry_after=1)
+            if self._r.elsewhere(d, key)
+            else Unavailable(f"{why}; it is tried again in {left_s:.0f}s", retry_after=left_s)
+        )
+        if not reload:
+            gate.fail(err)
+            return
+        for fut, n in list(gate.queue):
+            if n is not None and not fut.done() and not gate.fits(n):
+                fut.set_exception(err)
+        gate.open()
+
     def _refuse(
         self,
         d: DaemonState,
@@ -115,9 +147,11 @@ class Driver:
         serve (it serves the rest); ``all``: every one (the model stays cold)."""
         r = self._r
         room = r.room(d, key)
-        why = (
-            f"{key} with num_ctx {target.ctx} needs about {target.size / GIB:.1f} GiB; "
-            f"{d.name} can plan for {(room or 0) / GIB:.1f} GiB besides pinned models"
+        ceiling = r.book.ceiling.get(d.name)
+        why = f"{key} with num_ctx {target.ctx} needs about {target.size / GIB:.1f} GiB; " + (
+            f"a {ceiling / GIB:.1f} GiB load failed on {d.name} for want of memory"
+            if ceiling is not None and target.size >= ceiling and (room is None or ceiling <= room)
+            else f"{d.name} can plan for {(room or 0) / GIB:.1f} GiB besides pinned models"
         )
         if target.reason == "openai-surface-needs-default-context":
             why += f". {openai_default_hint(r.daemon_default(d))}"
@@ -152,7 +186,7 @@ class Driver:
         r.ops.add((d.name, key))
         r.targets[(d.name, key)] = target
         reloading = gate.ready
-        old_ctx = gate.ctx
+        old_ctx, old_auto = gate.ctx, gate.auto
         gate.close()
         try:
             for v in plan.victims:
@@ -175,8 +209,14 @@ class Driver:
                 r.ops.discard((d.name, v))
                 if not ok:
                     raise LoadFailed(f"could not unload {v} from {d.name} to make room for {key}")
-            if reloading:
+            if reloading and plan.proven:
                 await r.loader.unload(d, key, "reload")
+            elif reloading:
+                # No evidence the new size fits: keep the runner; the daemon replaces it
+                # if the load can be done, and keeps it if not.
+                r.decisions.record(
+                    "load", key, d.name, "reload-without-unload", estimated_size=target.size
+                )
             reason = (
                 "openai-surface-needs-default-context"
                 if target.auto and reloading
@@ -227,12 +267,56 @@ class Driver:
             if not d.up:
                 gate.fail(Replaced(f"{d.name} went away while loading {key}", retry_after=1))
             else:
-                gate.fail(exc)
+                self._failed(d, key, gate, target, exc)
+                row = d.loaded.get(key)
+                if reloading and row is not None:  # the daemon kept the old runner
+                    gate.open(ctx=int(row.get("context_length") or old_ctx), auto=old_auto)
         finally:
             for v in plan.victims:
                 r.ops.discard((d.name, v))
             r.ops.discard((d.name, key))
             r.targets.pop((d.name, key), None)
+
+    def _failed(
+        self, d: DaemonState, key: str, gate: Gate, target: Target, exc: BridgeError
+    ) -> None:
+        """Learn from a failed load (``LoadBook.failed``), then hand its waiters back to
+        be placed again with that knowledge, or give them the error when no other daemon
+        could take them and nothing was learned that a smaller load could use."""
+        r = self._r
+        now = time.monotonic()
+        lesson = r.book.failed(d.name, key, target.size, exc.message, now)
+        figures = lesson.figures or (None, None)
+        if lesson.memory:
+            r.decisions.record(
+                "load",
+                key,
+                d.name,
+                "memory-ceiling-learned",
+                ceiling=lesson.ceiling,
+                estimated_size=target.size,
+                num_ctx=target.ctx,
+                daemon_needed=figures[0],
+                daemon_available=figures[1],
+                error=exc.message,
+            )
+        else:
+            assert lesson.failing is not None
+            r.decisions.record(
+                "load",
+                key,
+                d.name,
+                "failing",
+                cooldown_s=round(lesson.failing.until - now, 3),
+                failures=lesson.failing.count,
+                error=exc.message,
+            )
+        if lesson.memory or r.elsewhere(d, key):
+            gate.fail(Replaced(f"loading {key} on {d.name} failed: {exc.message}", retry_after=1))
+        else:
+            gate.fail(exc)
+        if not lesson.memory and r.breakers[d.name].failure(now, exc.message):
+            r.circuit_opened(d, exc.message)
 
     def _learn(self, d: DaemonState, key: str, target: Target) -> int:
         """What the load really gave (``/api/ps``): the size, keyed by the runner's real
@@ -245,6 +329,8 @@ class Driver:
         info = r.fleet.infos.get(key)
         par = r.parallel(d, info)
         real = int(row.get("size") or 0)
+        r.book.loaded(d.name, key, real or target.size)
+        r.book.observe(d.name, sum(int(x.get("size") or 0) for x in d.loaded.values()))
         if ctx:
             r.sizes.learn(key, ctx, par, real)
             r.metrics.num_ctx_loaded.observe(ctx)

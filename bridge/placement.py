@@ -8,7 +8,9 @@ flight or queued for them, pins, idle time and reload cost) and asks:
 
 1. A daemon whose runner of the model fits the request (enough context; for the
    OpenAI surface: loaded without num_ctx), or whose pending load will fit it:
-   the one with the fewest outstanding requests. No load.
+   the one with the fewest outstanding requests. No load. A daemon where loading the
+   model failed lately (``DaemonView.failing``, a cooldown) gets no load of it while
+   another daemon can take the request.
 2. Else the daemon where loading costs least: a load that fits in free memory
    beats one that needs evictions; among those that evict, the least value lost;
    then the fewest outstanding requests. Reloading the model's own idle runner
@@ -17,8 +19,10 @@ flight or queued for them, pins, idle time and reload cost) and asks:
    native ones needing more context end up on different daemons instead of
    reloading one runner back and forth.
 3. Else, if some daemon could hold the model once busy runners go idle: wait there.
-4. Else ``Reject``: too big for any daemon (400), or only pinned models stand in the
-   way (503 with Retry-After).
+4. Else ``Reject``: 400 when the request can never fit: on every daemon that has the
+   model, its size there is over that daemon's whole budget or at its learned ceiling
+   (a load that big failed there for want of memory); else 503 with Retry-After (pinned
+   models stand in the way, or the model's loads failed lately where it would fit).
 
 ``plan_room(view, key, size, value)`` — which runners to unload so ``size`` bytes fit
 under the daemon's budget (capacity - headroom) and its ``max_loaded``: only idle
@@ -26,7 +30,12 @@ under the daemon's budget (capacity - headroom) and its ``max_loaded``: only idl
 lowest value first,
 least recently used first among equals; victims that turn out unnecessary are
 kept. ``None``: not now (busy runners hold the memory); ``NEVER``: the model
-cannot fit this daemon even empty (or pins block it for good).
+cannot fit this daemon even empty (or pins block it for good), or ``size`` is at the
+daemon's learned ceiling. The bridge evicts only for a load it knows will fit after
+the evictions: under the budget, or, with memory unknown, within what the daemon has
+been seen holding at once (``held``); without that evidence it evicts nothing and the
+load goes ahead (the daemon decides; a memory error then teaches the ceiling).
+``RoomPlan.proven`` says whether the fit is known.
 
 Value = predicted reuse x reload cost; reuse comes from a ``ReuseOracle`` (the
 predictor plugs in here), by default ``RecencyOracle``.
@@ -61,6 +70,14 @@ class RunnerView:
 
 
 @dataclass(frozen=True, slots=True)
+class Cooldown:
+    """A (daemon, model) whose last load failed: no load of it there for ``left_s``."""
+
+    left_s: float
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class DaemonView:
     """An immutable picture of one daemon for the policies."""
 
@@ -76,6 +93,12 @@ class DaemonView:
     pending: frozenset[str] = frozenset()
     #: Parallel slots a completion model gets on this daemon.
     parallel: int = 1
+    #: Smallest load that failed here for want of memory: nothing that big is tried.
+    ceiling: int | None = None
+    #: Most bytes the daemon was seen holding at once: evidence of what fits.
+    held: int = 0
+    #: Models whose loads failed here lately, with their cooldowns.
+    failing: Mapping[str, Cooldown] = field(default_factory=dict)
 
     @property
     def used(self) -> int:
@@ -120,6 +143,8 @@ class RoomPlan:
     value_lost: float = 0.0
     #: The model's own runner is reloaded (a different context).
     reload: bool = False
+    #: The load is known to fit after the victims go (budget, or what the daemon held).
+    proven: bool = True
 
 
 def plan_room(
@@ -137,19 +162,24 @@ def plan_room(
     others = {k: r for k, r in view.runners.items() if k != key}
     budget = view.budget
     pinned = [r for r in others.values() if r.pinned]
-    if budget is not None and size + sum(r.size for r in pinned) > budget:
+    pinned_size = sum(r.size for r in pinned)
+    if budget is not None and size + pinned_size > budget:
+        return NEVER
+    if view.ceiling is not None and size >= view.ceiling:
         return NEVER
     if len(pinned) >= view.max_loaded:
         return NEVER
     used = sum(r.size for r in others.values())
+    # What the bridge knows fits: the budget, else what the daemon was seen holding.
+    known = budget if budget is not None else view.held
 
-    def fits(freed: int, evicted: int) -> bool:
-        mem_ok = budget is None or used - freed + size <= budget
+    def fits(freed: int, evicted: int, limit: int | None = known) -> bool:
+        mem_ok = limit is None or used - freed + size <= limit
         return mem_ok and len(others) - evicted + 1 <= view.max_loaded
 
     reload = own is not None
-    if fits(0, 0):
-        return RoomPlan(reload=reload)
+    if fits(0, 0, budget):
+        return RoomPlan(reload=reload, proven=fits(0, 0))
     candidates = sorted(
         (r for r in others.values() if not (r.busy or r.pinned or r.loading)),
         key=lambda r: (value(r), -r.idle_s, r.key),
@@ -162,6 +192,10 @@ def plan_room(
         if fits(freed, len(chosen)):
             break
     else:
+        if budget is None and pinned_size + size > known:
+            # Memory unknown and no eviction is known to make it fit: evict nothing,
+            # the load goes ahead and the daemon decides.
+            return RoomPlan(reload=reload, proven=False)
         return None
     # Keep any victim the others already make room for (most valuable first).
     for r in sorted(chosen, key=lambda r: (-value(r), r.key)):
@@ -199,6 +233,8 @@ class Reject:
     status: int
     reason: str
     inputs: Mapping[str, object] = field(default_factory=dict)
+    #: Seconds a client should wait before trying again (503 only); None: the default.
+    retry_after: float | None = None
 
 
 Route = Serve | Load | Reject
@@ -213,14 +249,15 @@ def route(
 ) -> Route | None:
     """Where a request for ``key`` needing ``need`` goes; None when no daemon that
     is up has the model. ``size_of(view)``: bytes the load would take there."""
-    candidates = [v for v in views if v.up and (key in v.models or key in v.runners)]
+    holders = [v for v in views if key in v.models or key in v.runners]
+    candidates = [v for v in holders if v.up]
     if not candidates:
         return None
     warm = [
         v
         for v in candidates
         if (key in v.runners and need.fits(v.runners[key].ctx, v.runners[key].auto))
-        or key in v.pending
+        or (key in v.pending and key not in v.failing)
     ]
     if warm:
         best = min(warm, key=lambda v: (key not in v.runners, v.outstanding, v.name))
@@ -229,6 +266,8 @@ def route(
     waits: list[DaemonView] = []
     sizes: dict[str, int] = {}
     for v in candidates:
+        if key in v.failing:
+            continue  # its loads failed lately: others first (a cooldown)
         size = sizes[v.name] = size_of(v)
         plan = plan_room(v, key, size, lambda r, v=v: eviction_value(oracle, v.name, r))  # type: ignore[misc]
         if plan is NEVER:
@@ -250,19 +289,90 @@ def route(
     if waits:
         best = min(waits, key=lambda v: (v.outstanding, v.name))
         return Load(best.name, None, key in best.runners)
-    budgets = {v.name: v.budget for v in candidates}
-    smallest = min(sizes.values()) if sizes else 0
-    if all(b is not None and smallest > b for b in budgets.values()):
+    return _nowhere(holders, candidates, key, need, size_of, sizes)
+
+
+def _nowhere(  # noqa: PLR0917
+    holders: Sequence[DaemonView],
+    candidates: Sequence[DaemonView],
+    key: str,
+    need: Need,
+    size_of: Callable[[DaemonView], int],
+    sizes: dict[str, int],
+) -> Reject:
+    """No daemon can take the request now: 400 when it can never fit (on every daemon
+    that has the model, answering or not, over the whole budget or at the learned
+    ceiling), else 503 with Retry-After."""
+    for v in holders:
+        if v.name not in sizes:
+            sizes[v.name] = size_of(v)
+    limits = {v.name: _limit(v) for v in holders}
+    budgets = {v.name: v.budget for v in holders}
+    never = {
+        v.name: sizes[v.name]
+        for v in holders
+        if (lim := limits[v.name]) is not None
+        and (sizes[v.name] > lim[0] or (lim[1] and sizes[v.name] >= lim[0]))
+    }
+    smallest = min(sizes[v.name] for v in candidates)
+    if len(never) == len(holders):
         return Reject(
             400,
-            f"{key} needs about {_gib(smallest)} of memory but the largest daemon budget is "
-            f"{_gib(max(b or 0 for b in budgets.values()))} (capacity minus headroom)",
-            {"size": smallest, "budgets": budgets, "num_ctx": need.tokens},
+            _too_big(key, never, limits),
+            {"size": smallest, "sizes": never, "budgets": budgets, "num_ctx": need.tokens},
+        )
+    cooling = [(v.failing[key], v.name) for v in candidates if key in v.failing]
+    if cooling:
+        cool, name = min(cooling, key=lambda c: (c[0].left_s, c[1]))
+        return Reject(
+            503,
+            f"loading {key} failed on {name} lately ({cool.error}); it is tried there "
+            f"again in {cool.left_s:.0f}s",
+            {"size": smallest, "budgets": budgets, "cooldown_s": round(cool.left_s, 3)},
+            retry_after=max(cool.left_s, 1.0),
         )
     return Reject(
         503,
         f"no daemon can hold {key} now: pinned models or loads in progress fill them",
         {"size": smallest, "budgets": budgets},
+    )
+
+
+def _limit(v: DaemonView) -> tuple[int, bool] | None:
+    """The most a runner may take on ``v`` ever, and whether that figure is a learned
+    ceiling (sizes from it up failed) rather than the budget (sizes up to it fit)."""
+    if v.ceiling is not None and (v.budget is None or v.ceiling <= v.budget):
+        return v.ceiling, True
+    return None if v.budget is None else (v.budget, False)
+
+
+def _too_big(
+    key: str, never: Mapping[str, int], limits: Mapping[str, tuple[int, bool] | None]
+) -> str:
+    """Each daemon's size for the request against its own limit, e.g. "m needs about
+    15.9 GiB of memory on gpu1 (budget 10.8 GiB), 29.9 GiB on gpu0 (budget 21.6 GiB)"."""
+    rows = sorted(never.items(), key=lambda kv: (kv[1], kv[0]))
+    learned = any(lim is not None and lim[1] for lim in limits.values())
+    if len({size for _, size in rows}) == 1 and not learned:
+        largest = max(lim[0] for lim in limits.values() if lim is not None)
+        return (
+            f"{key} needs about {_gib(rows[0][1])} of memory but the largest daemon budget "
+            f"is {_gib(largest)} (capacity minus headroom)"
+        )
+    parts = []
+    for name, size in rows:
+        lim = limits[name]
+        assert lim is not None
+        what = (
+            f"a {_gib(lim[0])} load failed there for want of memory"
+            if lim[1]
+            else (f"budget {_gib(lim[0])}")
+        )
+        parts.append(f"{_gib(size)} on {name} ({what})")
+    return (
+        f"{key} needs about {parts[0].replace(' on ', ' of memory on ', 1)}"
+        + "".join(f", {p}" for p in parts[1:])
+        + ": more than any daemon can hold (a budget is capacity minus headroom)"
     )
 
 

@@ -3,7 +3,9 @@
 ``Residency`` holds one ``Gate`` per (daemon, model), when each was last used,
 which (daemon, model) pairs have a bridge load or unload in progress (``ops``:
 reconciliation keeps off them) and what those loads aim for (``targets``), the
-pins and the daemons' circuit breakers. It answers the questions admission, the
+pins, the daemons' circuit breakers and what failed loads taught (``book``, a
+``health.LoadBook``: pairs failing for a cooldown, learned memory ceilings, what each
+daemon was seen holding). It answers the questions admission, the
 load driver and the background upkeep share: is a daemon available, what
 runner would a load ask for (``target``), and ``view``: a daemon frozen into a
 ``placement.DaemonView`` for the pure policies. ``Scheduler`` builds on it.
@@ -17,13 +19,15 @@ from typing import Protocol
 
 from bridge.admission import Gate
 from bridge.decisions import DecisionLog
+from bridge.errors import Replaced
 from bridge.fleet import DaemonState, Fleet
-from bridge.health import Breaker
+from bridge.health import Breaker, LoadBook
 from bridge.loader import Loader
 from bridge.memory import ModelInfo, SizeBook
 from bridge.metrics import Metrics
 from bridge.numctx import Calibrator, DaemonDefault, Limits, Need, Target, choose_target
 from bridge.placement import (
+    Cooldown,
     DaemonView,
     RecencyOracle,
     ReuseOracle,
@@ -91,6 +95,8 @@ class Residency:
             name: Breaker(settings.breaker_failures, settings.breaker_cooldown)
             for name in fleet.daemons
         }
+        #: What loads taught: failing pairs (cooldowns), memory ceilings, bytes held.
+        self.book = LoadBook(settings.load_failure_cooldown, settings.load_failure_cooldown_max)
         self.pins: set[tuple[str, str | None]] = set()
         #: (daemon, model) with a bridge load/unload in progress: reconcile keeps off.
         self.ops: set[tuple[str, str]] = set()
@@ -193,6 +199,11 @@ class Residency:
         pending = frozenset(
             k for k, g in gates if not g.ready and g.depth and (d.name, k) not in self.ops
         )
+        failing = {
+            k: Cooldown(f.until - now, f.error)
+            for (n, k), f in self.book.failing.items()
+            if n == d.name and f.until > now
+        }
         return DaemonView(
             name=d.name,
             up=self.available(d),
@@ -203,6 +214,33 @@ class Residency:
             outstanding=sum(g.outstanding for _, g in gates),
             pending=pending,
             parallel=d.spec.parallel,
+            ceiling=self.book.ceiling.get(d.name),
+            held=self.book.held.get(d.name, 0),
+            failing=failing,
+        )
+
+    # --- failures ----------------------------------------------------------------------
+    def circuit_opened(self, d: DaemonState, why: str) -> None:
+        self._metrics.breaker_open.labels(daemon=d.name).set(1)
+        self.decisions.record("health", "", d.name, "circuit-opened", error=why)
+        self.replace_waiters(d, f"daemon {d.name} is failing: {why}")
+
+    def replace_waiters(self, d: DaemonState, why: str) -> None:
+        """Hand every request queued on ``d`` back to be placed elsewhere."""
+        for (name, _key), gate in self.gates.items():
+            if name == d.name and gate.depth:
+                gate.fail(Replaced(why, retry_after=1))
+
+    def elsewhere(self, d: DaemonState, key: str) -> bool:
+        """Could another daemon take requests for ``key`` (answering, has the model,
+        its loads of it not failing)?"""
+        now = time.monotonic()
+        return any(
+            o.name != d.name
+            and self.available(o)
+            and (key in o.catalog or key in o.loaded)
+            and self.book.failing_for(o.name, key, now) is None
+            for o in self.fleet.daemons.values()
         )
 
     def value_fn(self, daemon: str) -> Callable[[RunnerView], float]:

@@ -21,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bridge import names
 from bridge.admission import Gate, retry_after
 from bridge.decisions import DecisionLog
 from bridge.driver import Driver
-from bridge.errors import BadRequest, BridgeError, Overloaded, Replaced, Unavailable
+from bridge.errors import BadRequest, BridgeError, Overloaded, Unavailable
 from bridge.fleet import DaemonState, Fleet
 from bridge.loader import LoadSpec
 from bridge.memory import ModelInfo
@@ -124,10 +124,12 @@ class Scheduler(Residency):
         lease = self._free_slot(key, need, exclude, only, t0)
         if lease is not None:
             return lease
+        # Every daemon is seen (an excluded one as not answering): whether a request can
+        # never fit is a question about all of them, not about the ones left to try.
         views = [
-            self.view(d, t0)
+            self.view(d, t0) if d.name not in exclude else replace(self.view(d, t0), up=False)
             for d in self.fleet.daemons.values()
-            if d.name not in exclude and (only is None or d.name == only)
+            if only is None or d.name == only
         ]
 
         def size_of(v: DaemonView) -> int:
@@ -209,7 +211,7 @@ class Scheduler(Residency):
                 hint = openai_default_hint(self.daemon_default(self.fleet.get(largest)))
                 return BadRequest(f"{where.reason}. {hint}")
             return BadRequest(where.reason)
-        return Unavailable(where.reason, retry_after=30)
+        return Unavailable(where.reason, retry_after=where.retry_after or 30)
 
     async def wait(self, ticket: Ticket, session: str, spec: LoadSpec | None = None) -> Lease:
         """Queue at the ticket's gate (fairly, by session) until a slot is free."""
@@ -266,17 +268,6 @@ class Scheduler(Residency):
 
         await self.fleet.refresh_ps(d)
         upkeep.reconcile(self)
-
-    def circuit_opened(self, d: DaemonState, why: str) -> None:
-        self._metrics.breaker_open.labels(daemon=d.name).set(1)
-        self.decisions.record("health", "", d.name, "circuit-opened", error=why)
-        self.replace_waiters(d, f"daemon {d.name} is failing: {why}")
-
-    def replace_waiters(self, d: DaemonState, why: str) -> None:
-        """Hand every request queued on ``d`` back to be placed elsewhere."""
-        for (name, _key), gate in self.gates.items():
-            if name == d.name and gate.depth:
-                gate.fail(Replaced(why, retry_after=1))
 
     # --- the driver -----------------------------------------------------------------------
     def kick(self, daemon: str) -> None:

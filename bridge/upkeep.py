@@ -19,10 +19,13 @@ import time
 from typing import Any
 
 from bridge import names
-from bridge.errors import BridgeError, ModelNotFound
+from bridge.errors import BridgeError, ModelNotFound, Replaced
 from bridge.fleet import DaemonState
 from bridge.numctx import Need
 from bridge.scheduler import Lease, Scheduler
+
+#: Placements one admin load goes through (a failed load re-places it, as for requests).
+_MAX_PLACEMENTS = 4
 
 
 async def refresh_loop(s: Scheduler) -> None:
@@ -56,6 +59,8 @@ def reconcile(s: Scheduler) -> None:
             continue
         if not was_up:
             s.decisions.record("health", "", d.name, "answering-again")
+            s.book.forget(d.name)  # a restarted daemon may not be the one that taught it
+        s.book.observe(d.name, used)
         for key in d.loaded:
             s.gate(d.name, key)
     for (name, key), gate in s.gates.items():
@@ -203,10 +208,18 @@ async def load(s: Scheduler, key: str, daemon: str | None, num_ctx: int | None) 
         raise ModelNotFound(f"model '{key}' not found")
     info = await s.fleet.model_info(key)
     tokens = num_ctx or s.limits.num_ctx_min
-    got = s.admit(key, Need(tokens, client_num_ctx=num_ctx), info, only=daemon)
-    lease = got if isinstance(got, Lease) else await s.wait(got, "alb:admin")
-    s.release(lease, used=False)
-    return lease.daemon.name
+    need = Need(tokens, client_num_ctx=num_ctx)
+    for attempt in range(_MAX_PLACEMENTS):
+        got = s.admit(key, need, info, only=daemon)
+        try:
+            lease = got if isinstance(got, Lease) else await s.wait(got, "alb:admin")
+        except Replaced:  # its load failed and taught placement something: again
+            if attempt == _MAX_PLACEMENTS - 1:
+                raise
+            continue
+        s.release(lease, used=False)
+        return lease.daemon.name
+    raise AssertionError("unreachable")
 
 
 async def pin_quietly(s: Scheduler, model: str, daemon: str | None) -> None:
