@@ -36,8 +36,79 @@ def error_response(message: str, status: int) -> Response:
     return json_response({"error": message}, status)
 
 
+#: The top-level fields of the Go structs the native handlers decode into (Ollama
+#: v0.17.4's api/types.go), which Go matches case-insensitively (OLLAMA_FACTS §8).
+GO_FIELDS: dict[str, frozenset[str]] = {
+    "api.GenerateRequest": frozenset(
+        [
+            "model",
+            "prompt",
+            "suffix",
+            "system",
+            "template",
+            "context",
+            "stream",
+            "raw",
+            "format",
+            "keep_alive",
+            "images",
+            "options",
+            "think",
+            "truncate",
+            "shift",
+            "_debug_render_only",
+            "logprobs",
+            "top_logprobs",
+            "width",
+            "height",
+            "steps",
+        ]
+    ),
+    "api.ChatRequest": frozenset(
+        [
+            "model",
+            "messages",
+            "stream",
+            "format",
+            "keep_alive",
+            "tools",
+            "options",
+            "think",
+            "truncate",
+            "shift",
+            "_debug_render_only",
+            "logprobs",
+            "top_logprobs",
+        ]
+    ),
+    "api.EmbedRequest": frozenset(
+        ["model", "input", "keep_alive", "truncate", "dimensions", "options"]
+    ),
+    "api.EmbeddingRequest": frozenset(["model", "prompt", "keep_alive", "options"]),
+    "api.ShowRequest": frozenset(["model", "system", "template", "verbose", "options", "name"]),
+}
+_TO_ASCII = str.maketrans({"\u212a": "k", "\u017f": "s"})
+
+
+def go_fold_keys(value: dict[str, Any], fields: frozenset[str]) -> dict[str, Any]:
+    """Keys as Go's ``encoding/json`` assigns them to struct fields: a case-insensitive
+    match (Unicode simple folding: the Kelvin sign is ``k``, the long s is ``s``) lands
+    on the field, and the last key that lands on a field wins."""
+    out: dict[str, Any] = {}
+    for given, item in value.items():
+        key = given
+        if key not in fields:
+            folded = key.translate(_TO_ASCII)
+            if folded.isascii() and folded.lower() in fields:
+                key = folded.lower()
+        out.pop(key, None)
+        out[key] = item
+    return out
+
+
 async def read_json(request: Request, go_type: str) -> dict[str, Any]:
-    """gin's ``ShouldBindJSON``: EOF -> "missing request body", else Go's message."""
+    """gin's ``ShouldBindJSON``: EOF -> "missing request body", else Go's message; keys
+    folded onto ``go_type``'s fields as Go does (``go_fold_keys``)."""
     body = await request.body()
     if not body.strip():
         raise BadRequest("missing request body")
@@ -48,7 +119,8 @@ async def read_json(request: Request, go_type: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         kind = "array" if isinstance(value, list) else type(value).__name__
         raise BadRequest(f"json: cannot unmarshal {kind} into Go value of type {go_type}")
-    return value
+    fields = GO_FIELDS.get(go_type)
+    return value if fields is None else go_fold_keys(value, fields)
 
 
 def keep_alive_of(body: dict[str, Any]) -> int | None:
