@@ -33,9 +33,11 @@ kept. ``None``: not now (busy runners hold the memory); ``NEVER``: the model
 cannot fit this daemon even empty (or pins block it for good), or ``size`` is at the
 daemon's learned ceiling. The bridge evicts only for a load it knows will fit after
 the evictions: under the budget, or, with memory unknown, within what the daemon has
-been seen holding at once (``held``); without that evidence it evicts nothing and the
-load goes ahead (the daemon decides; a memory error then teaches the ceiling).
-``RoomPlan.proven`` says whether the fit is known.
+been seen holding at once (``held``). With memory unknown and room for one more
+runner, the load goes ahead without evictions whether or not it is known to fit (the
+daemon decides; a memory error then teaches the ceiling); ``RoomPlan.proven`` says
+whether the fit is known (the driver unloads the model's own runner before a reload
+only then).
 
 Value = predicted reuse x reload cost; reuse comes from a ``ReuseOracle`` (the
 predictor plugs in here), by default ``RecencyOracle``.
@@ -192,10 +194,8 @@ def plan_room(
         if fits(freed, len(chosen)):
             break
     else:
-        if budget is None and pinned_size + size > known:
-            # Memory unknown and no eviction is known to make it fit: evict nothing,
-            # the load goes ahead and the daemon decides.
-            return RoomPlan(reload=reload, proven=False)
+        # Not now: busy runners hold the room, or (memory unknown) no eviction is known
+        # to make it fit, and the bridge does not evict on a guess.
         return None
     # Keep any victim the others already make room for (most valuable first).
     for r in sorted(chosen, key=lambda r: (-value(r), r.key)):

@@ -114,8 +114,11 @@ def test_a_learned_ceiling_is_never_and_evictions_need_evidence() -> None:
     assert isinstance(small, RoomPlan)
     assert len(small.victims) == 1
     assert small.proven
-    big = plan_room(view, "m", 8 * GIB, _value)  # never held that much: evict nothing
-    assert big == RoomPlan(proven=False)
+    # It never held that much: no eviction on a guess (it waits for room)...
+    assert plan_room(view, "m", 8 * GIB, _value) is None
+    # ...and with a free runner slot the load goes ahead, unproven, evicting nothing.
+    roomy = _view("x", None, (a, b), max_loaded=3, held=6 * GIB)
+    assert plan_room(roomy, "m", 8 * GIB, _value) == RoomPlan(proven=False)
     own = _view("x", None, (_idle("m", 3 * GIB), a), held=6 * GIB)
     reload_big = plan_room(own, "m", 8 * GIB, _value)
     assert isinstance(reload_big, RoomPlan)
