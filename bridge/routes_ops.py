@@ -74,6 +74,7 @@ def routes(bridge: Bridge) -> list[BaseRoute]:
             return json_response({"daemons": []}, 503)
         out: list[dict[str, Any]] = []
         operator = admin_scope(bridge, request)
+        now = time.monotonic()
         for d in rt.fleet.daemons.values():
             keys = set(d.loaded) | set(d.loading)
             keys |= {k for (n, k) in rt.scheduler.gates if n == d.name}
@@ -85,6 +86,7 @@ def routes(bridge: Bridge) -> list[BaseRoute]:
                     "loading" if key in d.loading else "loaded" if key in d.loaded else "unloaded"
                 )
                 expiry = rt.scheduler.idle_expiry(d.name, key)
+                failing = rt.scheduler.book.failing_for(d.name, key, now)
                 rows.append(
                     {
                         "model": key,
@@ -104,6 +106,13 @@ def routes(bridge: Bridge) -> list[BaseRoute]:
                         "in_flight": gate.busy if gate else 0,
                         "queue_depth": gate.depth if gate else 0,
                         "slots": gate.slots if gate else d.spec.parallel,
+                        "load_failing": None
+                        if failing is None
+                        else {
+                            "error": failing.error,
+                            "failures": failing.count,
+                            "retry_in_s": round(failing.until - now, 1),
+                        },
                     }
                 )
             out.append(
@@ -120,6 +129,9 @@ def routes(bridge: Bridge) -> list[BaseRoute]:
                         "budget": rt.fleet.budget(d, bridge.settings.headroom),
                         "external": d.external,
                         "used": sum(int(r.get("size") or 0) for r in d.loaded.values()),
+                        # What failed loads taught (``health.LoadBook``).
+                        "ceiling_learned": rt.scheduler.book.ceiling.get(d.name),
+                        "held_most": rt.scheduler.book.held.get(d.name),
                     },
                     "circuit": rt.scheduler.breakers[d.name].state,
                     "models": rows,

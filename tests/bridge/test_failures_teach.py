@@ -264,6 +264,9 @@ async def test_a_failing_pair_gets_no_new_load_while_another_daemon_has_the_mode
             assert first.headers["x-alb-daemon"] == "gpu1"
             state = {d["name"]: d for d in (await c.get("/alb/v1/models")).json()["daemons"]}
             assert state["gpu0"]["circuit"] == "closed"  # one failure of three
+            [row] = [r for r in state["gpu0"]["models"] if r["model"] == "m:latest"]
+            assert row["load_failing"]["failures"] == 1
+            assert 0 < row["load_failing"]["retry_in_s"] <= 30
             # Cold again: placement would pick gpu0 (same cost, first by name) but for
             # its failed load.
             r = await c.post("/alb/v1/models/m/unload", json={"daemon": "gpu1"})
