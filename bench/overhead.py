@@ -173,16 +173,20 @@ def _sweep_table(res: Results, sweep: Sequence[Scenario], budget_s: float) -> tu
     return table(header, rows), summary
 
 
-def _start_proxy(args: argparse.Namespace, upstream: str, patches: str = "") -> Service:
-    """The proxy under test; with ``patches``, ``alb serve`` under ``bench.bridge_whatif``."""
+def _start_proxy(
+    args: argparse.Namespace, upstream: str, patches: str = "", base: str | None = None
+) -> Service:
+    """The proxy under test; with ``patches``, ``alb serve`` under ``bench.bridge_whatif``;
+    with ``base``, ``alb serve`` as committed at that revision."""
     port = free_port()
     env = dict(kv.split("=", 1) for kv in args.proxy_env)
-    name = f"{BRIDGE}+{patches}" if patches else BRIDGE
-    if args.proxy_cmd:
+    name = f"{BRIDGE}+{patches}" if patches else f"{BRIDGE}@{base}" if base else BRIDGE
+    rev = base or args.rev
+    if args.proxy_cmd and base is None:
         cmd = args.proxy_cmd.format(python=sys.executable, port=port, upstream=upstream)
         proxy = Service(name, shlex.split(cmd), port, env=env)
     else:
-        src = REPO if args.rev == "worktree" else snapshot(args.rev, BRIDGE_PACKAGES)
+        src = REPO if rev == "worktree" else snapshot(rev, BRIDGE_PACKAGES)
         env = {
             "ALB_DAEMONS": f"bench0={upstream}?parallel={SIM_PARALLEL}",
             "OLLAMA_HOST": upstream,
@@ -277,6 +281,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also measure alb serve with these bench/bridge_whatif.py patches "
         "(comma-separated, e.g. no-gc-freeze; repeatable)",
     )
+    parser.add_argument(
+        "--base",
+        action="append",
+        default=[],
+        metavar="REV",
+        help="also measure alb serve as committed at REV in the same rounds (repeatable)",
+    )
     parser.add_argument("--ready-path", default="/api/version", help="GET that answers 200")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (%(default)s)")
     parser.add_argument("--n1", type=int, default=300, help="requests per c=1 batch")
@@ -303,6 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ports = {DIRECT: sim.port}
         for patches in ["", *args.whatif]:
             proxy = _start_proxy(args, sim.url, patches)
+            services.append(proxy)
+            ports[proxy.name] = proxy.port
+        for base in args.base:
+            proxy = _start_proxy(args, sim.url, base=base)
             services.append(proxy)
             ports[proxy.name] = proxy.port
         loop = new_event_loop()
@@ -340,6 +355,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         variants = [BRIDGE, *(f"{BRIDGE}+{p}" for p in args.whatif)]
         print()
         print("What if (bench/bridge_whatif.py): added ms, same rounds, medians")
+        print()
+        print(_whatif_table(res, [*plan.main, plan.sweep[-1]], variants))
+        print("# errors: " + ", ".join(f"{n} {res.errors(n)}" for n in variants))
+    if args.base:
+        variants = [BRIDGE, *(f"{BRIDGE}@{b}" for b in args.base)]
+        print()
+        print(f"Revisions, same rounds: added ms, medians ({BRIDGE} = {args.rev})")
         print()
         print(_whatif_table(res, [*plan.main, plan.sweep[-1]], variants))
         print("# errors: " + ", ".join(f"{n} {res.errors(n)}" for n in variants))
