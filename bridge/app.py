@@ -10,7 +10,9 @@ with Kafka, the reader of the Faust worker's model hints that do the same
 (``bridge.prefetch``), and closes them in the reverse order — the consumer, then
 background tasks and loads, then the predictor, then the events pipeline (bounded
 drain, the rest stays spooled), the connection pool last. Plain Starlette
-routes; the inference routes are raw ASGI handlers.
+routes; the inference routes are raw ASGI handlers. In front of them the edge
+(``bridge.edge``: Host and Origin checks, trusted proxies, the body cap and the
+bridge-wide body budget, whose ``BodyBudget`` and reclaimer the app owns).
 """
 
 from __future__ import annotations
@@ -20,15 +22,18 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
 from bridge import routes_admin, routes_native, routes_openai, routes_ops
 from bridge.context import Bridge, Runtime
+from bridge.edge import Edge, EdgePolicy
 from bridge.embedded import PredictedReuse, PredictorEstimate, PredictorKeepAlive, open_predictor
 from bridge.events import Events, open_events
 from bridge.fleet import Fleet
 from bridge.hints import HintBook, HintConsumer, HintEstimate, HintKeepAlive, HintMetrics
+from bridge.limits import BodyBudget, Reclaimer
 from bridge.loader import StateChange
 from bridge.metrics import Metrics
 from bridge.placement import RecencyOracle, ReuseOracle
@@ -52,6 +57,15 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> Starlet
     """A new bridge app; nothing starts until its lifespan runs. ``sink`` (tests) sees
     every request record besides the events pipeline."""
     bridge = Bridge(settings, Metrics(), sink)
+    budget = BodyBudget(settings.body_budget_bytes)
+    reclaimer = Reclaimer(urgent=max(settings.body_budget_bytes // 2, 1))
+    policy = EdgePolicy.from_settings(
+        settings.host,
+        settings.origins,
+        settings.allowed_hosts,
+        settings.trusted_proxies,
+        settings.max_body_bytes,
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -119,6 +133,7 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> Starlet
                         await hints.aclose()
                     await scheduler.aclose()
         finally:
+            reclaimer.close()
             await upstream.aclose()
 
     app = Starlette(
@@ -130,8 +145,11 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> Starlet
         ],
         lifespan=lifespan,
         exception_handlers={404: _not_found, 405: _not_found},
+        middleware=[Middleware(Edge, policy=policy, budget=budget, reclaimer=reclaimer)],
     )
     app.state.bridge = bridge
+    app.state.body_budget = budget
+    app.state.reclaimer = reclaimer
     return app
 
 

@@ -13,6 +13,10 @@ Once the server is listening, the start-up heap (uvicorn, starlette, pydantic,
 prometheus_client, the app and its resources) is frozen out of the garbage
 collector's sight: a full collection would otherwise walk all of it, a stall
 of 10+ ms for every request in flight (``BENCHMARKS.md``).
+
+``uvicorn_config`` is the one place uvicorn is configured: the connection limits
+(``bridge.connections``) and uvicorn's proxy headers off (``bridge.edge`` reads
+``X-Forwarded-For`` from trusted proxies only).
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ from typing import Any, TextIO
 import httpx
 import uvicorn
 import uvloop
+from starlette.types import ASGIApp
 
 from bridge.app import create_app
+from bridge.connections import ConnectionLimits, protocol_for
 from bridge.settings import Settings
 
 _PROBE_TIMEOUT_S = 1.0
@@ -111,20 +117,7 @@ async def run(settings: Settings, *, explicit_upstream: bool, out: TextIO = sys.
         )
     try:
         app = create_app(settings)
-        config = uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            loop="none",
-            http="httptools",
-            ws="none",
-            lifespan="on",
-            access_log=False,
-            log_level="warning",
-            timeout_graceful_shutdown=math.ceil(settings.drain_timeout),
-            server_header=False,
-        )
-        server = _Server(config)
+        server = _Server(uvicorn_config(app, settings))
         task = asyncio.get_running_loop().create_task(server.serve())
         while not server.started:
             if task.done():
@@ -139,6 +132,35 @@ async def run(settings: Settings, *, explicit_upstream: bool, out: TextIO = sys.
         for s in sim_servers:
             with contextlib.suppress(Exception):
                 await s.stop()
+
+
+def uvicorn_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """The one uvicorn configuration of the bridge (``alb serve`` and the tests).
+
+    httptools through ``bridge.connections.GuardedProtocol`` (head timeout and size
+    cap, idle keep-alive, body rate, connection cap). uvicorn's proxy headers are
+    turned off explicitly: on by default they trust ``FORWARDED_ALLOW_IPS`` (or
+    127.0.0.1) and rewrite the client from ``X-Forwarded-For``, so a forged
+    ``127.0.0.1`` passed the admin routes' loopback check behind a local proxy;
+    the edge reads that header from ``ALB_TRUSTED_PROXIES`` only (``bridge.edge``).
+    """
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "none",
+        "http": protocol_for(ConnectionLimits.from_settings(settings)),
+        "ws": "none",
+        "lifespan": "on",
+        "access_log": False,
+        "log_level": "warning",
+        "timeout_graceful_shutdown": math.ceil(settings.drain_timeout),
+        "server_header": False,
+        "proxy_headers": False,
+        "forwarded_allow_ips": "",
+        "limit_concurrency": None,
+    }
+    options.update(overrides)
+    return uvicorn.Config(app, **options)
 
 
 def freeze_heap() -> None:

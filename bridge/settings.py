@@ -306,6 +306,20 @@ class Settings(BaseSettings):
     #: Request-body bytes all requests in progress may hold together; past it, 503.
     body_budget_bytes: int = Field(256 * 1024 * 1024, ge=1024)
 
+    @field_validator("origins")
+    @classmethod
+    def _origins(cls, v: str) -> str:
+        from bridge.edge import check_origins  # noqa: PLC0415 - edge imports nothing of ours
+
+        return check_origins(v)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, v: str) -> str:
+        from bridge.edge import check_networks  # noqa: PLC0415
+
+        return check_networks(v)
+
     @field_validator("ollama_host")
     @classmethod
     def _ollama_host(cls, v: str) -> str:
