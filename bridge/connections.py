@@ -33,10 +33,11 @@ bytes — and adds, per connection:
   answers a plain-text 503 and caps nothing until a head is read).
 
 A refusal (408, 431), and any answer given before the request's body was read (the
-edge's 413 / 403 / 503), ends the connection with a *lingering close*: the answer,
-a half-close (FIN), one second in which what still arrives is dropped unparsed,
-then the close. Closing at once with unread bytes makes the kernel send a reset,
-and the client often loses the answer with it.
+edge's 413 / 403 / 503), ends the connection with a *lingering close* (as nginx
+does): the answer, a half-close (FIN), then what still arrives is dropped unparsed
+until the client has been quiet for half a second (at most five), then the close.
+Closing at once with unread bytes makes the kernel send a reset, and the client
+often loses the answer with it.
 
 The warm path (a request whose head and body arrive in one read) adds three
 attribute checks per read and the head timer's cancel; refusals are rendered from
@@ -63,9 +64,11 @@ from bridge.settings import Settings
 OVER_CAP_HEAD_S = 1.0
 #: Seconds between two checks of a body's rate.
 BODY_TICK_S = 1.0
-#: Seconds a refused connection is read (and the bytes dropped) after its answer and
-#: a half-close, before it is closed: the client reads the answer, not a reset.
-LINGER_S = 1.0
+#: A refused connection is read (the bytes dropped) after its answer and a half-close
+#: until the client has sent nothing for LINGER_IDLE_S, at most LINGER_MAX_S (nginx's
+#: lingering_timeout / lingering_time): the client reads the answer, not a reset.
+LINGER_IDLE_S = 0.5
+LINGER_MAX_S = 5.0
 
 
 class HeadersTooLarge(BridgeError):
@@ -140,6 +143,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self._body_seen = 0
         self._body_since = 0.0
         self._lingering = False
+        self._linger_last = 0.0
+        self._linger_until = 0.0
 
     # --- connection ---------------------------------------------------------------
 
@@ -158,6 +163,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
+            self._linger_last = self.loop.time()
             return
         super().data_received(data)
         if self._head_open:
@@ -233,13 +239,25 @@ class GuardedProtocol(HttpToolsProtocol):
         self._linger()
 
     def _linger(self) -> None:
-        """Half-close after what was written, drop what still arrives, close in a second."""
+        """Half-close after what was written, drop what still arrives, close once the
+        client has gone quiet (see ``LINGER_IDLE_S``)."""
         self._lingering = True
         self._cancel_body()
         self._unset_keepalive_if_required()
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        self.timeout_keep_alive_task = self.loop.call_later(LINGER_S, self.transport.close)
+        now = self.loop.time()
+        self._linger_last, self._linger_until = now, now + LINGER_MAX_S
+        self.timeout_keep_alive_task = self.loop.call_later(LINGER_IDLE_S, self._linger_check)
+
+    def _linger_check(self) -> None:
+        now = self.loop.time()
+        if now - self._linger_last >= LINGER_IDLE_S or now >= self._linger_until:
+            self.timeout_keep_alive_task = None
+            self.transport.close()
+            return
+        at = min(self._linger_last + LINGER_IDLE_S, self._linger_until)
+        self.timeout_keep_alive_task = self.loop.call_at(at, self._linger_check)
 
     # --- the body ---------------------------------------------------------------------
 

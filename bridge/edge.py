@@ -38,10 +38,10 @@ request's headers once (one scan for ``host``, ``origin``, ``content-length``,
 The body cap comes first, before the other checks. Refusals are errors of
 ``bridge.errors`` in the API's shape (``/v1/...``: OpenAI's, else Ollama's). When
 one is answered before its body was read, ``bridge.connections`` half-closes the
-connection after the answer and discards what still arrives for a second before
-closing it: the client reads the answer instead of a reset, and never gets to send
-a 1 GiB body into the void (a client using ``Expect: 100-continue``, as curl does
-past 1 MiB, sends none of it). The warm
+connection after the answer and drops, unparsed, what still arrives until the
+client is quiet (at most 5 s) before closing: the client reads the answer instead
+of a reset, and a 1 GiB body is never parsed (a client using ``Expect:
+100-continue``, as curl does past 1 MiB, sends none of it). The warm
 path (a local client, no Origin, a small body) costs the one header scan, a dict
 look-up for the Host and two integer operations for the budget. The rules
 (``OriginRules``, ``HostRules``, ``TrustedProxies``) are pure and built once.
