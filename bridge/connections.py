@@ -32,12 +32,16 @@ bytes — and adds, per connection:
   ``Retry-After: 1`` and ``Connection: close`` (uvicorn's own ``limit_concurrency``
   answers a plain-text 503 and caps nothing until a head is read).
 
-A refusal (408, 431), and any answer given before the request's body was read (the
-edge's 413 / 403 / 503), ends the connection with a *lingering close* (as nginx
-does): the answer, a half-close (FIN), then what still arrives is dropped unparsed
+A refusal (408, 431), and an answer given before a large part of the request's body
+was read (the edge's 413 / 403 / 503 of a big upload; more than ``DRAIN_MAX`` bytes
+still to come, or a chunked body), ends the connection with a *lingering close* (as
+nginx does): the answer, a half-close (FIN), then what still arrives is dropped unparsed
 until the client has been quiet for half a second (at most five), then the close.
 Closing at once with unread bytes makes the kernel send a reset, and the client
-often loses the answer with it.
+often loses the answer with it. An answer given while only a little of the body is
+still to come (a route that does not read bodies, a refusal of a small one) keeps
+the connection: the rest is parsed and dropped, as uvicorn does, so a client that
+reuses the connection (it was told nothing else) is not cut off.
 
 The warm path (a request whose head and body arrive in one read) adds three
 attribute checks per read and the head timer's cancel; refusals are rendered from
@@ -56,7 +60,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from bridge.edge import api_for, respond_error
-from bridge.errors import BridgeError, Overloaded, render
+from bridge.errors import BadRequest, BridgeError, Overloaded, render
 from bridge.limits import body_too_slow
 from bridge.settings import Settings
 
@@ -68,6 +72,9 @@ BODY_TICK_S = 1.0
 #: until the client has sent nothing for LINGER_IDLE_S, at most LINGER_MAX_S (nginx's
 #: lingering_timeout / lingering_time): the client reads the answer, not a reset.
 LINGER_IDLE_S = 0.5
+#: Body bytes still to come that an early answer lets the parser drain (keep-alive)
+#: rather than ending the connection with a lingering close.
+DRAIN_MAX = 64 * 1024
 LINGER_MAX_S = 5.0
 
 
@@ -98,6 +105,13 @@ class ConnectionLimits:
             body_min_rate=float(s.body_min_rate),
             body_grace=s.body_grace,
         )
+
+
+def request_target(head: bytes) -> bytes:
+    """The request target of a request line (``b"BREW /v1/x HTTP/1.1..."`` ->
+    ``b"/v1/x"``), or ``b""``."""
+    parts = head.split(b"\r\n", 1)[0].split(b" ")
+    return parts[1] if len(parts) >= 3 else b""
 
 
 def raw_response(err: BridgeError, url: bytes) -> bytes:
@@ -139,6 +153,10 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self._body_open = False
+        #: Body bytes still to come (Content-Length less what was parsed); -1: chunked.
+        self._body_left = 0
+        self._first_line = b""
+        self._awaiting_head = True
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_seen = 0
         self._body_since = 0.0
@@ -165,6 +183,10 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._lingering:
             self._linger_last = self.loop.time()
             return
+        if self._awaiting_head:
+            # The first read of a request: its path, should the parser refuse the head.
+            self._awaiting_head = False
+            self._first_line = data[:512]
         super().data_received(data)
         if self._head_open:
             if self._head_timer is None:
@@ -183,6 +205,18 @@ class GuardedProtocol(HttpToolsProtocol):
             else:
                 self._body_seen += len(data)
 
+    def send_400_response(self, msg: str) -> None:
+        """What the HTTP parser could not read (a malformed head, a method it does not
+        know): uvicorn's plain-text 400, in the API's shape instead."""
+        self._head_open = False
+        self._cancel_head()
+        if self.transport.is_closing():
+            return
+        err = BadRequest(f"invalid HTTP request: {msg.rstrip('.').lower()}")
+        url = getattr(self, "url", b"") or request_target(self._first_line)
+        self.transport.write(raw_response(err, url))
+        self.transport.close()
+
     # --- parser callbacks -------------------------------------------------------------
 
     def on_message_begin(self) -> None:
@@ -195,16 +229,30 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_open = False
         self._cancel_head()
         self._body_open = True
+        left = 0
+        for name, value in self.headers:
+            if name == b"content-length":
+                left = int(value) if value.isdigit() else -1
+            elif name == b"transfer-encoding":
+                left = -1
+        self._body_left = left
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if self._body_left > 0:
+            self._body_left -= len(body)
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
+        self._awaiting_head = True
         self._body_open = False
         self._cancel_body()
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self._body_open and not self.transport.is_closing():
+        left = self._body_left
+        if self._body_open and (left < 0 or left > DRAIN_MAX) and not self.transport.is_closing():
             # Answered before its body was read (413, 403, a spent budget): no more of
             # this body is parsed; the client gets the answer, then the connection ends.
             self._linger()

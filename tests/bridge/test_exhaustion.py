@@ -21,11 +21,10 @@ from ollamasim.testing import RunningFleet
 from tests.bridge._edge_support import (
     closed_within,
     exchange,
-    guarded_bridge,
     port_of,
     read_answer,
 )
-from tests.bridge._support import RunningBridge, settings_for
+from tests.bridge._support import RunningBridge, running_bridge, settings_for
 
 HEAD_S = 1.0
 
@@ -42,7 +41,7 @@ async def tight(fleet: RunningFleet) -> AsyncIterator[RunningBridge]:
         body_budget_bytes=100_000,
         max_body_bytes=64 * 1024,
     )
-    async with guarded_bridge(settings) as b:
+    async with running_bridge(settings) as b:
         yield b
 
 
@@ -216,7 +215,7 @@ async def test_the_body_budget_is_shared_and_answers_503(tight: RunningBridge) -
 
 
 async def test_connections_over_the_cap_get_503(fleet: RunningFleet) -> None:
-    async with guarded_bridge(settings_for(fleet, max_client_connections=5)) as b:
+    async with running_bridge(settings_for(fleet, max_client_connections=5)) as b:
         held = [await _connect(b) for _ in range(5)]
         await asyncio.sleep(0.05)
         answer = await exchange(port_of(b), "GET", "/v1/models")
@@ -236,7 +235,7 @@ async def test_connections_over_the_cap_get_503(fleet: RunningFleet) -> None:
 
 
 async def test_large_bodies_are_reclaimed(fleet: RunningFleet) -> None:
-    async with guarded_bridge(settings_for(fleet)) as b:
+    async with running_bridge(settings_for(fleet)) as b:
         reclaimer: Reclaimer = b.app.state.reclaimer
         before = reclaimer.runs
         answer = await exchange(port_of(b), "POST", "/api/generate", body=b"A" * (2 * BIG_BODY))
@@ -262,7 +261,7 @@ async def test_a_thousand_idle_sockets_are_closed_while_a_probe_is_answered(
     if not _fd_room(2 * n + 512):
         pytest.skip("ulimit -n too low for 1,000 sockets on both ends")
     timeout = 1.5
-    async with guarded_bridge(settings_for(fleet, header_timeout=timeout)) as b:
+    async with running_bridge(settings_for(fleet, header_timeout=timeout)) as b:
         port = port_of(b)
         conns = [await _connect(b) for _ in range(n)]
         t0 = time.monotonic()
@@ -327,3 +326,41 @@ def test_reclaimer_coalesces_and_hurries_when_much_is_waiting() -> None:
         r.close()
 
     asyncio.run(main())
+
+
+async def test_an_early_answer_to_a_small_body_keeps_the_connection(
+    tight: RunningBridge,
+) -> None:
+    """Found by the fuzzer: a route that answers without reading a small body (here a
+    refused store change), the body arriving after the head. The connection stays usable:
+    the client was told nothing else, and its next request on it is answered."""
+    port = port_of(tight)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = f"POST /api/copy HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 10\r\n\r\n"
+        writer.write(head.encode())
+        first = await read_answer(reader)
+        assert first.status == 403
+        assert first.header("connection") != "close"
+        writer.write(b'{"a": 12}\n')
+        writer.write(f"GET /api/version HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        second = await read_answer(reader)
+        assert second.status == 200, second.body
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(("path", "openai"), [("/v1/models", True), ("/api/tags", False)])
+async def test_a_head_the_parser_refuses_is_a_400_in_the_routes_shape(
+    tight: RunningBridge, path: str, openai: bool
+) -> None:
+    port = port_of(tight)
+    answer = await exchange(port, "BREW", path)
+    assert answer.status == 400
+    body = answer.json()
+    assert isinstance(body, dict)
+    if openai:
+        assert set(body["error"]) == {"message", "type", "param", "code"}
+    else:
+        assert isinstance(body["error"], str)
+    assert "invalid HTTP request" in str(body)
