@@ -1,55 +1,14 @@
-"""The bridge served as ``alb serve`` serves it (``bridge.server.uvicorn_config``), and
-raw HTTP/1.1 over asyncio streams, for the edge and exhaustion tests."""
+"""Raw HTTP/1.1 over asyncio streams, for the edge and exhaustion tests (the bridge
+itself: ``tests.bridge._support.running_bridge``, as ``alb serve`` serves it)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import orjson
 
-from bridge.app import create_app
-from bridge.server import uvicorn_config
-from bridge.settings import Settings
-from tests.bridge._support import RunningBridge, _QuietServer
-
-
-def listening_socket(host: str = "127.0.0.1") -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
-    sock.listen(4096)
-    sock.setblocking(False)
-    return sock
-
-
-@contextlib.asynccontextmanager
-async def guarded_bridge(
-    settings: Settings, *, bind: str = "127.0.0.1"
-) -> AsyncIterator[RunningBridge]:
-    """The bridge on a free port of ``bind`` with ``alb serve``'s uvicorn configuration
-    (the guarded httptools protocol, uvicorn's proxy headers off)."""
-    app = create_app(settings)
-    sock = listening_socket(bind)
-    port = sock.getsockname()[1]
-    server = _QuietServer(uvicorn_config(app, settings, timeout_graceful_shutdown=2))
-    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.005)
-    try:
-        shown = f"[{bind}]" if ":" in bind else bind
-        yield RunningBridge(f"http://{shown}:{port}", app, server)
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        sock.close()
+from tests.bridge._support import RunningBridge
 
 
 def port_of(b: RunningBridge) -> int:

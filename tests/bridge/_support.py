@@ -13,6 +13,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from bridge.app import create_app
+from bridge.server import uvicorn_config
 from bridge.settings import Settings, load_settings
 from ollamasim.testing import RunningFleet
 
@@ -50,13 +51,14 @@ class RunningBridge:
     server: uvicorn.Server
 
 
-def _free_socket() -> socket.socket:
+def listening_socket(host: str = "127.0.0.1") -> socket.socket:
     # IPPROTO_TCP (not 0) so asyncio sets TCP_NODELAY on accepted sockets: without it
     # large responses stall ~40 ms on delayed ACKs (as `alb serve`'s uvicorn sockets do not).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(1024)
+    sock.bind((host, 0))
+    sock.listen(4096)
     sock.setblocking(False)
     return sock
 
@@ -68,22 +70,24 @@ class _QuietServer(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def running_bridge(settings: Settings) -> AsyncIterator[RunningBridge]:
-    """The bridge on a free loopback port, served by uvicorn in this event loop."""
+async def running_bridge(
+    settings: Settings, *, bind: str = "127.0.0.1"
+) -> AsyncIterator[RunningBridge]:
+    """The bridge on a free port of ``bind``, served by uvicorn in this event loop with
+    ``alb serve``'s configuration (``bridge.server.uvicorn_config``: the guarded httptools
+    protocol, uvicorn's proxy headers off)."""
     app = create_app(settings)
-    sock = _free_socket()
+    sock = listening_socket(bind)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=2
-    )
-    server = _QuietServer(config)
+    server = _QuietServer(uvicorn_config(app, settings, timeout_graceful_shutdown=2))
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
             task.result()
         await asyncio.sleep(0.005)
     try:
-        yield RunningBridge(f"http://127.0.0.1:{port}", app, server)
+        shown = f"[{bind}]" if ":" in bind else bind
+        yield RunningBridge(f"http://{shown}:{port}", app, server)
     finally:
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):

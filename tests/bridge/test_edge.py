@@ -32,8 +32,8 @@ from bridge.edge import (
 )
 from bridge.settings import SettingsError, load_settings
 from ollamasim.testing import RunningFleet, serve_in_thread
-from tests.bridge._edge_support import exchange, guarded_bridge, port_of
-from tests.bridge._support import SIM_CONFIG, RunningBridge, settings_for
+from tests.bridge._edge_support import exchange, port_of
+from tests.bridge._support import SIM_CONFIG, RunningBridge, running_bridge, settings_for
 
 ROOT = Path(__file__).resolve().parents[2]
 EVIL = "https://evil.example"
@@ -42,7 +42,7 @@ EVIL = "https://evil.example"
 @pytest.fixture
 async def edge(fleet: RunningFleet) -> AsyncIterator[RunningBridge]:
     settings = settings_for(fleet, origins="https://app.example.com,https://*.example.net")
-    async with guarded_bridge(settings) as b:
+    async with running_bridge(settings) as b:
         yield b
 
 
@@ -103,13 +103,13 @@ async def test_local_hosts_are_answered(edge: RunningBridge, host: str | None) -
 
 async def test_extra_hosts_and_a_non_loopback_listener(fleet: RunningFleet) -> None:
     settings = settings_for(fleet, allowed_hosts="bridge.example.com,*.corp.example")
-    async with guarded_bridge(settings) as b:
+    async with running_bridge(settings) as b:
         port = port_of(b)
         for host in ("bridge.example.com", "a.corp.example:443"):
             assert (await exchange(port, "GET", "/", headers={"Host": host})).status == 200
         assert (await exchange(port, "GET", "/", headers={"Host": "corp.example"})).status == 403
     # Ollama checks Hosts only when it listens on loopback.
-    async with guarded_bridge(settings_for(fleet, host="0.0.0.0")) as b:
+    async with running_bridge(settings_for(fleet, host="0.0.0.0")) as b:
         answer = await exchange(port_of(b), "GET", "/api/version", headers={"Host": "evil.com"})
         assert answer.status == 200
 
@@ -206,7 +206,7 @@ async def test_preflight_is_answered_for_allowed_origins_only(edge: RunningBridg
 
 
 async def test_any_origin_with_a_star(fleet: RunningFleet) -> None:
-    async with guarded_bridge(settings_for(fleet, origins="*")) as b:
+    async with running_bridge(settings_for(fleet, origins="*")) as b:
         answer = await exchange(port_of(b), "GET", "/api/version", headers={"Origin": EVIL})
         assert answer.status == 200
         assert answer.header("access-control-allow-origin") == "*"
@@ -217,7 +217,7 @@ async def test_any_origin_with_a_star(fleet: RunningFleet) -> None:
 
 async def test_forwarded_for_is_read_from_trusted_proxies_only(fleet: RunningFleet) -> None:
     """A local proxy (trusted) appends the real client to whatever the client sent."""
-    async with guarded_bridge(settings_for(fleet, trusted_proxies="127.0.0.1")) as b:
+    async with running_bridge(settings_for(fleet, trusted_proxies="127.0.0.1")) as b:
         port = port_of(b)
         path = "/alb/v1/models/chatty/unpin"
         forged = {"X-Forwarded-For": "127.0.0.1, 198.51.100.7"}
@@ -229,7 +229,7 @@ async def test_forwarded_for_is_read_from_trusted_proxies_only(fleet: RunningFle
         assert (await exchange(port, "POST", path, headers=local)).status == 200
         assert (await exchange(port, "POST", path)).status == 200
     # No trusted proxies (the default): the header is not read at all.
-    async with guarded_bridge(settings_for(fleet)) as b:
+    async with running_bridge(settings_for(fleet)) as b:
         answer = await exchange(port_of(b), "POST", path, headers=remote)
         assert answer.status == 200
 

@@ -59,7 +59,7 @@ class _AppClient:
         self._cm = self.app.router.lifespan_context(self.app)
         self.loop.run_until_complete(self._cm.__aenter__())
         transport = httpx.ASGITransport(app=self.app)
-        self.client = httpx.AsyncClient(transport=transport, base_url="http://bridge")
+        self.client = httpx.AsyncClient(transport=transport, base_url="http://localhost")
 
     def post(self, path: str, content: bytes) -> httpx.Response:
         return self.loop.run_until_complete(self.client.post(path, content=content))
