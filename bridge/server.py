@@ -175,7 +175,7 @@ def _banner(settings: Settings, out: TextIO, sim_note: str, port: int) -> None:
         lines += ["", "*" * 78, sim_note, "*" * 78, ""]
     for d in settings.daemon_specs():
         lines.append(
-            f"  daemon {d.name}: {d.url} (parallel {d.parallel}, max loaded {d.max_loaded})"
+            f"  daemon {d.name}: {d.shown_url} (parallel {d.parallel}, max loaded {d.max_loaded})"
         )
     lines.append(
         f"  keep_alive policy: {settings.keep_alive_policy}; queue {settings.queue_capacity} "
