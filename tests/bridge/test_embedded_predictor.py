@@ -253,4 +253,8 @@ async def test_the_embedded_predictors_keep_alive_unloads_idle_runners(
             return any(e.kind == "unload" and e.model == "alpha:latest" for e in d.events())
 
         await wait_for(unloaded, 5.0, what="the predicted unload")
+        # The daemon's unload event comes first; the bridge's view follows once the
+        # daemon's /api/ps confirms it (Loader.unload).
+        daemon = runtime(b.app).fleet.daemons["a"]
+        await wait_for(lambda: "alpha:latest" not in daemon.loaded, 5.0, what="the bridge's view")
         assert (await c.get("/api/ps")).json()["models"] == []
