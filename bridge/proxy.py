@@ -124,14 +124,16 @@ class InferenceRoute:
             if isinstance(err, ClientGone):
                 ex.client_gone = True
             await ex.fail(err)
-            state.error = err
+            # The name, not the error: its traceback holds this frame, whose ``state``
+            # holding it would be a cycle that keeps the body alive until a full GC.
+            state.error = type(err).__name__
         except asyncio.CancelledError:
             if not ex.client_gone:
                 raise
             task.uncancel()
         except Exception:  # a bug: answered in the API's shape, logged with an id
             bug = internal_error(f"{ep.path} request")
-            state.error = bug
+            state.error = type(bug).__name__
             with contextlib.suppress(Exception):
                 await ex.fail(bug)
         finally:
@@ -342,7 +344,7 @@ class InferenceRoute:
                 stream_failed=state.stream_failed,
                 api=self._ep.api.value,
                 stream=parsed.stream if parsed else False,
-                error="ClientGone" if ex.client_gone else _error_name(state.error),
+                error="ClientGone" if ex.client_gone else state.error,
                 num_ctx_applied=lease.gate.ctx if lease else 0,
                 finished_at=time.time(),
                 doc=parsed.doc if parsed else None,
@@ -350,10 +352,6 @@ class InferenceRoute:
                 tail=ex.tail,
             )
         )
-
-
-def _error_name(err: BridgeError | None) -> str | None:
-    return None if err is None else type(err).__name__
 
 
 class _Held:
@@ -394,7 +392,8 @@ class _State:
         self.session = "-"
         self.daemon = ""
         self.lease: Lease | None = None
-        self.error: BridgeError | None = None
+        #: The class name of the error answered, if any.
+        self.error: str | None = None
         self.stream_failed = False
         self.prompt: PromptSize | None = None
         self.parsed: Parsed | None = None

@@ -128,6 +128,7 @@ def routes(bridge: Bridge) -> list[BaseRoute]:
             out["num_ctx"] = gate.ctx if gate else None
         return json_response(out)
 
+    @native
     async def decisions(request: Request) -> Response:
         q = request.query_params
         model = q.get("model")

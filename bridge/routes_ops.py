@@ -14,9 +14,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from bridge.context import Bridge
-from bridge.errors import Forbidden, Unauthorized
+from bridge.errors import Api, Forbidden, Unauthorized
 from bridge.metrics import CONTENT_TYPE
-from bridge.responses import json_response
+from bridge.responses import guard, json_response
 from bridge.routes_admin import authorize
 from bridge.shipper import Shipper
 
@@ -35,11 +35,14 @@ _READY_RECHECK_S = 1.0
 
 def routes(bridge: Bridge) -> list[BaseRoute]:
     last_check = [0.0]
+    native = guard(Api.NATIVE)
 
+    @native
     async def healthz(request: Request) -> Response:
         """The process is alive and its event loop answers."""
         return json_response({"status": "ok"})
 
+    @native
     async def readyz(request: Request) -> Response:
         """Ready when at least one daemon answers (re-checked at most once a second)."""
         rt = bridge.runtime
@@ -63,9 +66,11 @@ def routes(bridge: Bridge) -> list[BaseRoute]:
             {"status": "ready" if ready else "unready", "daemons": daemons}, 200 if ready else 503
         )
 
+    @native
     async def metrics(request: Request) -> Response:
         return Response(bridge.metrics.render(), media_type=CONTENT_TYPE)
 
+    @native
     async def models(request: Request) -> Response:
         """Per daemon: every model the bridge tracks, with state, size, context,
         in-flight requests, queue depth and expiry."""
@@ -143,6 +148,7 @@ def routes(bridge: Bridge) -> list[BaseRoute]:
         }
         return json_response({"daemons": out, **extra})
 
+    @native
     async def events(request: Request) -> Response:
         """The events pipeline: mode, producer, what is waiting, the consumer's state."""
         rt = bridge.runtime

@@ -292,3 +292,20 @@ async def test_a_translated_v1_stream_without_a_prompt_ends_properly(
     assert r.headers["content-type"].startswith("text/event-stream")
     assert r.text.endswith("data: [DONE]\n\n"), r.text
     await _nothing_held(bridge, client)
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/alb/v1/decisions", "/readyz", "/api/tags"])
+async def test_a_bug_in_any_route_is_a_500_in_shape(
+    bridge: RunningBridge, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    state = bridge.app.state.bridge
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(state.metrics, "render", broken)
+    monkeypatch.setattr(state.decisions, "query", broken)
+    monkeypatch.setattr(state.rt().fleet, "refresh_all", broken)
+    r = await client.get(path)
+    assert r.status_code == 500
+    assert _native_error(r).startswith("internal error in the bridge (logged as ")
