@@ -145,8 +145,20 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> Starlet
         ],
         lifespan=lifespan,
         exception_handlers={404: _not_found, 405: _not_found},
-        middleware=[Middleware(Edge, policy=policy, budget=budget, reclaimer=reclaimer)],
+        middleware=[
+            Middleware(
+                Edge,
+                policy=policy,
+                budget=budget,
+                reclaimer=reclaimer,
+                refused=bridge.metrics.edge_refusals,
+            )
+        ],
     )
+    bridge.metrics.body_budget.source = lambda: [
+        (["in_use"], budget.in_use),
+        (["capacity"], budget.capacity),
+    ]
     app.state.bridge = bridge
     app.state.body_budget = budget
     app.state.reclaimer = reclaimer

@@ -54,6 +54,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from prometheus_client import Counter, Gauge
 from starlette.types import Receive, Scope, Send
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -62,6 +63,7 @@ from uvicorn.server import ServerState
 from bridge.edge import api_for, respond_error
 from bridge.errors import BadRequest, BridgeError, Overloaded, render
 from bridge.limits import body_too_slow
+from bridge.metrics import Metrics
 from bridge.settings import Settings
 
 #: Seconds a connection over the cap gets to send the head its 503 answers.
@@ -139,6 +141,9 @@ class GuardedProtocol(HttpToolsProtocol):
     """``HttpToolsProtocol`` with the limits of the module docstring."""
 
     limits: ClassVar[ConnectionLimits]
+    #: ``alb_connection_refusals_total{reason}`` and ``alb_client_connections``.
+    refused: ClassVar[Counter | None] = None
+    open_connections: ClassVar[Gauge | None] = None
 
     def __init__(
         self,
@@ -166,15 +171,24 @@ class GuardedProtocol(HttpToolsProtocol):
 
     # --- connection ---------------------------------------------------------------
 
+    def _count(self, reason: str) -> None:
+        if self.refused is not None:
+            self.refused.labels(reason=reason).inc()
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self.open_connections is not None:
+            self.open_connections.inc()
         if len(self.connections) > self.limits.max_connections:
+            self._count("connection_cap")
             self.app = refuse_connection
             self._arm_head(min(OVER_CAP_HEAD_S, self.limits.header_timeout))
         else:
             self._arm_head(self.limits.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.open_connections is not None:
+            self.open_connections.dec()
         self._cancel_head()
         self._cancel_body()
         super().connection_lost(exc)
@@ -197,7 +211,8 @@ class GuardedProtocol(HttpToolsProtocol):
                     HeadersTooLarge(
                         f"request head exceeds {self.limits.max_header_bytes} bytes "
                         "(ALB_MAX_HEADER_BYTES)"
-                    )
+                    ),
+                    "head_too_large",
                 )
         elif self._body_open:
             if self._body_timer is None:
@@ -212,6 +227,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._cancel_head()
         if self.transport.is_closing():
             return
+        self._count("bad_request")
         err = BadRequest(f"invalid HTTP request: {msg.rstrip('.').lower()}")
         url = getattr(self, "url", b"") or request_target(self._first_line)
         self.transport.write(raw_response(err, url))
@@ -274,15 +290,20 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self._head_bytes == 0 and not getattr(self, "url", b""):
+            self._count("head_timeout")
             self.transport.close()  # never said a word: nothing to answer
             return
-        self._refuse(RequestTimeout("request head not complete in time (ALB_HEADER_TIMEOUT)"))
+        self._refuse(
+            RequestTimeout("request head not complete in time (ALB_HEADER_TIMEOUT)"),
+            "head_timeout",
+        )
 
-    def _refuse(self, err: BridgeError) -> None:
+    def _refuse(self, err: BridgeError, reason: str) -> None:
         self._head_open = False
         self._cancel_head()
         if self.transport.is_closing() or self._lingering:
             return
+        self._count(reason)
         self.transport.write(raw_response(err, getattr(self, "url", b"")))
         self._linger()
 
@@ -338,16 +359,23 @@ class GuardedProtocol(HttpToolsProtocol):
                 err = RequestTimeout(
                     f"request body slower than {lim.body_min_rate:g} bytes/s (ALB_BODY_MIN_RATE)"
                 )
-                self._refuse(err)
+                self._refuse(err, "body_too_slow")
             else:
+                self._count("body_too_slow")
                 self.transport.close()
             return
         self._body_timer = self.loop.call_later(BODY_TICK_S, self._check_body)
 
 
-def protocol_for(limits: ConnectionLimits) -> type[GuardedProtocol]:
-    """A ``GuardedProtocol`` class bound to ``limits`` (uvicorn instantiates the class)."""
-    return type("GuardedProtocol", (GuardedProtocol,), {"limits": limits})
+def protocol_for(limits: ConnectionLimits, metrics: Metrics | None = None) -> type[GuardedProtocol]:
+    """A ``GuardedProtocol`` class bound to ``limits`` and counting into ``metrics``
+    (uvicorn instantiates the class)."""
+    attrs: dict[str, Any] = {"limits": limits}
+    if metrics is not None:
+        attrs.update(
+            refused=metrics.connection_refusals, open_connections=metrics.client_connections
+        )
+    return type("GuardedProtocol", (GuardedProtocol,), attrs)
 
 
 __all__ = [

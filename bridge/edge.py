@@ -56,6 +56,7 @@ import socket
 from collections.abc import Iterable
 from pathlib import Path
 
+from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge.errors import (
@@ -379,12 +380,24 @@ class Edge:
     """ASGI middleware: the checks of the module docstring, then the app."""
 
     def __init__(
-        self, app: ASGIApp, *, policy: EdgePolicy, budget: BodyBudget, reclaimer: Reclaimer
+        self,
+        app: ASGIApp,
+        *,
+        policy: EdgePolicy,
+        budget: BodyBudget,
+        reclaimer: Reclaimer,
+        refused: Counter | None = None,
     ) -> None:
         self.app = app
         self.policy = policy
         self.budget = budget
         self.reclaimer = reclaimer
+        #: ``alb_edge_refusals_total{reason}``
+        self._refused = refused
+
+    def _count(self, reason: str) -> None:
+        if self._refused is not None:
+            self._refused.labels(reason=reason).inc()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -417,6 +430,7 @@ class Edge:
             too_large = BodyTooLarge(
                 f"request body of {size} bytes exceeds the limit of {policy.max_body} bytes"
             )
+            self._count("body_too_large")
             await respond_error(send, too_large, path)
             return
 
@@ -426,12 +440,14 @@ class Edge:
                 f"host {shown!r} is not allowed for a bridge listening on loopback "
                 "(DNS rebinding protection); add it to ALB_ALLOWED_HOSTS"
             )
+            self._count("host")
             await respond_error(send, err, path)
             return
         if origin is not None and not same_origin(origin, host):
             allow_all = policy.origins.allow_all
             if not policy.origins.allows(origin.decode("latin-1")):
                 err = Forbidden(f"origin {_shown(origin)!r} is not allowed; add it to ALB_ORIGINS")
+                self._count("origin")
                 await respond_error(send, err, path)
                 return
             if scope["method"] == "OPTIONS":
@@ -445,6 +461,7 @@ class Edge:
 
         if size:
             if not self.budget.take(size):
+                self._count("body_budget")
                 await respond_error(send, _spent(self.budget), path)
                 return
             try:
@@ -468,6 +485,7 @@ class Edge:
             chunk = message.get("body")
             if chunk:
                 if not budget.take(len(chunk)):
+                    self._count("body_budget")
                     raise _spent(budget)
                 held += len(chunk)
             return message

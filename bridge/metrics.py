@@ -210,6 +210,30 @@ class Metrics:
             ["daemon"],
             registry=r,
         )
+        # --- the edge and the connections (bridge.edge, bridge.connections) ---------
+        self.edge_refusals = Counter(
+            "alb_edge_refusals",
+            "Requests refused at the edge: host, origin, body_too_large, body_budget.",
+            ["reason"],
+            registry=r,
+        )
+        self.connection_refusals = Counter(
+            "alb_connection_refusals",
+            "Connections answered and closed by their limits: head_timeout, "
+            "head_too_large, body_too_slow, connection_cap, bad_request.",
+            ["reason"],
+            registry=r,
+        )
+        self.client_connections = Gauge(
+            "alb_client_connections", "Open client connections.", registry=r
+        )
+        #: ``in_use`` / ``capacity`` of the bridge-wide request-body budget.
+        self.body_budget = GaugeFrom(
+            "alb_body_budget_bytes",
+            "Request-body bytes held by requests in progress, and the budget.",
+            ["kind"],
+            r,
+        )
 
         # Cached children of the collectors every request touches (see the module doc).
         self.requests_by = Children(self.requests)

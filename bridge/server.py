@@ -34,7 +34,7 @@ from typing import Any, TextIO
 import httpx
 import uvicorn
 import uvloop
-from starlette.types import ASGIApp
+from starlette.applications import Starlette
 
 from bridge.app import create_app
 from bridge.connections import ConnectionLimits, protocol_for
@@ -134,7 +134,7 @@ async def run(settings: Settings, *, explicit_upstream: bool, out: TextIO = sys.
                 await s.stop()
 
 
-def uvicorn_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicorn.Config:
+def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvicorn.Config:
     """The one uvicorn configuration of the bridge (``alb serve`` and the tests).
 
     httptools through ``bridge.connections.GuardedProtocol`` (head timeout and size
@@ -148,7 +148,7 @@ def uvicorn_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicor
         "host": settings.host,
         "port": settings.port,
         "loop": "none",
-        "http": protocol_for(ConnectionLimits.from_settings(settings)),
+        "http": protocol_for(ConnectionLimits.from_settings(settings), app.state.bridge.metrics),
         "ws": "none",
         "lifespan": "on",
         "access_log": False,

@@ -14,6 +14,7 @@ import resource
 import time
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 
 from bridge.limits import BIG_BODY, BodyBudget, Reclaimer, body_too_slow
@@ -364,3 +365,35 @@ async def test_a_head_the_parser_refuses_is_a_400_in_the_routes_shape(
     else:
         assert isinstance(body["error"], str)
     assert "invalid HTTP request" in str(body)
+
+
+def _samples(text: str, name: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            labels, value = line.rsplit(" ", 1)
+            out[labels[len(name) :]] = float(value)
+    return out
+
+
+async def test_refusals_and_connections_are_counted(tight: RunningBridge) -> None:
+    port = port_of(tight)
+    assert (await exchange(port, "GET", "/api/tags", headers={"Host": "evil.com"})).status == 403
+    big = {"Content-Length": str(10**9)}
+    assert (await exchange(port, "POST", "/api/chat", headers=big)).status == 413
+    assert (await exchange(port, "BREW", "/api/tags")).status == 400
+    reader, writer = await _connect(tight)
+    writer.write(b"GET /api/tags HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
+    assert (await closed_within(reader, HEAD_S + 2)) is not None
+    writer.close()
+    async with httpx.AsyncClient(base_url=tight.base_url) as c:
+        text = (await c.get("/metrics")).text
+    edge = _samples(text, "alb_edge_refusals_total")
+    assert edge['{reason="host"}'] == 1
+    assert edge['{reason="body_too_large"}'] == 1
+    conns = _samples(text, "alb_connection_refusals_total")
+    assert conns['{reason="bad_request"}'] == 1
+    assert conns['{reason="head_timeout"}'] == 1
+    assert _samples(text, "alb_client_connections")[""] >= 1  # the /metrics request itself
+    budget = _samples(text, "alb_body_budget_bytes")
+    assert budget == {'{kind="in_use"}': 0.0, '{kind="capacity"}': 100_000.0}
