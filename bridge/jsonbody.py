@@ -1,11 +1,14 @@
 """One reading of a JSON request body, the same one Ollama makes (pure, no I/O).
 
 Theory of operation. ``decode`` turns the bytes into a document once and checks the
-limits every later re-encoding relies on (``check_limits``): nesting depth, integer
-range and key length. orjson reads 1,024 levels and integers up to 2^64 but writes only
-254 levels and refuses integers past 64 bits, so a body inside these limits can always be
-re-encoded (the keep-alive rewrite, the /v1 translation, the access-log event) and a
-body outside them is a 400 that names where, before any slot is taken.
+limits every later re-encoding relies on (``check_limits``): nesting depth and integer
+range. orjson reads 1,024 levels and integers up to 2^64 but writes only 254 levels and
+refuses integers past 64 bits, so a body inside these limits can always be re-encoded
+(the keep-alive rewrite, the /v1 translation, the access-log event) and a body outside
+them is a 400 that names where, before any slot is taken. Strings are bounded by the
+body cap (``ALB_MAX_BODY_BYTES``), the model's name by ``parsing.MAX_NAME_CHARS``. The
+walk over the document is skipped for a small body with no more brackets than the depth
+limit and no run of 19 digits: it cannot pass either limit (~0.3 µs instead of ~3 µs).
 
 Ollama decodes bodies into Go structs with ``encoding/json``, which matches a key to a
 field case-insensitively (Unicode simple folding: ``K``, the Kelvin sign, is ``k``; the
@@ -21,6 +24,7 @@ spells ``model`` twice is the shape of a policy bypass, never of a real client. 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,8 +37,9 @@ MAX_DEPTH = 64
 #: Integers must fit a signed 64-bit integer (what orjson writes and Go's int holds).
 INT_MIN = -(2**63)
 INT_MAX = 2**63 - 1
-#: Longest object key accepted, in characters.
-MAX_KEY_CHARS = 1024
+#: Bodies up to this size are scanned for what could pass a limit before the walk.
+_QUICK_MAX = 64 * 1024
+_LONG_DIGITS = re.compile(rb"\d{19}")
 
 #: The two non-ASCII letters whose simple case folding reaches ASCII (Go matches
 #: ``\u212a`` to ``k`` and ``\u017f`` to ``s``); every other non-ASCII key matches no
@@ -52,8 +57,15 @@ def decode(body: bytes) -> dict[str, Any]:
         raise BadRequest(f"invalid JSON: {exc.msg}") from None
     if not isinstance(doc, dict):
         raise BadRequest("the request body must be a JSON object")
-    check_limits(doc)
+    if len(body) > _QUICK_MAX or _might_pass_limits(body):
+        check_limits(doc)
     return doc
+
+
+def _might_pass_limits(body: bytes) -> bool:
+    """False when ``body`` cannot pass a limit: no more brackets than ``MAX_DEPTH``, and
+    no run of 19 digits (every 64-bit integer has at most 19) — the walk is skipped."""
+    return body.count(b"[") + body.count(b"{") > MAX_DEPTH or _LONG_DIGITS.search(body) is not None
 
 
 def check_limits(doc: Any) -> None:
@@ -65,10 +77,6 @@ def check_limits(doc: Any) -> None:
             if depth > MAX_DEPTH:
                 raise BadRequest(f"{_where(path)} nests deeper than {MAX_DEPTH} levels")
             for k, v in value.items():
-                if len(k) > MAX_KEY_CHARS:
-                    raise BadRequest(
-                        f"{_where(path)} has a key longer than {MAX_KEY_CHARS} characters"
-                    )
                 if isinstance(v, dict | list):
                     stack.append((v, depth + 1, (path, k)))
                 elif type(v) is int and not INT_MIN <= v <= INT_MAX:
@@ -111,6 +119,8 @@ def go_fold(key: str) -> str | None:
 def fold_keys(obj: Mapping[str, Any], fields: frozenset[str], where: str = "") -> dict[str, Any]:
     """``obj`` with each case variant of a name in ``fields`` renamed to that name (the
     same object when nothing changes); ``BadRequest`` when one field is spelt twice."""
+    if fields.issuperset(obj):  # the usual case: every key is a field, spelt as one
+        return obj if isinstance(obj, dict) else dict(obj)
     renamed: dict[str, str] = {}
     seen: dict[str, str] = {}
     for k in obj:

@@ -107,6 +107,9 @@ MESSAGE_FIELDS: dict[Api, frozenset[str]] = {
     Api.OPENAI: _fields("role", "content", "reasoning", "tool_calls", "name", "tool_call_id"),
 }
 
+#: Longest model name accepted (Ollama's name parts: host 350, the others 80 each).
+MAX_NAME_CHARS = 600
+
 _STR = ((str,), "string")
 _LIST = ((list,), "array")
 _OBJECT = ((dict,), "object")
@@ -123,6 +126,11 @@ FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "tools": _LIST,
     "max_tokens": _NUMBER,
     "stream_options": _OBJECT,
+}
+#: ``FIELD_TYPES`` restricted to each route's struct.
+_TYPES_BY_PATH = {
+    path: {f: t for f, t in FIELD_TYPES.items() if f in fields}
+    for path, fields in STRUCT_FIELDS.items()
 }
 _MESSAGE_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "role": _STR,
@@ -208,7 +216,7 @@ def parse(body: bytes, ep: Endpoint) -> Parsed:
     if messages is not None:
         doc = {**doc, "messages": messages}
         folded = True
-    _check_types(doc, {f: t for f, t in FIELD_TYPES.items() if f in fields}, "")
+    _check_types(doc, _TYPES_BY_PATH.get(ep.path, {}), "")
     model = doc.get("model")
     if model is None and "name" in fields:
         model = doc.get("name")
@@ -216,6 +224,8 @@ def parse(body: bytes, ep: Endpoint) -> Parsed:
         raise BadRequest("model is required")
     if not isinstance(model, str):
         raise _type_error("model", model, "string")
+    if len(model) > MAX_NAME_CHARS:
+        raise BadRequest(f"the model's name is longer than {MAX_NAME_CHARS} characters")
     if not names.is_valid(model):
         raise BadRequest(f"invalid model name '{model}'")
     if names.is_cloud(model):

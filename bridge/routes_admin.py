@@ -13,12 +13,11 @@ import hmac
 import ipaddress
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from bridge import names, upkeep
+from bridge import jsonbody, names, upkeep
 from bridge.context import Bridge
 from bridge.errors import Api, BadRequest, Forbidden, Unauthorized
 from bridge.relay import read_body
@@ -56,15 +55,7 @@ def authorize(bridge: Bridge, request: Request) -> None:
 
 async def _options(bridge: Bridge, request: Request) -> tuple[str | None, int | None]:
     body = await read_body(request.receive, bridge.settings.max_body_bytes)
-    doc: dict[str, Any] = {}
-    if body.strip():
-        try:
-            value = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"invalid JSON: {exc.msg}") from None
-        if not isinstance(value, dict):
-            raise BadRequest("the request body must be a JSON object")
-        doc = value
+    doc: dict[str, Any] = jsonbody.decode(body) if body.strip() else {}
     daemon = doc.get("daemon", request.query_params.get("daemon"))
     num_ctx = doc.get("num_ctx", request.query_params.get("num_ctx"))
     if daemon is not None and (

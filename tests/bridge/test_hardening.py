@@ -309,3 +309,21 @@ async def test_a_bug_in_any_route_is_a_500_in_shape(
     r = await client.get(path)
     assert r.status_code == 500
     assert _native_error(r).startswith("internal error in the bridge (logged as ")
+
+
+def test_limits_hold_on_the_quick_path_and_the_walk() -> None:
+    """Small bodies skip the walk only when no limit can be passed; large ones walk."""
+    padding = b'"p":"' + b"x" * (70 * 1024) + b'",'
+    deep = b"[" * 65 + b"]" * 65
+    for pad in (b"", padding):
+        with pytest.raises(BadRequest, match="nests deeper than 64 levels"):
+            jsonbody.decode(b"{" + pad + b'"a":' + deep + b"}")
+        with pytest.raises(BadRequest, match="out of range"):
+            jsonbody.decode(b"{" + pad + b'"a":[1,9223372036854775808]}')
+        # At the limits: 64 levels (the body is one), the largest 64-bit integers.
+        ok = b"{" + pad + b'"a":' + b"[" * 63 + b"]" * 63 + b',"b":-9223372036854775808}'
+        assert jsonbody.decode(ok)["b"] == -(2**63)
+        # Brackets inside strings and long digit runs in strings only cost the walk.
+        assert jsonbody.decode(b"{" + pad + b'"s":"' + b"[" * 100 + b'1234567890123456789"}')
+    with pytest.raises(BadRequest, match="longer than 600"):
+        parse(b'{"model":"' + b"m" * 601 + b'","prompt":"x"}', GENERATE)
