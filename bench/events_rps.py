@@ -47,11 +47,10 @@ import httpx
 
 from bench.harness import Results, Scenario, _chat, interleave, warm_up
 from bench.loadgen import BatchResult, Target, Workload, new_event_loop
-from bench.procs import HOST, REPO, Service, free_port, snapshot, start_sim
+from bench.procs import HOST, REPO, Service, bridge_source, free_port, start_sim
 from bench.report import load_note, median, table
 
 #: What ``alb serve`` imports.
-BRIDGE_PACKAGES = ("bridge", "ingest", "predictor", "ollamasim")
 SIM_PARALLEL = 64
 OFF, KAFKA, EMBEDDED, BASE = "off", "kafka", "embedded", "kafka-base"
 TARGET_RATIO = 0.95
@@ -130,13 +129,13 @@ class MeteredTarget(Target):
 
 def _bridge(name: str, upstream: str, rev: str, env: dict[str, str]) -> Service:
     port = free_port()
-    src = REPO if rev == "worktree" else snapshot(rev, BRIDGE_PACKAGES)
+    src, cli = bridge_source(rev)
     full = {
         "ALB_DAEMONS": f"bench0={upstream}?parallel={SIM_PARALLEL}",
         "OLLAMA_HOST": upstream,
         **env,
     }
-    argv = [sys.executable, "-m", "bridge.cli", "serve", "--host", HOST, "--port", str(port)]
+    argv = [sys.executable, "-m", cli, "serve", "--host", HOST, "--port", str(port)]
     svc = Service(name, argv, port, env=full, cwd=src, owns_cwd=src != REPO)
     svc.wait_ready("/api/version", timeout=60)
     return svc

@@ -38,12 +38,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from bench.procs import HOST, REPO, Service, free_port, snapshot, start_sim
+from bench.procs import HOST, REPO, Service, bridge_source, free_port, start_sim
 from bench.report import load_note, table
 
 MIB = 1024 * 1024
 RSS_TARGET = 1.5
-BRIDGE_PACKAGES = ("bridge", "ingest", "predictor", "ollamasim")
 
 
 def rss(pid: int) -> int:
@@ -201,14 +200,14 @@ def _raise_fd_limit(needed: int) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     sim = start_sim(REPO / "bench" / "fleet.yaml", rev="worktree")
-    src = REPO if args.rev == "worktree" else snapshot(args.rev, BRIDGE_PACKAGES)
+    src, cli = bridge_source(args.rev)
     port = free_port()
     env = {
         "ALB_DAEMONS": f"bench0={sim.url}?parallel=64",
         "ALB_HEADER_TIMEOUT": str(args.header_timeout),
         **dict(kv.split("=", 1) for kv in args.env),
     }
-    argv = [sys.executable, "-m", "bridge.cli", "serve", "--host", HOST, "--port", str(port)]
+    argv = [sys.executable, "-m", cli, "serve", "--host", HOST, "--port", str(port)]
     bridge = Service("bridge", argv, port, env=env, cwd=src, owns_cwd=src != REPO)
     try:
         bridge.wait_ready("/api/version", timeout=60)

@@ -43,7 +43,7 @@ from pathlib import Path
 
 from bench.harness import DIRECT, WORKLOADS, Results, Scenario, interleave, warm_up
 from bench.loadgen import Target, new_event_loop
-from bench.procs import HOST, REPO, Service, free_port, snapshot, start_sim
+from bench.procs import HOST, REPO, Service, bridge_source, free_port, start_sim
 from bench.report import load_note, ms, ratio, table
 
 BRIDGE = "bridge"
@@ -54,7 +54,6 @@ STREAM_S = 0.08
 P50_C1_TARGET_MS = 1.0
 P99_C64_TARGET_MS = 5.0
 #: What ``alb serve`` needs besides its settings: every package it may import.
-BRIDGE_PACKAGES = ("bridge", "ingest", "predictor", "ollamasim")
 #: Parallel slots of the daemon in bench/fleet.yaml; the bridge's per-daemon limit.
 SIM_PARALLEL = 64
 
@@ -186,7 +185,7 @@ def _start_proxy(
         cmd = args.proxy_cmd.format(python=sys.executable, port=port, upstream=upstream)
         proxy = Service(name, shlex.split(cmd), port, env=env)
     else:
-        src = REPO if rev == "worktree" else snapshot(rev, BRIDGE_PACKAGES)
+        src, cli = bridge_source(rev)
         env = {
             "ALB_DAEMONS": f"bench0={upstream}?parallel={SIM_PARALLEL}",
             "OLLAMA_HOST": upstream,
@@ -196,7 +195,7 @@ def _start_proxy(
         if patches:
             argv = [sys.executable, "-m", "bench.bridge_whatif", "--patch", patches, *serve]
         else:
-            argv = [sys.executable, "-m", "bridge.cli", *serve]
+            argv = [sys.executable, "-m", cli, *serve]
         proxy = Service(name, argv, port, env=env, cwd=src, owns_cwd=src != REPO)
     proxy.wait_ready(args.ready_path, timeout=60)
     return proxy

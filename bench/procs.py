@@ -99,6 +99,25 @@ class Service:
             shutil.rmtree(self._owned, ignore_errors=True)
 
 
+#: The project's top-level packages; a revision has some of them (``alb``, ``common`` and
+#: ``replay`` came with the restructure of issue #13).
+PACKAGES = ("alb", "bridge", "common", "ingest", "ollamasim", "predictor", "replay")
+
+
+def bridge_source(rev: str) -> tuple[Path, str]:
+    """``alb serve``'s code as committed at ``rev`` (``"worktree"``: as on disk) and the
+    module its CLI runs as (``alb.cli``, or ``bridge.cli`` before the restructure), so
+    one benchmark can run revisions from before and after it side by side."""
+    if rev == "worktree":
+        src = REPO
+    else:
+        listed = subprocess.run(
+            ["git", "ls-tree", "--name-only", rev], cwd=REPO, capture_output=True, check=True
+        ).stdout.decode()
+        src = snapshot(rev, [p for p in PACKAGES if p in listed.split()])
+    return src, "alb.cli" if (src / "alb" / "cli.py").exists() else "bridge.cli"
+
+
 def snapshot(rev: str, paths: Sequence[str]) -> Path:
     """``paths`` as committed at ``rev``, plus this ``bench/``, in a fresh directory.
 
