@@ -229,7 +229,9 @@ class GuardedProtocol(HttpToolsProtocol):
             return
         self._count("bad_request")
         err = BadRequest(f"invalid HTTP request: {msg.rstrip('.').lower()}")
-        url = getattr(self, "url", b"") or request_target(self._first_line)
+        # The raw line first: ``url`` may still be the previous request's (the parser
+        # can refuse a head before its message begins).
+        url = request_target(self._first_line) or getattr(self, "url", b"")
         self.transport.write(raw_response(err, url))
         self.transport.close()
 
