@@ -18,6 +18,7 @@ help:
 
 # The venv is rebuilt when the dependency list or the pins change.
 $(STAMP): pyproject.toml constraints.txt
+	@PYTHON=$(PYTHON) scripts/prereqs --run
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
@@ -29,6 +30,7 @@ venv: $(STAMP)
 # cached under $(ALB_CACHE_DIR)) and Debian's redis-server. The services themselves
 # are started once per test run by session fixtures.
 services: venv
+	scripts/prereqs
 	scripts/redis install
 	scripts/kafka fetch
 	scripts/build-ollama >/dev/null

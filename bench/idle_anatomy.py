@@ -18,11 +18,11 @@ from collections import Counter, defaultdict
 from dataclasses import replace
 from pathlib import Path
 
-from predictor.replay.des import Runner, Simulation
-from predictor.replay.fleets import load_fleet
-from predictor.replay.policies import POLICIES, PolicySpec
-from predictor.replay.workload import Request, load_requests, requests_from_records
 from predictor.traces.synth import SynthParams, synthesize
+from replay.des import Runner, Simulation
+from replay.fleets import load_fleet
+from replay.policies import POLICIES, PolicySpec
+from replay.workload import Request, load_requests, requests_from_records
 
 GB_H = 1e9 * 3600
 STATES = ("serving", "loading", "idle")

@@ -4,7 +4,7 @@
     .venv/bin/python -m bench.policies --synth-seeds 1-12 --sessions-per-minute 5 --fleet F.yaml
 
 With ``--trace``: one Markdown table (policy x metrics) from a single run of the
-deterministic replay (``predictor.replay``): Ollama's defaults, the bridge with its
+deterministic replay (``replay``): Ollama's defaults, the bridge with its
 recency/LRU eviction and no prediction, the seed article's predictor, the hybrid
 histogram alone, and ours. With ``--synth-seeds``: the synthetic trace of each seed
 (``alb trace synth --seed N``), every policy on each, then one table per metric
@@ -14,7 +14,7 @@ at most Ollama's). ``--lean P`` adds the row ``ours-lean``: ours with
 ``unload_below = P`` (idle runners whose P(reuse) is below P unloaded at once);
 ``--lean P1,P2,...`` a row per value. ``--eviction per-byte`` is a what-if, not the
 bridge: every bridge policy ranks its eviction victims by predicted reuse x reload cost
-*per byte* (``bridge.placement.eviction_value`` replaced for the run), to measure what a
+*per byte* (``bridge.policy.placement.eviction_value`` replaced for the run), to measure what a
 size-aware value would change.
 Same inputs, same numbers: nothing here is timed or random.
 """
@@ -30,16 +30,16 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-import bridge.placement as placement
-import bridge.prefetch as prefetch
-import predictor.replay.bridge as replay_bridge
-from bridge.placement import ReuseOracle, RunnerView
-from predictor.replay.des import simulate
-from predictor.replay.fleets import load_fleet
-from predictor.replay.policies import POLICIES, PolicySpec
-from predictor.replay.report import ReplayReport, markdown_table
-from predictor.replay.workload import Request, load_requests, requests_from_records
+import bridge.events.prefetch_consumer as prefetch
+import bridge.policy.placement as placement
+import replay.bridge_fleet as replay_bridge
+from bridge.policy.placement import ReuseOracle, RunnerView
 from predictor.traces.synth import SynthParams, synthesize
+from replay.des import simulate
+from replay.fleets import load_fleet
+from replay.policies import POLICIES, PolicySpec
+from replay.report import ReplayReport, markdown_table
+from replay.workload import Request, load_requests, requests_from_records
 
 METRICS = (
     ("cold", "cold_start_rate", "{:.1%}"),

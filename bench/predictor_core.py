@@ -30,9 +30,9 @@ from pathlib import Path
 
 import orjson
 
-from predictor.config import PredictorConfig
 from predictor.core import Prefetch, new_state, state_to_dict, step, tick
-from predictor.records import AccessRecord
+from predictor.core.config import PredictorConfig
+from predictor.core.records import AccessRecord
 from predictor.traces.format import read_trace, to_access_records
 from predictor.traces.synth import SynthParams, synthesize
 

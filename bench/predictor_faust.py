@@ -45,12 +45,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from ingest.events import AccessLogEvent
+from ingest.messages import AccessLogEvent
 from ingest.topics import TopicSpec, ensure_topics
-from predictor.config import PredictorConfig
+from predictor.codec import from_access_log
 from predictor.core import new_state, step
+from predictor.core.config import PredictorConfig
 from predictor.core.partition import SessionPart
-from predictor.events import from_access_log
 from predictor.stream.app import observations_topic
 from predictor.stream.stages import GlobalStage, Position, SessionStage
 from predictor.traces.format import to_access_records

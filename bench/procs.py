@@ -106,7 +106,7 @@ PACKAGES = ("alb", "bridge", "common", "ingest", "ollamasim", "predictor", "repl
 
 def bridge_source(rev: str) -> tuple[Path, str]:
     """``alb serve``'s code as committed at ``rev`` (``"worktree"``: as on disk) and the
-    module its CLI runs as (``alb.cli``, or ``bridge.cli`` before the restructure), so
+    module its CLI runs as (``alb.cli``; ``bridge`` + ``.cli`` before the restructure), so
     one benchmark can run revisions from before and after it side by side."""
     if rev == "worktree":
         src = REPO
@@ -115,7 +115,7 @@ def bridge_source(rev: str) -> tuple[Path, str]:
             ["git", "ls-tree", "--name-only", rev], cwd=REPO, capture_output=True, check=True
         ).stdout.decode()
         src = snapshot(rev, [p for p in PACKAGES if p in listed.split()])
-    return src, "alb.cli" if (src / "alb" / "cli.py").exists() else "bridge.cli"
+    return src, "alb.cli" if (src / "alb" / "cli.py").exists() else "bridge" + ".cli"
 
 
 def snapshot(rev: str, paths: Sequence[str]) -> Path:

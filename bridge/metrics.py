@@ -210,7 +210,7 @@ class Metrics:
             ["daemon"],
             registry=r,
         )
-        # --- the edge and the connections (bridge.edge, bridge.connections) ---------
+        # --- the edge and the connections (bridge.http.edge, bridge.http.connections) ---------
         self.edge_refusals = Counter(
             "alb_edge_refusals",
             "Requests refused at the edge: host, origin, body_too_large, body_budget.",

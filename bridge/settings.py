@@ -28,7 +28,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
-    from predictor.config import PredictorConfig
+    from predictor.core.config import PredictorConfig
 
 DEFAULT_OLLAMA = "http://127.0.0.1:11434"
 _OLLAMA_PORT = 11434
@@ -186,7 +186,7 @@ class Settings(BaseSettings):
     num_ctx_prefer_default: bool = True
     #: Serve /v1/chat/completions and /v1/completions through the native API (with the
     #: runner's num_ctx) when the model's runner is at another context that fits them,
-    #: instead of reloading it at the default (``bridge.openai_native``).
+    #: instead of reloading it at the default (``bridge.wire.openai_native``).
     openai_native: bool = True
     #: The daemons' default num_ctx (their ``OLLAMA_CONTEXT_LENGTH``) for daemons without
     #: ``?default_ctx=``; 0 = learn it from the first runner loaded without num_ctx
@@ -240,7 +240,7 @@ class Settings(BaseSettings):
     #: Events held in memory before they spill to the spool.
     events_queue_max: int = Field(10_000, ge=1)
     #: With Kafka: build and send the events in a child process (``python -m
-    #: bridge.shipper``), off the bridge's event loop; ``false``: in the event loop.
+    #: bridge.events.shipper``), off the bridge's event loop; ``false``: in the event loop.
     events_shipper: bool = True
     #: Seconds the sender gets at shutdown to hand its queue to the bus (the rest is spooled).
     events_close_timeout: float = Field(5.0, ge=0)
@@ -263,12 +263,12 @@ class Settings(BaseSettings):
     #: Event ids remembered for idempotence (prefetch and warm-cache).
     events_seen_capacity: int = Field(100_000, ge=1)
     #: Run the predictor inside the bridge over the in-process bus when Kafka is not
-    #: configured (``bridge.embedded``); with Kafka the Faust worker (``alb predictor``)
+    #: configured (``bridge.events.predictor``); with Kafka the Faust worker (``alb predictor``)
     #: does that job.
     predictor_embedded: bool = True
     #: With Kafka: read the Faust worker's model hints (``alb.model-hints.v1``) into the
     #: eviction value and the idle unloads, as the embedded predictor's state is used
-    #: without Kafka (``bridge.hints``); ``false``: recency and ``ALB_IDLE_UNLOAD_AFTER``.
+    #: without Kafka (``bridge.events.hints``); ``false``: recency and ``ALB_IDLE_UNLOAD_AFTER``.
     model_hints: bool = True
     #: The embedded predictor's core knobs: a JSON object of ``PredictorConfig`` fields,
     #: the same variable ``alb predictor`` reads (``ALB_PREDICTOR_CONFIG``).
@@ -309,14 +309,14 @@ class Settings(BaseSettings):
     @field_validator("origins")
     @classmethod
     def _origins(cls, v: str) -> str:
-        from bridge.edge import check_origins  # noqa: PLC0415 - edge imports nothing of ours
+        from bridge.http.edge import check_origins  # noqa: PLC0415 - edge imports nothing of ours
 
         return check_origins(v)
 
     @field_validator("trusted_proxies")
     @classmethod
     def _trusted_proxies(cls, v: str) -> str:
-        from bridge.edge import check_networks  # noqa: PLC0415
+        from bridge.http.edge import check_networks  # noqa: PLC0415
 
         return check_networks(v)
 
@@ -353,7 +353,7 @@ class Settings(BaseSettings):
 
     def predictor_core_config(self) -> PredictorConfig:
         """``predictor_config`` parsed over ``PredictorConfig.recommended()``."""
-        from predictor.config import PredictorConfig  # noqa: PLC0415
+        from predictor.core.config import PredictorConfig  # noqa: PLC0415
 
         if not self.predictor_config.strip():
             return PredictorConfig.recommended()

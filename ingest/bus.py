@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Protocol, Self
 
 import orjson
 
-from ingest.events import Event
+from ingest.messages import Event
 
 
 @dataclass(frozen=True, slots=True)

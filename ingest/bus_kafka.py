@@ -40,7 +40,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from ingest.bus import BusRejected, BusUnavailable, CommitFailed, Delivery, Record, as_bytes
-from ingest.events import Event
+from ingest.messages import Event
 
 log = logging.getLogger(__name__)
 _PARTITIONER = DefaultPartitioner()

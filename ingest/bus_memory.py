@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Self
 
 from ingest.bus import BusUnavailable, CommitFailed, Delivery, Record, as_bytes
-from ingest.events import Event
+from ingest.messages import Event
 
 TopicPartition = tuple[str, int]
 

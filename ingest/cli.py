@@ -1,6 +1,6 @@
 """``alb topics create|describe`` and ``alb replay export|import``: thin shells.
 
-Mounted by ``bridge/cli.py``: ``topics_app`` as ``alb topics``, and the replay
+Mounted by ``alb/cli.py``: ``topics_app`` as ``alb topics``, and the replay
 commands added to the ``alb replay`` group with ``register_replay_commands``
 (the predictor adds ``evaluate`` / ``sweep`` / ``send`` to the same group).
 Heavy imports (aiokafka, rich) happen inside the commands so ``alb --help`` stays fast.

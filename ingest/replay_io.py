@@ -30,7 +30,7 @@ from aiokafka.errors import KafkaError
 
 from ingest.bus import BusUnavailable, EventBus, Record
 from ingest.contracts import schema_names, validation_errors
-from ingest.events import key_for
+from ingest.messages import key_for
 
 Progress = Callable[[int], None]
 _BATCH = 500

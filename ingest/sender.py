@@ -42,7 +42,7 @@ from typing import Self
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ingest.bus import BusError, BusRejected, EventBus, Record
-from ingest.events import Event
+from ingest.messages import Event
 from ingest.spool import Spool
 
 log = logging.getLogger(__name__)

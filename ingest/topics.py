@@ -32,7 +32,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from ingest.bus import BusUnavailable
-from ingest.events import Topic
+from ingest.messages import Topic
 
 _HOUR_MS = 3_600_000
 _DAY_MS = 24 * _HOUR_MS

@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ingest.events import AccessLogEvent, Count, Ctx, Hash, Name, as_utc
+from ingest.messages import AccessLogEvent, Count, Ctx, Hash, Name, as_utc
 
 TRACE_FORMAT = "trace.v1"
 

@@ -34,7 +34,7 @@ from ollamasim import scheduler as policy
 from ollamasim.clock import Clock
 from ollamasim.config import DaemonConfig, FleetConfig, ModelConfig
 from ollamasim.durations import MAX_DURATION_NS, NANOS, human_bytes2, parse_keep_alive
-from ollamasim.events import EventKind, EventLog, SimEvent
+from ollamasim.eventlog import EventKind, EventLog, SimEvent
 from ollamasim.faults import Faults
 from ollamasim.names import normalize
 from ollamasim.runner import Runner

@@ -20,7 +20,7 @@ from ollamasim.app import build_app
 from ollamasim.clock import Clock
 from ollamasim.config import DaemonConfig, FleetConfig
 from ollamasim.engine import Engine
-from ollamasim.events import EventLog
+from ollamasim.eventlog import EventLog
 from ollamasim.faults import Faults
 
 

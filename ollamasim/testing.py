@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ollamasim.config import FleetConfig
-from ollamasim.events import SimEvent
+from ollamasim.eventlog import SimEvent
 from ollamasim.faults import Faults
 from ollamasim.serving import DaemonServer
 

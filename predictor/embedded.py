@@ -39,8 +39,8 @@ import orjson
 from pydantic import ValidationError
 
 from ingest.bus import BusError, Delivery, EventBus, Record, Subscription
-from ingest.events import AccessLogEvent, ModelStateEvent, Topic
-from predictor.config import PredictorConfig
+from ingest.messages import AccessLogEvent, ModelStateEvent, Topic
+from predictor.codec import from_access_log, prefetch_event, warm_cache_event
 from predictor.core import (
     Output,
     PredictorState,
@@ -51,8 +51,8 @@ from predictor.core import (
     step,
     tick,
 )
-from predictor.events import from_access_log, prefetch_event, warm_cache_event
-from predictor.records import RecordError
+from predictor.core.config import PredictorConfig
+from predictor.core.records import RecordError
 
 __all__ = ["GROUP_ID", "EmbeddedPredictor"]
 

@@ -20,9 +20,9 @@ import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from predictor.config import PredictorConfig
 from predictor.core import Prefetch, new_state, step, tick
-from predictor.records import AccessRecord
+from predictor.core.config import PredictorConfig
+from predictor.core.records import AccessRecord
 
 __all__ = ["PrefetchReport", "evaluate_prefetch"]
 

@@ -40,7 +40,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from predictor.config import PredictorConfig
+from predictor.core.config import PredictorConfig
 
 __all__ = ["IdleHistogram", "IdleWindows", "Pattern"]
 

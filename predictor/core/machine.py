@@ -10,7 +10,7 @@ Theory of operation
    model's histogram (:mod:`predictor.core.idle`);
 3. a :class:`KeepAliveHint` goes out when the model's windows changed;
 4. likely next models become :class:`Prefetch` + :class:`WarmCache` events, under the
-   budget and cooldown of :mod:`predictor.core.policy`.
+   budget and cooldown of :mod:`predictor.core.planner`.
 
 ``tick`` is the timer: it expires windows and idle sessions, fires histogram pre-warms
 whose time has come, and (optionally) emits a :class:`ReuseHint` per model. Time only
@@ -29,14 +29,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from predictor.config import PredictorConfig
+from predictor.core.config import PredictorConfig
 from predictor.core.heavy import SpaceSaving
 from predictor.core.idle import IdleHistogram
 from predictor.core.outputs import KeepAliveHint, Output, Prefetch, ReuseHint
-from predictor.core.policy import Gate, select, warm_caches
+from predictor.core.planner import Gate, select, warm_caches
 from predictor.core.rates import ArrivalRate
+from predictor.core.records import AccessRecord
 from predictor.core.transitions import Transitions
-from predictor.records import AccessRecord
 
 __all__ = [
     "STATE_VERSION",

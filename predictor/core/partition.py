@@ -35,12 +35,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from predictor.config import PredictorConfig
+from predictor.core.config import PredictorConfig
 from predictor.core.machine import PredictorState, state_from_dict, state_to_dict, step
 from predictor.core.outputs import Output
+from predictor.core.records import AccessRecord
 from predictor.core.transitions import Transitions, _Session
 from predictor.core.windows import window_from_dict
-from predictor.records import AccessRecord
 
 __all__ = [
     "SessionPart",

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from predictor.config import PredictorConfig
+from predictor.core.config import PredictorConfig
 from predictor.core.windows import CountWindow, MinuteWindow, Window, window_from_dict
 
 __all__ = ["Candidate", "Transitions"]

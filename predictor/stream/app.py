@@ -39,8 +39,8 @@ two stages, each an agent with concurrency 1::
    the call; :func:`~predictor.core.partition.step_with_session`), drops prefetches of
    models the latest model-state events show loaded and outputs that expired already,
    and publishes prefetch / warm-cache events keyed by model; on each tick also a
-   model hint per model (:mod:`predictor.core.keepalive`: P(reuse) and the keep-alive,
-   for bridges that run with Kafka; ``bridge.hints``). Its state (global
+   model hint per model (:mod:`predictor.core.advice`: P(reuse) and the keep-alive,
+   for bridges that run with Kafka; ``bridge.events.hints``). Its state (global
    windows, idle histograms, prompt heavy hitters, gate, hints, loaded models) is one
    zlib-compressed JSON value under one key of the ``global`` table (a few kB to tens
    of kB; written once per batch, not per event). One key means one changelog record:
@@ -100,7 +100,7 @@ import faust
 import faust.streams
 import orjson
 
-from ingest.events import Topic
+from ingest.messages import Topic
 from predictor.core.partition import SessionPart
 from predictor.stream.preflight import KafkaUnreachable, check_kafka
 from predictor.stream.settings import PredictorSettings

@@ -3,7 +3,7 @@
 Environment variables with the prefix ``ALB_PREDICTOR_``, parsed once at start-up;
 a bad value fails fast with a message naming the variable (:func:`load_settings`).
 The core's knobs pass through unchanged as ``ALB_PREDICTOR_CONFIG`` (a JSON object of
-:class:`~predictor.config.PredictorConfig` fields) or one by one as
+:class:`~predictor.core.config.PredictorConfig` fields) or one by one as
 ``ALB_PREDICTOR_CONFIG__<FIELD>`` (e.g. ``ALB_PREDICTOR_CONFIG__WINDOW_MINUTES=5``).
 """
 
@@ -19,9 +19,9 @@ import orjson
 from pydantic import Field, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ingest.events import Topic
+from ingest.messages import Topic
 from ingest.topics import TOPICS
-from predictor.config import ConfigError, PredictorConfig
+from predictor.core.config import ConfigError, PredictorConfig
 
 __all__ = ["PredictorSettings", "SettingsError", "load_settings", "split_servers"]
 

@@ -32,16 +32,17 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from ingest.events import (
+from ingest.messages import (
     AccessLogEvent,
     ModelHintEvent,
     ModelStateEvent,
     PrefetchEvent,
     WarmCacheEvent,
 )
-from predictor.config import PredictorConfig
+from predictor.codec import from_access_log, model_hint_event, prefetch_event, warm_cache_event
 from predictor.core import Output, Prefetch, WarmCache, new_state, tick
-from predictor.core.keepalive import ModelHint, model_hints
+from predictor.core.advice import ModelHint, model_hints
+from predictor.core.config import PredictorConfig
 from predictor.core.partition import (
     SessionPart,
     advance_session,
@@ -49,8 +50,7 @@ from predictor.core.partition import (
     global_to_dict,
     step_with_session,
 )
-from predictor.events import from_access_log, model_hint_event, prefetch_event, warm_cache_event
-from predictor.records import AccessRecord, RecordError
+from predictor.core.records import AccessRecord, RecordError
 
 __all__ = [
     "GlobalStage",

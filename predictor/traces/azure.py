@@ -1,4 +1,4 @@
-"""Converters from the real Azure traces in ``../shared/traces/real/`` to trace v1.
+"""Converters from the real Azure traces in ``data/traces/`` to trace v1.
 
 Azure Functions 2019 (Shahrad et al., ATC 2020; the ``invitro`` 1000-function sample)
 -----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, Literal
 
 from ingest.trace import TraceRecord, dump_lines, load_lines
-from predictor.records import AccessRecord
+from predictor.core.records import AccessRecord
 
 __all__ = [
     "DEFAULT_EPOCH",

@@ -1,5 +1,5 @@
 #!/bin/bash
-# One short real-GPU check: NVML through bridge.gpu, and what the CPU-built Ollama sees.
+# One short real-GPU check: NVML through bridge.scheduling.gpu, and what the CPU-built Ollama sees.
 set -u
 O=${OUT:-/tmp/out}; mkdir -p "$O"
 {
@@ -7,7 +7,7 @@ O=${OUT:-/tmp/out}; mkdir -p "$O"
   nvidia-smi --query-gpu=name,memory.total,memory.used,memory.free,driver_version --format=csv
   echo "nvcc: $(command -v nvcc || echo none)"; ls -d /usr/local/cuda* 2>&1 | head -3
   echo "python: $(command -v python3) $(python3 --version 2>&1)"
-  PYTHONPATH=.gpucheck:. python3 -c 'from bridge.gpu import read_gpus; r = read_gpus(); print(r); print("total", r.total)' 2>&1
+  PYTHONPATH=.gpucheck:. python3 -c 'from bridge.scheduling.gpu import read_gpus; r = read_gpus(); print(r); print("total", r.total)' 2>&1
 } > "$O/gpu.txt" 2>&1
 chmod +x .gpucheck/ollama
 export OLLAMA_HOST=127.0.0.1:11500 OLLAMA_MODELS=/tmp/ollama-models HOME=/tmp OLLAMA_DEBUG=1
@@ -21,7 +21,7 @@ for i in $(seq 1 50); do curl -s -o /dev/null "http://$OLLAMA_HOST/" && break; s
   echo "--- ps"; curl -s "http://$OLLAMA_HOST/api/ps"; echo
   echo "--- generate num_ctx 8192"; curl -s "http://$OLLAMA_HOST/api/generate" -d '{"model":"tiny","prompt":"hello","stream":false,"options":{"num_predict":4,"num_ctx":8192}}' | head -c 300; echo
   echo "--- ps"; curl -s "http://$OLLAMA_HOST/api/ps"; echo
-  echo "--- NVML while loaded"; PYTHONPATH=.gpucheck:. python3 -c 'from bridge.gpu import read_gpus; print(read_gpus())' 2>&1
+  echo "--- NVML while loaded"; PYTHONPATH=.gpucheck:. python3 -c 'from bridge.scheduling.gpu import read_gpus; print(read_gpus())' 2>&1
   echo "--- unload"; curl -s "http://$OLLAMA_HOST/api/generate" -d '{"model":"tiny","keep_alive":0}'; echo
   echo "--- ps"; curl -s "http://$OLLAMA_HOST/api/ps"; echo
 } > "$O/ollama.txt" 2>&1

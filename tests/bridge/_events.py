@@ -14,11 +14,11 @@ import orjson
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 
-from bridge.context import Bridge, Runtime
-from bridge.events import Events
+from bridge.events.pipeline import Events
+from bridge.http.state import Bridge, Runtime
 from ingest.bus import Delivery, EventBus
 from ingest.contracts import validation_errors
-from ingest.events import ModelHintEvent, PrefetchEvent, WarmCacheEvent, utcnow
+from ingest.messages import ModelHintEvent, PrefetchEvent, WarmCacheEvent, utcnow
 
 
 def bridge_of(app: Starlette) -> Bridge:

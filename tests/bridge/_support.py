@@ -12,8 +12,8 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
-from bridge.app import create_app
-from bridge.server import uvicorn_config
+from bridge.http.app import create_app
+from bridge.http.server import uvicorn_config
 from bridge.settings import Settings, load_settings
 from ollamasim.testing import RunningFleet
 
@@ -74,7 +74,7 @@ async def running_bridge(
     settings: Settings, *, bind: str = "127.0.0.1"
 ) -> AsyncIterator[RunningBridge]:
     """The bridge on a free port of ``bind``, served by uvicorn in this event loop with
-    ``alb serve``'s configuration (``bridge.server.uvicorn_config``: the guarded httptools
+    ``alb serve``'s configuration (``bridge.http.server.uvicorn_config``: the guarded httptools
     protocol, uvicorn's proxy headers off)."""
     app = create_app(settings)
     sock = listening_socket(bind)

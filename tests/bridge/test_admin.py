@@ -9,10 +9,10 @@ import httpx
 import pytest
 from starlette.requests import Request
 
-from bridge.context import Bridge
 from bridge.errors import Forbidden
+from bridge.http.routes_admin import authorize
+from bridge.http.state import Bridge
 from bridge.metrics import Metrics
-from bridge.routes_admin import authorize
 from bridge.settings import load_settings
 from ollamasim.testing import RunningFleet
 from tests.bridge._support import kinds, running_bridge, settings_for

@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bridge.decisions import DecisionLog
-from bridge.fleet import Fleet
 from bridge.metrics import Metrics
-from bridge.numctx import Need
-from bridge.placement import Serve, route
-from bridge.scheduler import Lease, Scheduler
+from bridge.policy.numctx import Need
+from bridge.policy.placement import Serve, route
+from bridge.scheduling.decisions import DecisionLog
+from bridge.scheduling.fleet import Fleet
+from bridge.scheduling.scheduler import Lease, Scheduler
 from bridge.settings import load_settings
 from bridge.upstream import Upstream
 

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from bridge.admission import FairQueue, Gate, retry_after
 from bridge.errors import LoadFailed
+from bridge.scheduling.gate import FairQueue, Gate, retry_after
 from ollamasim.testing import RunningFleet
 from tests.bridge._support import RunningBridge, kinds, running_bridge, settings_for
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from bridge.cli import app
+from alb.cli import app
 
 runner = CliRunner()
 

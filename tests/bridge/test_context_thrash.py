@@ -4,8 +4,8 @@ runner counts as evicting it, so the other traffic gets a runner elsewhere."""
 
 from __future__ import annotations
 
-from bridge.numctx import Need
-from bridge.placement import DaemonView, Load, RecencyOracle, RunnerView, route
+from bridge.policy.numctx import Need
+from bridge.policy.placement import DaemonView, Load, RecencyOracle, RunnerView, route
 
 GB = 10**9
 

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from bridge.numctx import DaemonDefault, Limits, Need, choose_target
-from bridge.scheduler import Scheduler
+from bridge.policy.numctx import DaemonDefault, Limits, Need, choose_target
+from bridge.scheduling.scheduler import Scheduler
 from bridge.settings import load_settings
 from ollamasim.testing import RunningFleet, serve_in_thread
 from tests.bridge._events import runtime

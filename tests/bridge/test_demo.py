@@ -7,9 +7,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from bridge.cli import app
-from bridge.demo import predictor_config, trace
-from predictor.config import PredictorConfig
+from alb.cli import app
+from alb.demo import predictor_config, trace
+from predictor.core.config import PredictorConfig
 
 runner = CliRunner()
 

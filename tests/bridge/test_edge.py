@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bridge.edge import (
+from bridge.http.edge import (
     DEFAULT_ORIGINS,
     HostRules,
     OriginRules,

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bridge.embedded import (
+from bridge.events.predictor import (
     RECENCY_WEIGHT,
     PredictedReuse,
     PredictorEstimate,
@@ -23,11 +23,11 @@ from bridge.embedded import (
     estimate_reuse,
     keep_alive_after,
 )
-from bridge.placement import RecencyOracle, RunnerView
-from bridge.prefetch import PrefetchOracle
+from bridge.events.prefetch_consumer import PrefetchOracle
+from bridge.policy.placement import RecencyOracle, RunnerView
 from bridge.settings import SettingsError, load_settings
 from ollamasim.testing import RunningDaemon, RunningFleet, serve_in_thread
-from predictor.config import PredictorConfig
+from predictor.core.config import PredictorConfig
 from predictor.core.machine import new_state
 from predictor.core.rates import ArrivalRate
 from predictor.embedded import EmbeddedPredictor

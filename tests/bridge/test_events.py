@@ -13,8 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from bridge.decisions import Decision
-from bridge.events_build import (
+from bridge.events.builders import (
     access_log_event,
     conversation,
     decision_event,
@@ -23,12 +22,13 @@ from bridge.events_build import (
     status_of,
     token_counts,
 )
-from bridge.loader import StateChange
-from bridge.records import RequestRecord
+from bridge.events.sink import RequestRecord
+from bridge.scheduling.decisions import Decision
+from bridge.scheduling.loader import StateChange
 from bridge.settings import load_settings
 from ingest.contracts import validation_errors
-from ingest.events import Topic
 from ingest.hashing import system_prompt_hash
+from ingest.messages import Topic
 from ollamasim.testing import RunningFleet, serve_in_thread
 from tests.bridge._events import (
     bridge_of,

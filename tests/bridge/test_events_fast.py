@@ -11,10 +11,10 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.events_build import access_log_event, access_log_record
-from bridge.records import RequestRecord
+from bridge.events.builders import access_log_event, access_log_record
+from bridge.events.sink import RequestRecord
 from ingest.contracts import validation_errors
-from ingest.events import Topic
+from ingest.messages import Topic
 
 SECRET = "You are Captain Secret-Sauce, the confidential pirate assistant."
 _plain = st.text(max_size=30)

@@ -29,12 +29,12 @@ import httpx
 import orjson
 import pytest
 
-from bridge.events_build import identify
-from bridge.records import RequestRecord
-from bridge.shipper import Shipper
+from bridge.events.builders import identify
+from bridge.events.shipper import Shipper
+from bridge.events.sink import RequestRecord
 from ingest.bus import Delivery, Record
 from ingest.bus_kafka import KafkaBus, KafkaConfig
-from ingest.events import Event, Topic
+from ingest.messages import Event, Topic
 from ingest.topics import ensure_topics
 from ollamasim.testing import RunningFleet
 from tests.bridge._events import (

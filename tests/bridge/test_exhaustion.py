@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from bridge.limits import BIG_BODY, BodyBudget, Reclaimer, body_too_slow
+from bridge.http.limits import BIG_BODY, BodyBudget, Reclaimer, body_too_slow
 from ollamasim.testing import RunningFleet
 from tests.bridge._edge_support import (
     closed_within,

@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 
-from bridge.health import LoadBook, is_memory_error, memory_figures
-from bridge.numctx import Need
-from bridge.placement import (
+from bridge.policy.health import LoadBook, is_memory_error, memory_figures
+from bridge.policy.numctx import Need
+from bridge.policy.placement import (
     NEVER,
     Cooldown,
     DaemonView,

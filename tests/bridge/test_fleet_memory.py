@@ -13,11 +13,11 @@ from typing import Any
 import httpx
 import pytest
 
-from bridge.fleet import Fleet
-from bridge.gpu import GpuMemory, GpuReading
+from bridge.scheduling.fleet import Fleet
+from bridge.scheduling.gpu import GpuMemory, GpuReading
 from bridge.settings import load_settings
 from bridge.upstream import Upstream
-from ollamasim.events import SimEvent
+from ollamasim.eventlog import SimEvent
 from ollamasim.testing import RunningFleet, serve_in_thread
 from tests.bridge._support import running_bridge
 

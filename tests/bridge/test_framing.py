@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from bridge.framing import End, NDJSONFramer, SSEFramer, TruncatedFrame
+from bridge.wire.framing import End, NDJSONFramer, SSEFramer, TruncatedFrame
 from ollamasim.testing import serve_in_thread
 from tests.bridge._support import SIM_CONFIG
 

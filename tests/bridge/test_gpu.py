@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bridge.gpu import read_gpus
+from bridge.scheduling.gpu import read_gpus
 
 
 class _FakeNvmlError(Exception):

@@ -10,14 +10,15 @@ import httpx
 import orjson
 import pytest
 
-from bridge import jsonbody, proxy
 from bridge.errors import Api, BadRequest
-from bridge.events_build import access_log_record
-from bridge.parsing import parse, rewrite
-from bridge.records import RequestRecord
-from bridge.routes_native import CHAT, GENERATE
-from bridge.routes_openai import CHAT as V1_CHAT
-from ingest.events import Topic
+from bridge.events.builders import access_log_record
+from bridge.events.sink import RequestRecord
+from bridge.http import proxy
+from bridge.http.routes_native import CHAT, GENERATE
+from bridge.http.routes_openai import CHAT as V1_CHAT
+from bridge.wire import jsonbody
+from bridge.wire.parsing import parse, rewrite
+from ingest.messages import Topic
 from tests.bridge._events import events_of, read_topic
 from tests.bridge._support import RunningBridge
 

@@ -1,4 +1,4 @@
-"""The Faust worker's model hints in a Kafka-mode bridge (``bridge.hints``): the book's
+"""The Faust worker's model hints in a Kafka-mode bridge (``bridge.events.hints``): the book's
 rules, and the reader on the in-process bus (the real broker: ``test_events_kafka``)."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from datetime import timedelta
 import pytest
 from prometheus_client import CollectorRegistry
 
-from bridge.embedded import PredictedReuse
-from bridge.hints import HintBook, HintConsumer, HintEstimate, HintKeepAlive, HintMetrics
-from bridge.placement import RunnerView
+from bridge.events.hints import HintBook, HintConsumer, HintEstimate, HintKeepAlive, HintMetrics
+from bridge.events.predictor import PredictedReuse
+from bridge.policy.placement import RunnerView
 from ingest.bus import Delivery
 from ingest.bus_memory import MemoryBus
-from ingest.events import Topic
+from ingest.messages import Topic
 from tests.bridge._events import model_hint, wait_for
 
 
@@ -40,7 +40,7 @@ def test_the_newest_unexpired_hint_per_model_wins() -> None:
     )
     assert book.offer(newer) == "applied"
     assert book.offer(first) == "older"  # a late copy of an older tick changes nothing
-    assert book.reuse("alpha:latest") == 0.7  # keys as bridge.names.key
+    assert book.reuse("alpha:latest") == 0.7  # keys as bridge.wire.names.key
     assert book.offer(model_hint("beta", expires_in_s=-1)) == "expired"
     assert book.reuse("beta:latest") is None
     assert len(book) == 1

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.app import create_app
 from bridge.errors import Api, BadRequest, Forbidden
-from bridge.parsing import Endpoint, Kind, parse, rewrite
-from bridge.routes_native import CHAT, EMBED, GENERATE
-from bridge.routes_openai import CHAT as V1_CHAT
-from bridge.routes_openai import EMBEDDINGS as V1_EMBEDDINGS
+from bridge.http.app import create_app
+from bridge.http.routes_native import CHAT, EMBED, GENERATE
+from bridge.http.routes_openai import CHAT as V1_CHAT
+from bridge.http.routes_openai import EMBEDDINGS as V1_EMBEDDINGS
+from bridge.wire.parsing import Endpoint, Kind, parse, rewrite
 from ollamasim.testing import RunningFleet, serve_in_thread
 from tests.bridge._support import SIM_CONFIG, settings_for
 

@@ -1,4 +1,4 @@
-"""The pure /v1 <-> native translation (``bridge.openai_native``) and the num_ctx policy
+"""The pure /v1 <-> native translation (``bridge.wire.openai_native``) and the num_ctx policy
 that chooses it: request mapping as Ollama's ``openai.FromChatRequest`` /
 ``FromCompleteRequest`` do it, answers as its ``middleware.ChatWriter`` /
 ``CompleteWriter`` write them, checked with the official ``openai`` types."""
@@ -18,8 +18,8 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from bridge.errors import BadRequest
-from bridge.numctx import DaemonDefault, Limits, Need, choose_target
-from bridge.openai_native import CHAT, COMPLETIONS, Translator, to_native, unix_time
+from bridge.policy.numctx import DaemonDefault, Limits, Need, choose_target
+from bridge.wire.openai_native import CHAT, COMPLETIONS, Translator, to_native, unix_time
 
 CREATED_AT = "2026-11-27T00:00:01.123456789Z"
 PNG = base64.b64encode(b"\x89PNG fake").decode()

@@ -10,12 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.decisions import DecisionLog
 from bridge.errors import BadRequest
-from bridge.health import Breaker
-from bridge.memory import ModelInfo, SizeBook, kv_bytes_per_token, model_info_from_show
-from bridge.numctx import Calibrator, Limits, Need, bucket, need_for, prompt_size
-from bridge.placement import (
+from bridge.policy.health import Breaker
+from bridge.policy.numctx import Calibrator, Limits, Need, bucket, need_for, prompt_size
+from bridge.policy.placement import (
     NEVER,
     DaemonView,
     Load,
@@ -28,6 +26,8 @@ from bridge.placement import (
     plan_room,
     route,
 )
+from bridge.policy.sizing import ModelInfo, SizeBook, kv_bytes_per_token, model_info_from_show
+from bridge.scheduling.decisions import DecisionLog
 
 GB = 10**9
 LIMITS = Limits((2048, 4096, 8192, 16384, 32768), 2048, 262144, 512, 768)
@@ -325,7 +325,7 @@ def test_model_info_for_embedding_models() -> None:
 async def test_a_waiter_queued_on_an_open_gate_is_served_at_once() -> None:
     """Regression: a request admitted while the gate was closed, queued after it opened
     (its task ran later), must not wait for a release that never comes."""
-    from bridge.admission import Gate  # noqa: PLC0415
+    from bridge.scheduling.gate import Gate  # noqa: PLC0415
 
     gate = Gate(slots=2)
     gate.open(ctx=4096, auto=True)

@@ -1,4 +1,4 @@
-"""``bridge.reader.BusReader``: resubscribes after failures, at once after a lost commit,
+"""``bridge.events.reader.BusReader``: resubscribes after failures, at once after a lost commit,
 after a growing pause when the bus is down; ``ready`` and ``subscribed`` follow it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any, Self
 
 import pytest
 
-from bridge.reader import BusReader
+from bridge.events.reader import BusReader
 from ingest.bus import BusUnavailable, CommitFailed, Delivery, Subscription
 
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from bridge import keepalive, names
 from bridge.settings import SettingsError, load_settings, normalise_ollama_host
+from bridge.wire import durations, names
 
 
 @pytest.mark.parametrize(
@@ -92,7 +92,7 @@ def test_names_like_ollama() -> None:
     ],
 )
 def test_keep_alive_like_go(value: object, seconds: float) -> None:
-    assert keepalive.parse(value) == seconds
+    assert durations.parse(value) == seconds
 
 
 @pytest.mark.parametrize(
@@ -105,6 +105,6 @@ def test_keep_alive_like_go(value: object, seconds: float) -> None:
     ],
 )
 def test_keep_alive_errors_like_go(value: object, message: str) -> None:
-    with pytest.raises(keepalive.KeepAliveError) as exc:
-        keepalive.parse(value)
+    with pytest.raises(durations.KeepAliveError) as exc:
+        durations.parse(value)
     assert str(exc.value) == message

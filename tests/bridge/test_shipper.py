@@ -1,4 +1,4 @@
-"""The event shipper process (``bridge.shipper``): the same events as the in-loop path,
+"""The event shipper process (``bridge.events.shipper``): the same events as the in-loop path,
 nothing lost when the child dies or cannot start, its metrics served by the bridge."""
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from bridge.events_build import access_log_record, identify
-from bridge.records import RequestRecord
-from bridge.shipper import Shipper, ShipperConfig, event_id_at
+from bridge.events.builders import access_log_record, identify
+from bridge.events.shipper import Shipper, ShipperConfig, event_id_at
+from bridge.events.sink import RequestRecord
 from ingest.bus import Delivery
 from ingest.bus_kafka import KafkaBus, KafkaConfig
-from ingest.events import Topic
+from ingest.messages import Topic
 from ingest.topics import ensure_topics
 from tests.bridge._events import first_seen_per_key, invalid, read_topic
 
@@ -236,7 +236,7 @@ async def test_a_killed_child_is_restarted_and_every_event_still_arrives_in_orde
     harness: Harness, topics: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     n = 0
-    with caplog.at_level(logging.ERROR, logger="bridge.shipper"):
+    with caplog.at_level(logging.ERROR, logger="bridge.events.shipper"):
         for round_ in range(3):
             for _ in range(600):
                 harness.offer(n)
@@ -271,7 +271,7 @@ async def test_a_child_that_cannot_start_holds_a_bounded_backlog_then_delivers_i
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("the spool cannot be created under a file")
     h = Harness(topics, blocker / "spool", queue_max=50)  # holds at most 100
-    with caplog.at_level(logging.ERROR, logger="bridge.shipper"):
+    with caplog.at_level(logging.ERROR, logger="bridge.events.shipper"):
         async with h.shipper:
             for n in range(150):
                 h.offer(n)

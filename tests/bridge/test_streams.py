@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from ollamasim.events import SimEvent
+from ollamasim.eventlog import SimEvent
 from ollamasim.testing import RunningFleet, serve_in_thread
 from tests.bridge._support import SIM_CONFIG, RunningBridge, kinds, running_bridge, settings_for
 

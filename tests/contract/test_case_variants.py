@@ -16,8 +16,8 @@ import orjson
 import pytest
 
 from bridge.errors import BadRequest
-from bridge.parsing import Kind, parse, rewrite
-from bridge.routes_native import GENERATE
+from bridge.http.routes_native import GENERATE
+from bridge.wire.parsing import Kind, parse, rewrite
 from tests.contract._support import Target, norm
 
 OPTIONS = {"num_predict": 1, "temperature": 0}

@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from ingest.events import (
+from ingest.hashing import prefix_hash, system_prompt_hash
+from ingest.messages import (
     AccessLogEvent,
     DecisionEvent,
     Event,
@@ -17,7 +18,6 @@ from ingest.events import (
     PrefetchEvent,
     WarmCacheEvent,
 )
-from ingest.hashing import prefix_hash, system_prompt_hash
 from ingest.trace import TraceRecord
 
 NOW = datetime(2026, 1, 15, 9, 30, 12, 345678, tzinfo=UTC)

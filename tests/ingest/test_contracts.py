@@ -11,8 +11,8 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from ingest.contracts import TRACE_SCHEMA, load_schema, schema_names, validation_errors
-from ingest.events import EVENT_TYPES, AccessLogEvent, Topic, key_for, parse_event
 from ingest.hashing import PREFIX_CHARS, prefix_hash, system_prompt_hash
+from ingest.messages import EVENT_TYPES, AccessLogEvent, Topic, key_for, parse_event
 from ingest.trace import TraceRecord, dump_lines, from_access_log, load_lines
 from tests.ingest import _samples
 

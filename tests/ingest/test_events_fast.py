@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.contracts import validation_errors
-from ingest.events import AccessLogEvent, Topic, access_log_json, new_event_id
+from ingest.messages import AccessLogEvent, Topic, access_log_json, new_event_id
 
 _name = st.text(min_size=1, max_size=40)
 _hash = st.text("0123456789abcdef", min_size=64, max_size=64)

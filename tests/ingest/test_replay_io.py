@@ -15,7 +15,7 @@ from ingest.bus import Delivery, Record
 from ingest.bus_kafka import KafkaBus, KafkaConfig
 from ingest.bus_memory import MemoryBus
 from ingest.cli import replay_app, topics_app
-from ingest.events import AccessLogEvent, Topic
+from ingest.messages import AccessLogEvent, Topic
 from ingest.replay_io import import_file
 from ingest.topics import TopicSpec, ensure_topics
 from tests.ingest import _samples

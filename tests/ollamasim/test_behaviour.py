@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ollamasim.events import SimEvent
+from ollamasim.eventlog import SimEvent
 from ollamasim.testing import RunningDaemon, RunningFleet, serve_in_thread
 
 GIB = 1024**3

@@ -200,7 +200,7 @@ def test_alb_sim_cli_serves_example_fleet(tmp_path: Path) -> None:
     path = tmp_path / "fleet.yaml"
     path.write_text(yaml.safe_dump(cfg))
     alb = Path(sys.executable).parent / "alb"
-    cmd = [str(alb)] if alb.exists() else [sys.executable, "-m", "bridge.cli"]
+    cmd = [str(alb)] if alb.exists() else [sys.executable, "-m", "alb.cli"]
     proc = subprocess.Popen(
         [*cmd, "sim", "--config", str(path)],
         stdout=subprocess.PIPE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from ingest.events import AccessLogEvent, ModelStateEvent
+from ingest.messages import AccessLogEvent, ModelStateEvent
 
 
 def access_event(

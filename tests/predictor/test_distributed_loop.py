@@ -22,10 +22,10 @@ from typing import Any
 import httpx
 import pytest
 
-from bridge.embedded import PredictedReuse
-from bridge.hints import HintEstimate
-from bridge.prefetch import PrefetchOracle
-from ingest.events import Topic
+from bridge.events.hints import HintEstimate
+from bridge.events.predictor import PredictedReuse
+from bridge.events.prefetch_consumer import PrefetchOracle
+from ingest.messages import Topic
 from ingest.topics import ensure_topics
 from ollamasim.testing import RunningFleet, serve_in_thread
 from tests.bridge._events import runtime, wait_for

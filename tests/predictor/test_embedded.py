@@ -13,9 +13,9 @@ from ingest.bus import BusUnavailable, Delivery, EventBus, Record, Subscription
 from ingest.bus_kafka import KafkaBus, KafkaConfig
 from ingest.bus_memory import MemoryBus
 from ingest.contracts import validation_errors
-from ingest.events import Event, PrefetchEvent, Topic
+from ingest.messages import Event, PrefetchEvent, Topic
 from ingest.topics import TopicSpec, ensure_topics
-from predictor.config import PredictorConfig
+from predictor.core.config import PredictorConfig
 from predictor.embedded import EmbeddedPredictor
 from tests.predictor._access import a_then_b, access_event, model_state_event
 

@@ -8,9 +8,9 @@ trace is the same with chain strength 0 (next model drawn by popularity alone).
 
 from __future__ import annotations
 
-from predictor.config import PredictorConfig
+from predictor.core.config import PredictorConfig
+from predictor.core.records import AccessRecord
 from predictor.evaluate import PrefetchReport, evaluate_prefetch
-from predictor.records import AccessRecord
 from predictor.traces.format import to_access_records
 from predictor.traces.synth import SynthParams, synthesize
 

@@ -1,4 +1,4 @@
-"""The seam to ``ingest.events``: real access-log events in, valid topic events out."""
+"""The seam to ``ingest.messages``: real access-log events in, valid topic events out."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import orjson
 import pytest
 
 from ingest.contracts import validation_errors
-from ingest.events import AccessLogEvent
-from predictor.config import PredictorConfig
+from ingest.messages import AccessLogEvent
+from predictor.codec import from_access_log, prefetch_event, warm_cache_event
 from predictor.core import Prefetch, WarmCache, new_state, step
-from predictor.events import from_access_log, prefetch_event, warm_cache_event
+from predictor.core.config import PredictorConfig
 from predictor.traces.format import sha256_hex
 
 SYS_B = sha256_hex("system b")

@@ -18,9 +18,9 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bridge.hints import HintBook
+from bridge.events.hints import HintBook
 from ingest.contracts import validation_errors
-from ingest.events import Event, ModelHintEvent, PrefetchEvent, Topic, WarmCacheEvent
+from ingest.messages import Event, ModelHintEvent, PrefetchEvent, Topic, WarmCacheEvent
 from ingest.topics import TopicSpec, ensure_topics
 from tests.predictor._access import a_then_b, access_event, model_state_event
 from tests.predictor._worker import Worker, unique, wait_for_leaders

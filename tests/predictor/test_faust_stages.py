@@ -6,10 +6,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from predictor.config import PredictorConfig
+from predictor.codec import from_access_log
 from predictor.core import Prefetch, WarmCache, new_state, step
+from predictor.core.config import PredictorConfig
 from predictor.core.partition import SessionPart
-from predictor.events import from_access_log
 from predictor.stream.settings import SettingsError, load_settings
 from predictor.stream.stages import (
     GlobalStage,
@@ -207,8 +207,8 @@ def test_bundled_observations_decide_the_same() -> None:
 
 def test_every_tick_publishes_a_model_hint_per_model_with_the_bridges_rule() -> None:
     from ingest.contracts import validation_errors  # noqa: PLC0415
-    from ingest.events import ModelHintEvent  # noqa: PLC0415
-    from predictor.core.keepalive import estimate_reuse, keep_alive_after  # noqa: PLC0415
+    from ingest.messages import ModelHintEvent  # noqa: PLC0415
+    from predictor.core.advice import estimate_reuse, keep_alive_after  # noqa: PLC0415
 
     cfg = PredictorConfig.recommended().replace(cooldown_s=0, unload_below=0.2)
     pipe = Pipeline(cfg)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from predictor.config import PredictorConfig
+from predictor.core.config import PredictorConfig
 from predictor.core.idle import IdleHistogram
 
 CFG = PredictorConfig(recompute_every=1)

@@ -1,13 +1,13 @@
-"""``predictor.core.keepalive.model_hints``: what the Faust worker tells Kafka-mode bridges."""
+"""``predictor.core.advice.model_hints``: what the Faust worker tells Kafka-mode bridges."""
 
 from __future__ import annotations
 
 import math
 
-from predictor.config import PredictorConfig
 from predictor.core import new_state, step
-from predictor.core.keepalive import estimate_reuse, keep_alive_after, model_hints
-from predictor.records import AccessRecord
+from predictor.core.advice import estimate_reuse, keep_alive_after, model_hints
+from predictor.core.config import PredictorConfig
+from predictor.core.records import AccessRecord
 
 
 def _request(model: str, ts: float) -> AccessRecord:

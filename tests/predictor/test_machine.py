@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from predictor.config import PredictorConfig
 from predictor.core import (
     KeepAliveHint,
     Output,
@@ -25,7 +24,8 @@ from predictor.core import (
     step,
     tick,
 )
-from predictor.records import AccessRecord
+from predictor.core.config import PredictorConfig
+from predictor.core.records import AccessRecord
 
 
 def _run(state: PredictorState, records: list[AccessRecord]) -> list[Output]:

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from predictor.config import PredictorConfig
 from predictor.core import Output, new_state, state_to_dict, step, tick
+from predictor.core.config import PredictorConfig
 from predictor.core.partition import (
     SessionPart,
     advance_session,
@@ -16,7 +16,7 @@ from predictor.core.partition import (
     global_to_dict,
     step_with_session,
 )
-from predictor.records import AccessRecord
+from predictor.core.records import AccessRecord
 from predictor.traces.format import to_access_records
 from predictor.traces.synth import SynthParams, synthesize
 

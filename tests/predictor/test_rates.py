@@ -7,10 +7,10 @@ import math
 import orjson
 import pytest
 
-from predictor.config import ConfigError, PredictorConfig
 from predictor.core import new_state, reuse_probability, state_from_dict, state_to_dict, step
+from predictor.core.config import ConfigError, PredictorConfig
 from predictor.core.rates import ArrivalRate
-from predictor.records import AccessRecord
+from predictor.core.records import AccessRecord
 
 
 def test_counts_the_window_and_forgets_what_slid_out() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from predictor.records import AccessRecord, RecordError, record_from_event, record_from_trace
+from predictor.core.records import AccessRecord, RecordError, record_from_event, record_from_trace
 
 
 def test_event_with_rfc3339_finish_time_and_duration() -> None:

@@ -12,14 +12,14 @@ import pytest
 
 from bridge.settings import Settings
 from ollamasim.config import FleetConfig
-from predictor.replay.bridge import BridgeFleet
-from predictor.replay.des import BridgeKnobs, Job, Runner, Simulation, simulate
-from predictor.replay.fleets import SYNTH_SIZES_GB, make_fleet
-from predictor.replay.ollama import OllamaFleet, static_assignment
-from predictor.replay.policies import OURS, POLICIES
-from predictor.replay.workload import Request, requests_from_records
 from predictor.traces.format import DEFAULT_EPOCH, TraceRecord
 from predictor.traces.synth import SynthParams, synthesize
+from replay.bridge_fleet import BridgeFleet
+from replay.des import BridgeKnobs, Job, Runner, Simulation, simulate
+from replay.fleets import SYNTH_SIZES_GB, make_fleet
+from replay.ollama_fleet import OllamaFleet, static_assignment
+from replay.policies import OURS, POLICIES
+from replay.workload import Request, requests_from_records
 
 GB = 10**9
 NAMES = [f"model-{i:02d}" for i in range(12)]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from ollamasim.testing import serve_in_thread
-from predictor.replay.send import body_for, send_trace
 from predictor.traces.format import DEFAULT_EPOCH, TraceRecord
+from replay.send import body_for, send_trace
 from tests.bridge._support import SIM_CONFIG, running_bridge, settings_for
 
 

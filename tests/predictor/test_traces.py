@@ -24,7 +24,7 @@ from predictor.traces.format import DEFAULT_EPOCH, TraceRecord, read_trace, writ
 from predictor.traces.synth import SynthParams, synthesize
 from tests.services._env import REPO_ROOT, unavailable
 
-REAL = REPO_ROOT.parent / "shared" / "traces" / "real"
+REAL = REPO_ROOT / "data" / "traces"
 FUNCTIONS = REAL / "invitro_azure2019_1000fn_inv.csv"
 LLM_CONV = REAL / "AzureLLMInferenceTrace_conv.csv"
 LLM_CODE = REAL / "AzureLLMInferenceTrace_code.csv"

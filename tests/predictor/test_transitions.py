@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from predictor.config import PredictorConfig
+from predictor.core.config import PredictorConfig
 from predictor.core.transitions import Transitions
 
 MODELS = ["a", "b", "c", "d"]

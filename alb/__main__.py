@@ -1,0 +1,5 @@
+"""``python -m alb``: the ``alb`` CLI."""
+
+from alb.cli import app
+
+app()

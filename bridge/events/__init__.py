@@ -1,0 +1,1 @@
+"""Events: the pipeline, builders, shipper, readers and the predictor seam."""

@@ -1,0 +1,1 @@
+"""The bridge's HTTP side: the app, its routes, the proxy, the edge and uvicorn."""

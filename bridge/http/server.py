@@ -1,0 +1,127 @@
+"""``alb serve``: uvicorn (uvloop, httptools) around ``create_app``.
+
+SIGTERM/SIGINT: uvicorn stops accepting, lets in-flight responses (streams
+included) finish for up to ``ALB_DRAIN_TIMEOUT`` seconds, then the lifespan
+closes the bridge's resources and the process exits 0.
+
+The simulated-fleet fallback of ``make run`` is the composition root's
+(``alb.simfleet``): the bridge itself never loads the simulator.
+
+Once the server is listening, the start-up heap (uvicorn, starlette, pydantic,
+prometheus_client, the app and its resources) is frozen out of the garbage
+collector's sight: a full collection would otherwise walk all of it, a stall
+of 10+ ms for every request in flight (``BENCHMARKS.md``).
+
+``uvicorn_config`` is the one place uvicorn is configured: the connection limits
+(``bridge.http.connections``) and uvicorn's proxy headers off (``bridge.http.edge`` reads
+``X-Forwarded-For`` from trusted proxies only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import math
+import signal
+import sys
+from collections.abc import Coroutine, Generator
+from typing import Any, TextIO
+
+import uvicorn
+import uvloop
+from starlette.applications import Starlette
+
+from bridge.http.app import create_app
+from bridge.http.connections import ConnectionLimits, protocol_for
+from bridge.settings import Settings
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without re-raising the captured signal after shutdown (exit 0)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        loop = asyncio.get_running_loop()
+        sigs = (signal.SIGINT, signal.SIGTERM)
+        for sig in sigs:
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in sigs:
+                loop.remove_signal_handler(sig)
+
+
+async def run(settings: Settings, *, note: str = "", out: TextIO = sys.stdout) -> None:
+    """Serve until SIGTERM/SIGINT; prints the banner (with ``note``, when given, set off
+    so no one misses it) and the ready line."""
+    app = create_app(settings)
+    server = _Server(uvicorn_config(app, settings))
+    task = asyncio.get_running_loop().create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise SystemExit(1)
+        await asyncio.sleep(0.01)
+    freeze_heap()
+    port = server.servers[0].sockets[0].getsockname()[1] if server.servers else settings.port
+    _banner(settings, out, note, port)
+    await task
+
+
+def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """The one uvicorn configuration of the bridge (``alb serve`` and the tests).
+
+    httptools through ``bridge.http.connections.GuardedProtocol`` (head timeout and size
+    cap, idle keep-alive, body rate, connection cap). uvicorn's proxy headers are
+    turned off explicitly: on by default they trust ``FORWARDED_ALLOW_IPS`` (or
+    127.0.0.1) and rewrite the client from ``X-Forwarded-For``, so a forged
+    ``127.0.0.1`` passed the admin routes' loopback check behind a local proxy;
+    the edge reads that header from ``ALB_TRUSTED_PROXIES`` only (``bridge.http.edge``).
+    """
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "none",
+        "http": protocol_for(ConnectionLimits.from_settings(settings), app.state.bridge.metrics),
+        "ws": "none",
+        "lifespan": "on",
+        "access_log": False,
+        "log_level": "warning",
+        "timeout_graceful_shutdown": math.ceil(settings.drain_timeout),
+        "server_header": False,
+        "proxy_headers": False,
+        "forwarded_allow_ips": "",
+        "limit_concurrency": None,
+    }
+    options.update(overrides)
+    return uvicorn.Config(app, **options)
+
+
+def freeze_heap() -> None:
+    """Collect once, then move every surviving object to the permanent generation."""
+    gc.collect()
+    gc.freeze()
+
+
+def _banner(settings: Settings, out: TextIO, sim_note: str, port: int) -> None:
+    lines = ["Async-Load Bridge"]
+    if sim_note:
+        lines += ["", "*" * 78, sim_note, "*" * 78, ""]
+    for d in settings.daemon_specs():
+        lines.append(
+            f"  daemon {d.name}: {d.shown_url} (parallel {d.parallel}, max loaded {d.max_loaded})"
+        )
+    lines.append(
+        f"  keep_alive policy: {settings.keep_alive_policy}; queue {settings.queue_capacity} "
+        f"per model (503 from {settings.high_water_depth}); drain {settings.drain_timeout:g}s"
+    )
+    lines.append(f"bridge listening on http://{settings.host}:{port}")
+    print("\n".join(lines), file=out, flush=True)
+
+
+def serve(main: Coroutine[Any, Any, None]) -> None:
+    """Blocking entry point for the CLI: ``main`` (``run``, or what wraps it) on uvloop."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)

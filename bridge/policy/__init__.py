@@ -1,0 +1,1 @@
+"""Pure policies: placement, context sizing, memory sizing, health."""

@@ -1,0 +1,1 @@
+"""Scheduling: admission, residency, the driver, loads and upkeep."""

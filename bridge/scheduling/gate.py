@@ -1,0 +1,235 @@
+"""Admission: bounded per-model queues, parallel slots, fair order, Retry-After.
+
+Theory of operation. Every (daemon, model) pair has a ``Gate`` with as many
+slots as the daemon runs that model in parallel (``OLLAMA_NUM_PARALLEL``), so
+Ollama never holds a request it cannot run, and a request for a loaded model
+only ever waits for that model's own slots — never behind another model's
+load. While the model is not ready (cold or loading) or every slot is busy,
+requests wait in the gate's ``FairQueue``: one FIFO per session, served
+round-robin, so one chatty session cannot starve the others. A gate refuses a
+newcomer when its queue is at the high-water depth, with a Retry-After from
+``retry_after`` (pure). Waiters are futures; a cancelled waiter either leaves
+the queue or, if a slot was already handed to it, hands the slot back.
+
+Context: each waiter carries its ``Need``; the gate knows its runner's context
+(``ctx``, ``auto``) and hands slots only to waiters that fit it, in fair order.
+Waiters that do not fit stay queued; the scheduler sees them (``unfit``), sets
+``hold`` (no new slots: the runner drains) and reloads it with a bigger context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from bridge.errors import BridgeError
+from bridge.policy.numctx import Need
+
+T = TypeVar("T")
+
+_MIN_RETRY_S = 1.0
+_MAX_RETRY_S = 600.0
+
+
+class FairQueue(Generic[T]):
+    """Round-robin over sessions, FIFO within a session."""
+
+    __slots__ = ("_by_session", "_len", "_order")
+
+    def __init__(self) -> None:
+        self._by_session: dict[str, deque[T]] = {}
+        self._order: deque[str] = deque()
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def push(self, session: str, item: T) -> None:
+        q = self._by_session.get(session)
+        if q is None:
+            q = self._by_session[session] = deque()
+            self._order.append(session)
+        q.append(item)
+        self._len += 1
+
+    def pop(self) -> T:
+        session = self._order.popleft()
+        q = self._by_session[session]
+        item = q.popleft()
+        if q:
+            self._order.append(session)
+        else:
+            del self._by_session[session]
+        self._len -= 1
+        return item
+
+    def __iter__(self) -> Iterator[T]:
+        for q in self._by_session.values():
+            yield from q
+
+    def pop_first(self, pred: Callable[[T], bool]) -> T | None:
+        """The first session head (in round-robin order) that ``pred`` accepts."""
+        for _ in range(len(self._order)):
+            session = self._order[0]
+            q = self._by_session[session]
+            if pred(q[0]):
+                self._order.popleft()
+                item = q.popleft()
+                if q:
+                    self._order.append(session)
+                else:
+                    del self._by_session[session]
+                self._len -= 1
+                return item
+            self._order.rotate(-1)
+        return None
+
+    def remove(self, session: str, item: T) -> bool:
+        q = self._by_session.get(session)
+        if q is None or item not in q:
+            return False
+        q.remove(item)
+        self._len -= 1
+        if not q:
+            del self._by_session[session]
+            self._order.remove(session)
+        return True
+
+
+def retry_after(
+    depth: int,
+    slots: int,
+    *,
+    load_remaining_s: float,
+    service_s: float,
+) -> float:
+    """Seconds until a newcomer would plausibly be admitted.
+
+    The queue drains at ``slots / service_s`` requests per second once the model
+    is ready (``load_remaining_s`` from now; 0 when loaded). Clamped to
+    [1, 600] s and rounded up to whole seconds, as Retry-After wants.
+    """
+    rate = max(slots, 1) / max(service_s, 1e-3)
+    wait = max(load_remaining_s, 0.0) + depth / rate
+    return float(min(max(math.ceil(wait), _MIN_RETRY_S), _MAX_RETRY_S))
+
+
+_Waiter = tuple[asyncio.Future[None], Need | None]
+
+
+class Gate:
+    """Slots and the waiting queue of one model on one daemon."""
+
+    __slots__ = (
+        "auto",
+        "busy",
+        "ctx",
+        "error",
+        "hold",
+        "last_load_at",
+        "queue",
+        "ready",
+        "service_s",
+        "slots",
+    )
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.busy = 0
+        self.ready = False
+        self.queue: FairQueue[_Waiter] = FairQueue()
+        self.error: BridgeError | None = None
+        #: Smoothed seconds one request holds a slot (drives Retry-After).
+        self.service_s = 1.0
+        #: Monotonic time the bridge's last load of this model ended.
+        self.last_load_at = -1.0
+        #: The runner's context (per sequence) and whether it was loaded without num_ctx.
+        self.ctx = 0
+        self.auto = False
+        #: Draining for a reload: no new slots are handed out.
+        self.hold = False
+
+    @property
+    def depth(self) -> int:
+        return len(self.queue)
+
+    @property
+    def outstanding(self) -> int:
+        return self.busy + len(self.queue)
+
+    def fits(self, need: Need | None) -> bool:
+        return need is None or need.fits(self.ctx, self.auto)
+
+    def unfit(self) -> list[Need]:
+        """Needs of queued requests the current runner cannot serve."""
+        return [n for _, n in self.queue if n is not None and not n.fits(self.ctx, self.auto)]
+
+    def needs(self) -> list[Need]:
+        return [n for _, n in self.queue if n is not None]
+
+    def try_acquire(self, need: Need | None = None) -> bool:
+        free = self.ready and not self.hold and self.busy < self.slots and not self.queue
+        if free and self.fits(need):
+            self.busy += 1
+            return True
+        return False
+
+    async def wait(self, session: str, need: Need | None = None) -> None:
+        """Queue until a slot is handed over; raises the load's error if it fails."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        item = (fut, need)
+        self.queue.push(session, item)
+        # The gate may have opened between admission and now (the caller's task ran
+        # later): hand out whatever is free, or this waiter would wait for nobody.
+        self._dispatch()
+        try:
+            await fut
+        except BaseException:
+            if not self.queue.remove(session, item) and _granted(fut):
+                self.release()
+            raise
+
+    def release(self, held_s: float | None = None) -> None:
+        self.busy -= 1
+        if held_s is not None:
+            self.service_s = 0.8 * self.service_s + 0.2 * held_s
+        self._dispatch()
+
+    def open(self, ctx: int | None = None, auto: bool | None = None) -> None:
+        """The model is loaded (with ``ctx``/``auto`` when given): hand out slots."""
+        if ctx is not None:
+            self.ctx = ctx
+        if auto is not None:
+            self.auto = auto
+        self.ready, self.error, self.hold = True, None, False
+        self._dispatch()
+
+    def close(self) -> None:
+        """The model is gone from the daemon; queued requests wait for a new load."""
+        self.ready = False
+
+    def fail(self, error: BridgeError) -> None:
+        """The load failed: every queued request gets the error."""
+        self.ready, self.error, self.hold = False, error, False
+        while self.queue:
+            fut, _ = self.queue.pop()
+            if not fut.done():
+                fut.set_exception(error)
+
+    def _dispatch(self) -> None:
+        while self.ready and not self.hold and self.busy < self.slots and self.queue:
+            item = self.queue.pop_first(lambda w: self.fits(w[1]))
+            if item is None:
+                return
+            fut = item[0]
+            if fut.done():
+                continue
+            self.busy += 1
+            fut.set_result(None)
+
+
+def _granted(fut: asyncio.Future[None]) -> bool:
+    return fut.done() and not fut.cancelled() and fut.exception() is None

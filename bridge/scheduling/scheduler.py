@@ -1,0 +1,282 @@
+"""The scheduler: route, admit, wait, release, on top of ``Residency`` (theory of operation).
+
+``admit`` first looks for a free slot where ``route`` would send the request
+anyway (the usual case: the model is loaded and a slot is free), without
+building any views. Otherwise it freezes the fleet into ``placement.DaemonView``s
+and asks ``placement.route`` where the request goes. ``Serve``: take a slot at the
+model's ``Gate`` at once, or queue there (refused with 503 and Retry-After above
+the high-water mark). ``Load``: queue at that daemon's gate and kick the
+daemon's driver (``bridge.scheduling.driver``: plans and carries out loads and evictions,
+one at a time per daemon). ``release`` hands the slot back and kicks the driver
+only when requests wait on that daemon (an idle model may make room for them).
+
+Module map: ``residency`` (gates, runners, pins, breakers; the snapshots the pure
+policies read), ``driver`` (loads, evictions, explicit unloads), ``upkeep``
+(reconciliation with ``/api/ps``, idle unloads, health checks, pins), this module
+(admission and the scheduler's lifecycle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, replace
+
+from bridge.errors import BadRequest, BridgeError, Overloaded, Unavailable
+from bridge.metrics import Metrics
+from bridge.policy.numctx import Need, openai_default_hint
+from bridge.policy.placement import DaemonView, Load, Reject, ReuseOracle, route
+from bridge.policy.sizing import ModelInfo
+from bridge.scheduling.decisions import DecisionLog
+from bridge.scheduling.driver import Driver
+from bridge.scheduling.fleet import DaemonState, Fleet
+from bridge.scheduling.gate import Gate, retry_after
+from bridge.scheduling.loader import LoadSpec
+from bridge.scheduling.residency import KeepAlive, Residency
+from bridge.settings import Settings
+from bridge.upstream import Upstream
+from bridge.wire import names
+
+
+@dataclass(slots=True)
+class Lease:
+    """A slot on one daemon for one model, held while the request runs upstream."""
+
+    daemon: DaemonState
+    key: str
+    gate: Gate
+    cold: bool
+    queue_ms: float
+    load_ms: float
+    acquired_at: float
+
+
+@dataclass(slots=True)
+class Ticket:
+    """A place in a gate's queue: the model is cold, loading, or its slots are busy."""
+
+    daemon: DaemonState
+    key: str
+    gate: Gate
+    cold: bool
+    started_at: float
+    need: Need | None = None
+
+
+class Scheduler(Residency):
+    """Admission and lifecycle; the state and snapshots are ``Residency``'s."""
+
+    def __init__(  # noqa: PLR0917
+        self,
+        settings: Settings,
+        fleet: Fleet,
+        upstream: Upstream,
+        metrics: Metrics,
+        decisions: DecisionLog,
+        oracle: ReuseOracle | None = None,
+        keep_alive: KeepAlive | None = None,
+    ) -> None:
+        super().__init__(settings, fleet, upstream, metrics, decisions, oracle, keep_alive)
+        self.driver = Driver(self)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- lifecycle ---------------------------------------------------------------
+    async def start(self) -> None:
+        from bridge.scheduling import upkeep  # noqa: PLC0415  (upkeep imports this module)
+
+        await self.fleet.refresh_all(force=True)
+        await self.fleet.read_local_memory()
+        upkeep.reconcile(self)
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(upkeep.refresh_loop(self)),
+            loop.create_task(upkeep.health_loop(self)),
+        ]
+        for model, daemon in self._settings.pins():
+            self.pins.add((names.key(model), daemon))
+        for model, daemon in self._settings.pins():
+            self.loader.spawn(upkeep.pin_quietly(self, model, daemon))
+
+    async def aclose(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await self.loader.aclose()
+
+    # --- admission -----------------------------------------------------------------
+    def admit(
+        self,
+        key: str,
+        need: Need | None = None,
+        info: ModelInfo | None = None,
+        *,
+        exclude: frozenset[str] = frozenset(),
+        only: str | None = None,
+    ) -> Lease | Ticket:
+        """Place the request and take a free slot at once (a ``Lease``), or say where
+        it must wait (a ``Ticket``; a load is set in motion). Raises ``Unavailable``
+        (no daemon), ``Overloaded`` (high-water mark) or ``BadRequest`` (cannot fit)."""
+        t0 = time.monotonic()
+        need = need if need is not None else Need(0)
+        lease = self._free_slot(key, need, exclude, only, t0)
+        if lease is not None:
+            return lease
+        # Every daemon is seen (an excluded one as not answering): whether a request can
+        # never fit is a question about all of them, not about the ones left to try.
+        views = [
+            self.view(d, t0) if d.name not in exclude else replace(self.view(d, t0), up=False)
+            for d in self.fleet.daemons.values()
+            if only is None or d.name == only
+        ]
+
+        def size_of(v: DaemonView) -> int:
+            if info is None:
+                return 0
+            return self.target(info, self.fleet.get(v.name), [need]).size
+
+        where = route(views, key, need, size_of, self.oracle)
+        if where is None:
+            self._metrics.rejections.labels(reason="no-daemon").inc()
+            raise Unavailable(f"no daemon that serves {key} is answering", retry_after=5)
+        if isinstance(where, Reject):
+            raise self._reject(key, where, need)
+        d = self.fleet.get(where.daemon)
+        gate = self.gate(d.name, key)
+        self.used_at[(d.name, key)] = t0
+        if gate.try_acquire(need):
+            self._metrics.num_ctx_choice("fits-loaded").inc()
+            return Lease(d, key, gate, False, 0.0, 0.0, t0)
+        if gate.depth >= self._settings.high_water_depth:
+            self._metrics.rejections.labels(reason="high-water").inc()
+            raise Overloaded(
+                f"{key} is overloaded on {d.name}: {gate.depth} requests queued",
+                retry_after=retry_after(
+                    gate.depth,
+                    gate.slots,
+                    load_remaining_s=self.loader.remaining_s(d.name, key),
+                    service_s=gate.service_s,
+                ),
+            )
+        if isinstance(where, Load):
+            choice = "reload" if where.reload else "load"
+            self._metrics.num_ctx_choices.labels(choice=choice).inc()
+        elif gate.ready and gate.fits(need):
+            self._metrics.num_ctx_choices.labels(choice="fits-loaded").inc()
+        return Ticket(d, key, gate, not (gate.ready and gate.fits(need)), t0, need)
+
+    def _free_slot(
+        self, key: str, need: Need, exclude: frozenset[str], only: str | None, now: float
+    ) -> Lease | None:
+        """The fast path: a free slot where ``route`` would send the request anyway,
+        found without freezing the fleet into views; None: ask ``route``.
+
+        ``route`` serves a request from the daemon with the fewest outstanding
+        requests among those whose runner of the model fits it. Every such daemon
+        holds the model (loaded, or loading), so if the holder with the fewest
+        outstanding requests has a free slot that fits, ``route`` picks it too."""
+        holders = [
+            d
+            for d in self.fleet.daemons.values()
+            if (key in d.loaded or (d.name, key) in self.targets)
+            and d.name not in exclude
+            and (only is None or d.name == only)
+            and self.available(d)
+        ]
+        if not holders:
+            return None
+        d = holders[0]
+        if len(holders) > 1:
+            d = min(holders, key=lambda h: (self.outstanding(h.name), h.name))
+        gate = self.gates.get((d.name, key))
+        if gate is None or not gate.try_acquire(need):
+            return None
+        self.used_at[(d.name, key)] = now
+        self._metrics.num_ctx_choice("fits-loaded").inc()
+        return Lease(d, key, gate, False, 0.0, 0.0, now)
+
+    def _reject(self, key: str, where: Reject, need: Need) -> BridgeError:
+        self._metrics.rejections.labels(reason="no-room").inc()
+        self._metrics.num_ctx_choices.labels(choice="rejected").inc()
+        self.decisions.record(
+            "reject", key, "", where.reason, status=where.status, need=need.tokens, **where.inputs
+        )
+        if where.status == 400:
+            budgets = where.inputs.get("budgets")
+            if need.auto and isinstance(budgets, dict) and budgets:
+                # /v1 cannot ask for less context: say why, and what would help.
+                largest = max(budgets, key=lambda n: budgets[n] or 0)
+                hint = openai_default_hint(self.daemon_default(self.fleet.get(largest)))
+                return BadRequest(f"{where.reason}. {hint}")
+            return BadRequest(where.reason)
+        return Unavailable(where.reason, retry_after=where.retry_after or 30)
+
+    async def wait(self, ticket: Ticket, session: str, spec: LoadSpec | None = None) -> Lease:
+        """Queue at the ticket's gate (fairly, by session) until a slot is free."""
+        d, key, gate = ticket.daemon, ticket.key, ticket.gate
+        depth = self._metrics.queue_depth.labels(daemon=d.name, model=key)
+        depth.inc()
+        try:
+            if not gate.ready or not gate.fits(ticket.need):
+                self.kick(d.name)  # the driver runs after the waiter is queued
+            await gate.wait(session, ticket.need)
+        finally:
+            depth.dec()
+        now = time.monotonic()
+        waited = now - ticket.started_at
+        cold = ticket.cold or gate.last_load_at > ticket.started_at
+        self._metrics.queue_wait.labels(model=key, cold=str(cold).lower()).observe(waited)
+        self.used_at[(d.name, key)] = now
+        ms = waited * 1000
+        return Lease(d, key, gate, cold, ms, ms if cold else 0.0, now)
+
+    async def acquire(
+        self, key: str, session: str, need: Need | None = None, info: ModelInfo | None = None
+    ) -> Lease:
+        got = self.admit(key, need, info)
+        if isinstance(got, Lease):
+            return got
+        return await self.wait(got, session)
+
+    def release(self, lease: Lease, *, used: bool = True) -> None:
+        now = time.monotonic()
+        if used:
+            self.used_at[(lease.daemon.name, lease.key)] = now
+        gate = lease.gate
+        gate.release(now - lease.acquired_at if used else None)
+        # The driver only acts on queued requests (a load, or a reload to drain for):
+        # a model going idle matters when requests wait on this daemon.
+        if gate.hold or (
+            (gate.outstanding == 0 or (gate.depth and not gate.busy))
+            and self._has_waiters(lease.daemon.name)
+        ):
+            self.kick(lease.daemon.name)
+
+    def _has_waiters(self, daemon: str) -> bool:
+        return any(g.depth for g in self.gates_of.get(daemon, {}).values())
+
+    def report_failure(self, d: DaemonState, why: str) -> None:
+        """A request to ``d`` failed in transport: count it and re-check the daemon."""
+        if self.breakers[d.name].failure(time.monotonic(), why):
+            self.circuit_opened(d, why)
+        self.loader.spawn(self._recheck(d))
+
+    async def _recheck(self, d: DaemonState) -> None:
+        from bridge.scheduling import upkeep  # noqa: PLC0415
+
+        await self.fleet.refresh_ps(d)
+        upkeep.reconcile(self)
+
+    # --- the driver -----------------------------------------------------------------------
+    def kick(self, daemon: str) -> None:
+        """Ask ``daemon``'s driver to look for work (starts it when idle)."""
+        self.driver.kick(daemon)
+
+    async def unload_model(
+        self, key: str, daemon: str | None, reason: str, *, force: bool = False
+    ) -> list[str]:
+        """Unload ``key`` (from ``daemon`` or everywhere) once its requests finished;
+        returns the daemons it left. ``Conflict`` for a pinned model unless ``force``."""
+        return await self.driver.unload_model(key, daemon, reason, force=force)

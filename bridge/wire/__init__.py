@@ -1,0 +1,1 @@
+"""Wire formats: parsing, framing, the OpenAI translation, names, durations."""

@@ -1,0 +1,511 @@
+"""The bridge's policies, driven by the simulation: the controller of bridge policies.
+
+Theory of operation
+-------------------
+Everything that decides is the bridge's own pure code, called where the bridge's
+scheduler calls it (``bridge/scheduling/scheduler.py`` ``admit`` / ``_step``;
+``bridge/events/prefetch_consumer.py`` ``_prefetch``):
+
+* a request's context need is ``bridge.policy.numctx.need_for`` on a stand-in body (a prompt of
+  ``prompt_tokens x ALB_CHARS_PER_TOKEN`` characters, the client's ``num_ctx`` in
+  ``options`` on the native API), so the bridge estimates it as it would the real one;
+* where it goes is ``bridge.policy.placement.route`` over ``DaemonView`` snapshots of the
+  simulated fleet;
+* each daemon's driver, one operation at a time, asks ``bridge.policy.placement.plan_room``
+  which idle runners to unload, then loads the ``Target`` that
+  ``bridge.policy.numctx.choose_target`` chooses (``bridge.policy.sizing.SizeBook`` with the sizes
+  learned after each load);
+* the eviction value is ``bridge.policy.placement.eviction_value`` with the policy's
+  ``ReuseOracle``;
+* a prefetch is accepted or refused by ``bridge.events.prefetch_consumer.judge`` and the consumer's
+  ``TokenBucket`` (on simulated time).
+
+What is *not* the bridge's code, and why (thin adapters, kept line-for-line close to the
+shells they stand in for): the scheduler's ``view`` / driver loop and the prefetch
+consumer's ``_prefetch`` are methods of asyncio objects that own sockets; here they read
+the simulated state instead. ``Gate`` semantics (slots = parallel, a
+request waits unless it fits the runner's context, a runner whose queued requests do not
+fit is drained and reloaded) are reproduced with a FIFO queue (the bridge's ``FairQueue``
+is round-robin by session). Unloads are instant (the simulator's are);
+``/api/ps`` reconciliation, health checks and pins are out of scope.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from bridge.errors import BadRequest
+from bridge.events.predictor import PredictedReuse
+from bridge.events.prefetch_consumer import ACCEPTED, TokenBucket, judge
+from bridge.policy.numctx import DaemonDefault, Limits, Need, Target, choose_target, need_for
+from bridge.policy.placement import (
+    NEVER,
+    DaemonView,
+    Load,
+    RecencyOracle,
+    Reject,
+    ReuseOracle,
+    RoomPlan,
+    Route,
+    RunnerView,
+    Serve,
+    eviction_value,
+    plan_room,
+    route,
+)
+from bridge.policy.sizing import ModelInfo, SizeBook
+from ollamasim import scheduler as sim_policy
+from ollamasim.config import DaemonConfig
+from predictor.core import Prefetch
+from predictor.core.advice import estimate_reuse
+from replay.des import Job, PrefetchJob, Runner
+
+if TYPE_CHECKING:
+    from replay.des import Simulation
+
+__all__ = ["BridgeFleet"]
+
+Waiter = Job | PrefetchJob
+
+
+class _Daemon:
+    __slots__ = ("budget", "cfg", "gates", "hold", "op", "runners")
+
+    def __init__(self, cfg: DaemonConfig, headroom: float) -> None:
+        self.cfg = cfg
+        self.runners: dict[str, Runner] = {}
+        self.gates: dict[str, deque[Waiter]] = {}
+        self.hold: set[str] = set()
+        self.op: str | None = None
+        # Fleet.budget: capacity x (1 - headroom); nothing else runs on a simulated GPU.
+        self.budget = int(cfg.memory * (1 - headroom))
+
+    def used(self) -> int:
+        return sum(r.size for r in self.runners.values())
+
+
+class _SimEstimate:
+    """``bridge.events.predictor.ReuseEstimate`` over the replay's predictor state: the bridge's
+    own ``estimate_reuse`` (its evidence bar included) at simulated time."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self._sim = sim
+
+    def estimate(self, model: str) -> float | None:
+        state = self._sim.state
+        return None if state is None else estimate_reuse(state, model, self._sim.now)
+
+
+class _TimeRecency:
+    """The bridge's ``RecencyOracle`` (the view's ``idle_s`` is simulated time)."""
+
+    def __init__(self) -> None:
+        self._inner = RecencyOracle()
+
+    def reuse(self, daemon: str, runner: RunnerView) -> float:
+        return self._inner.reuse(daemon, runner)
+
+
+class _PrefetchAware:
+    """``bridge.events.prefetch_consumer.PrefetchOracle``: an unused prefetched runner is
+    worth at most its confidence, so real traffic that needs the room evicts it first."""
+
+    def __init__(self, inner: ReuseOracle, fleet: BridgeFleet) -> None:
+        self._inner = inner
+        self._fleet = fleet
+
+    def reuse(self, daemon: str, runner: RunnerView) -> float:
+        base = self._inner.reuse(daemon, runner)
+        r = self._fleet.daemons[daemon].runners.get(runner.key)
+        conf = None if r is None else r.prefetch_conf
+        return base if conf is None else min(base, conf)
+
+
+class BridgeFleet:
+    """The controller of every bridge policy (see the module docstring)."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+        k = sim.knobs
+        self.daemons = {d.name: _Daemon(d, k.headroom) for d in sim.fleet.daemons}
+        self.limits = Limits(
+            k.buckets, k.num_ctx_min, k.num_ctx_max, k.num_predict_default, k.image_tokens
+        )
+        self.infos = {
+            m.key: ModelInfo(
+                m.key, m.size, m.context_length, m.kv_bytes_per_token, m.is_embedding_only
+            )
+            for m in sim.fleet.models
+        }
+        self.catalog = {
+            d.name: frozenset(m.key for m in sim.fleet.models_for(d)) for d in sim.fleet.daemons
+        }
+        self.sizes = SizeBook()
+        self.auto_ctx: dict[tuple[str, str], int] = {}
+        self.load_learned: dict[str, float] = {}
+        self.last_used: dict[tuple[str, str], float] = {}
+        base: ReuseOracle = (
+            # the embedded bridge's own: the predictor's P(reuse), recency breaking ties,
+            # recency alone while a model's history is thin
+            PredictedReuse(_SimEstimate(sim), _TimeRecency())
+            if sim.policy.oracle == "predictor"
+            else _TimeRecency()
+        )
+        self.oracle: ReuseOracle = _PrefetchAware(base, self)
+        self.bucket = TokenBucket(k.prefetch_rate, k.prefetch_burst, clock=lambda: sim.now)
+        self._needs: dict[tuple[int, int | None, bool, int], Need] = {}
+
+    # --- snapshots for the pure policies --------------------------------------------
+    def runners(self) -> Iterator[Runner]:
+        for d in self.daemons.values():
+            yield from d.runners.values()
+
+    def used(self) -> dict[str, int]:
+        return {name: d.used() for name, d in self.daemons.items()}
+
+    def load_seconds(self, key: str, size: int) -> float:
+        """``Loader.load_seconds``: learned, else ~1 s + 2 GiB/s."""
+        learned = self.load_learned.get(key)
+        return learned if learned is not None else 1.0 + size / (2 * 1024**3)
+
+    def view(self, d: _Daemon) -> DaemonView:
+        """``Scheduler.view`` over the simulated daemon."""
+        now = self.sim.now
+        runners: dict[str, RunnerView] = {}
+        for key, r in d.runners.items():
+            queued = bool(d.gates.get(key))
+            runners[key] = RunnerView(
+                key=key,
+                size=r.size,
+                ctx=r.ctx,
+                auto=r.auto,
+                busy=r.active > 0 or queued or not r.ready,
+                pinned=False,
+                idle_s=now - self.last_used.get((d.cfg.name, key), now),
+                reload_s=self.load_seconds(key, r.size),
+                loading=not r.ready,
+            )
+        pending = frozenset(
+            k
+            for k, q in d.gates.items()
+            if q and not (k in d.runners and d.runners[k].ready) and d.op != k
+        )
+        return DaemonView(
+            name=d.cfg.name,
+            up=True,
+            models=self.catalog[d.cfg.name],
+            runners=runners,
+            budget=d.budget,
+            max_loaded=d.cfg.max_runners,
+            outstanding=sum(r.active for r in d.runners.values())
+            + sum(len(q) for q in d.gates.values()),
+            pending=pending,
+            parallel=d.cfg.num_parallel,
+        )
+
+    def _parallel(self, d: _Daemon, info: ModelInfo) -> int:
+        return 1 if info.embedding_only else d.cfg.num_parallel
+
+    def target(self, info: ModelInfo, d: _Daemon, needs: list[Need]) -> Target:
+        """``Scheduler.target``: the runner a load for ``needs`` asks for on ``d``.
+
+        The daemon's default is the bridge's guess (its vram tier; never learned here),
+        the model's learned default context ``auto_ctx``; no pins, so the room is the
+        whole budget."""
+        par = self._parallel(d, info)
+        return choose_target(
+            needs,
+            default=DaemonDefault(sim_policy.default_num_ctx(d.cfg.memory), False),
+            auto_ctx=self.auto_ctx.get((d.cfg.name, info.key)),
+            model_context=info.context_length,
+            limits=self.limits,
+            prefer_default=self.sim.knobs.prefer_default,
+            size=lambda ctx: self.sizes.size(info, ctx, par),
+            room=d.budget,
+        )
+
+    def need(self, job: Job) -> Need:
+        """``need_for`` on a stand-in body of the request's size (cached)."""
+        req = job.req
+        info = self.infos[req.model]
+        cache_key = (req.prompt_tokens, req.num_ctx, req.openai, info.context_length)
+        need = self._needs.get(cache_key)
+        if need is None:
+            knobs = self.sim.knobs
+            chars = round(req.prompt_tokens * knobs.chars_per_token)
+            doc: dict[str, object] = {"prompt": "x" * chars}
+            if req.num_ctx is not None and not req.openai:
+                doc["options"] = {"num_ctx": req.num_ctx}
+            need = need_for(
+                doc,
+                embed=info.embedding_only,
+                openai=req.openai,
+                model_context=info.context_length,
+                chars_per_token=knobs.chars_per_token,
+                limits=self.limits,
+                # as the live bridge (ALB_OPENAI_NATIVE, on by default): /v1 chat and
+                # completions may use a runner at another context, through the native API
+                translate=not info.embedding_only,
+            )
+            self._needs[cache_key] = need
+        return need
+
+    def _value_fn(self, d: _Daemon) -> Callable[[RunnerView], float]:
+        name = d.cfg.name
+        return lambda r: eviction_value(self.oracle, name, r)
+
+    def _route(self, key: str, need: Need) -> tuple[Route | None, list[DaemonView]]:
+        info = self.infos[key]
+        views = [self.view(d) for d in self.daemons.values()]
+
+        def size_of(v: DaemonView) -> int:
+            return self.target(info, self.daemons[v.name], [need]).size
+
+        return route(views, key, need, size_of, self.oracle), views
+
+    # --- requests (Scheduler.admit) -----------------------------------------------------
+    def submit(self, job: Job) -> None:
+        sim = self.sim
+        key = job.req.model
+        if key not in self.infos:
+            sim.fail(job, 404)
+            return
+        try:
+            need = self.need(job)
+        except BadRequest:
+            sim.fail(job, 400)
+            return
+        job.need = need
+        where, _ = self._route(key, need)
+        if where is None:
+            sim.fail(job, 503)
+            return
+        if isinstance(where, Reject):
+            sim.fail(job, where.status)
+            return
+        assert isinstance(where, Serve | Load)
+        d = self.daemons[where.daemon]
+        self.last_used[(d.cfg.name, key)] = sim.now
+        r = d.runners.get(key)
+        q = d.gates.setdefault(key, deque())
+        fits = r is not None and r.ready and need.fits(r.ctx, r.auto)
+        if fits and r is not None and key not in d.hold and r.active < r.parallel and not q:
+            sim.start(job, r)
+            return
+        if len(q) >= sim.knobs.high_water_depth:
+            sim.fail(job, 503)
+            return
+        job.cold = not fits
+        q.append(job)
+        if job.cold:
+            self._cancel_prefetches(d, key)
+        self._drive(d)
+
+    def _cancel_prefetches(self, d: _Daemon, key: str) -> None:
+        """A real request waits for a load here: not-yet-started prefetches give way."""
+        for other, q in d.gates.items():
+            if other in (key, d.op) or not q:
+                continue
+            if all(isinstance(w, PrefetchJob) for w in q):
+                self.sim.tally.refuse("cancelled")
+                q.clear()
+
+    # --- the driver (Scheduler._step / _execute) ----------------------------------------
+    def _order(self, d: _Daemon) -> list[str]:
+        def rank(item: tuple[str, deque[Waiter]]) -> tuple[int, float, str]:
+            key, q = item
+            real = [w.arrival for w in q if isinstance(w, Job)]
+            return (0, min(real), key) if real else (1, 0.0, key)
+
+        return [k for k, _ in sorted(((k, q) for k, q in d.gates.items() if q), key=rank)]
+
+    def _drive(self, d: _Daemon) -> None:
+        sim = self.sim
+        if d.op is not None:
+            return
+        for key in self._order(d):
+            q = d.gates[key]
+            for stale in [w for w in q if isinstance(w, PrefetchJob) and w.expires_at <= sim.now]:
+                q.remove(stale)
+                sim.tally.refuse("expired")
+            if not q:
+                continue
+            r = d.runners.get(key)
+            needs = [w.need for w in q if isinstance(w, Job)]
+            if r is not None:
+                if not r.ready:
+                    continue
+                if all(n.fits(r.ctx, r.auto) for n in needs):
+                    continue
+                d.hold.add(key)  # drain: no new slots for the runner being replaced
+                if r.active:
+                    continue
+            info = self.infos[key]
+            target = self.target(info, d, needs)
+            plan = plan_room(self.view(d), key, target.size, self._value_fn(d))
+            if plan is NEVER:
+                d.hold.discard(key)
+                for waiter in list(q):
+                    if isinstance(waiter, PrefetchJob):
+                        q.remove(waiter)
+                        sim.tally.refuse("no_room")
+                    elif r is None or not waiter.need.fits(r.ctx, r.auto):
+                        q.remove(waiter)
+                        sim.fail(waiter, 400)
+                self._dispatch(d, key)
+                continue
+            if plan is None:
+                continue  # busy runners hold the room: wait for a release
+            assert isinstance(plan, RoomPlan)
+            self._execute(d, key, target, plan, prefetch_only=not needs)
+            return
+
+    def _execute(
+        self, d: _Daemon, key: str, target: Target, plan: RoomPlan, *, prefetch_only: bool
+    ) -> None:
+        sim = self.sim
+        for v in plan.victims:
+            sim.tally.evictions += 1
+            self._unload(d, d.runners[v])
+        own = d.runners.get(key)
+        if own is not None:
+            sim.tally.reloads += 1
+            self._unload(d, own)
+        model = sim.models[key]
+        info = self.infos[key]
+        par = self._parallel(d, info)
+        # What the daemon really loads: auto = its own default context.
+        ctx = (
+            sim_policy.effective_context(
+                sim_policy.default_num_ctx(d.cfg.memory, d.cfg.context_length),
+                model.context_length,
+            )
+            if target.auto
+            else target.ctx
+        )
+        size = sim_policy.runner_size(model.size, model.kv_bytes_per_token, ctx, par)
+        r = Runner(key, d.cfg.name, size, ctx, target.auto, par, sim.now)
+        d.runners[key] = r
+        d.op = key
+        sim.tally.loads += 1
+        if not prefetch_only:
+            sim.tally.demand_loads += 1
+        seconds = d.cfg.load_fixed_s + model.size / d.cfg.load_bandwidth
+        sim.at(sim.now + seconds, self._loaded, d, r, target, seconds, prefetch_only)
+
+    def _loaded(
+        self, d: _Daemon, r: Runner, target: Target, seconds: float, prefetch_only: bool
+    ) -> None:
+        key = r.model
+        r.ready = True
+        d.op = None
+        d.hold.discard(key)
+        # The bridge's scheduler learns under ``target.ctx``; for a load without num_ctx
+        # that is its vram-tier guess, not the runner's real context (``/api/ps``
+        # ``context_length``), and later estimates come out too small: learn under the
+        # real one (reported to the bridge's owner).
+        self.sizes.learn(key, r.ctx, r.parallel, r.size)
+        if target.auto:
+            self.auto_ctx[(d.cfg.name, key)] = r.ctx
+        self.load_learned[key] = seconds
+        q = d.gates.get(key)
+        confidence = max(
+            (w.confidence for w in q or () if isinstance(w, PrefetchJob)), default=None
+        )
+        if prefetch_only and confidence is not None:
+            self.sim.tally.prefetch_loads += 1
+            r.prefetch_conf = confidence
+        self._dispatch(d, key)
+        if r.idle:
+            self._arm(r)
+        self._drive(d)
+
+    def _dispatch(self, d: _Daemon, key: str) -> None:
+        """``Gate._dispatch``: hand free slots to the first waiters that fit."""
+        r = d.runners.get(key)
+        q = d.gates.get(key)
+        if r is None or q is None or not r.ready or key in d.hold:
+            return
+        for w in [w for w in q if isinstance(w, PrefetchJob)]:
+            q.remove(w)  # a prefetch acquires and releases at once (holds no slot)
+        while r.active < r.parallel and q:
+            job = next((w for w in q if isinstance(w, Job) and w.need.fits(r.ctx, r.auto)), None)
+            if job is None:
+                return
+            q.remove(job)
+            self.sim.start(job, r)
+
+    # --- runners going idle ---------------------------------------------------------------
+    def release(self, r: Runner) -> None:
+        d = self.daemons[r.daemon]
+        r.active -= 1
+        self._dispatch(d, r.model)
+        if r.idle:
+            self._arm(r)
+        self._drive(d)
+
+    def _arm(self, r: Runner) -> None:
+        r.timer += 1
+        after = self.sim.idle_timeout(r.model, prefetched=r.prefetch_conf is not None)
+        self.sim.at(self.sim.now + after, self._expire, r, r.timer)
+
+    def _expire(self, r: Runner, token: int) -> None:
+        d = self.daemons[r.daemon]
+        if r.timer != token or not r.idle or d.runners.get(r.model) is not r or d.op == r.model:
+            return
+        self.sim.tally.idle_unloads += 1
+        self._unload(d, r)
+        self._drive(d)
+
+    def _unload(self, d: _Daemon, r: Runner) -> None:
+        del d.runners[r.model]
+        r.timer += 1
+        if r.served == 0:
+            self.sim.tally.wasted_loads += 1
+
+    # --- prefetch (bridge.events.prefetch_consumer.Consumer._prefetch) ----------------
+    def _prefetch_held(self, name: str) -> int:
+        """``PrefetchBook.held``: bytes of prefetched runners no request used yet."""
+        return sum(
+            r.size for r in self.daemons[name].runners.values() if r.prefetch_conf is not None
+        )
+
+    def prefetch(self, p: Prefetch) -> None:
+        sim = self.sim
+        tally = sim.tally
+        key = p.model
+        if key not in self.infos:
+            tally.refuse("unknown_model")
+            return
+        for d in self.daemons.values():
+            if key in d.runners or d.gates.get(key):
+                tally.refuse("already_loaded")
+                return
+        need = Need(p.num_ctx or 0)
+        info = self.infos[key]
+        where, views = self._route(key, need)
+        verdict = judge(
+            where,
+            views,
+            key,
+            confidence=p.confidence,
+            size_of=lambda v: self.target(info, self.daemons[v.name], [need]).size,
+            reload_s=self.load_seconds,
+            oracle=self.oracle,
+            held=self._prefetch_held,
+            budget=lambda name: self.daemons[name].budget,
+            share=sim.knobs.prefetch_budget,
+        )
+        if verdict.outcome != ACCEPTED:
+            tally.refuse(verdict.outcome)
+            return
+        if not self.bucket.take():
+            tally.refuse("rate_limited")
+            return
+        d = self.daemons[verdict.daemon]
+        tally.prefetch_accepted += 1
+        self.last_used[(d.cfg.name, key)] = sim.now
+        d.gates.setdefault(key, deque()).append(PrefetchJob(key, p.confidence, p.expires_at))
+        self._drive(d)
