@@ -12,7 +12,7 @@ export ALB_CACHE_DIR ?= $(HOME)/.cache/alb
 help:
 	@echo "make run     start the bridge on 127.0.0.1:8080 (simulated fleet if no Ollama answers)"
 	@echo "make test    create .venv, install, provision Kafka and Redis, run the whole suite"
-	@echo "make check   ruff + mypy --strict on the packages"
+	@echo "make check   ruff + mypy --strict on the packages + the layering contracts (import-linter)"
 	@echo "make sim     run the simulated Ollama fleet from examples/fleet.yaml"
 	@echo "make demo    replay a synthetic trace directly and through the bridge, print before/after"
 
@@ -43,6 +43,7 @@ check: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/mypy tests/services tests/integration
+	$(BIN)/lint-imports
 	$(BIN)/python -m ingest.schema_compat
 
 fmt: venv

@@ -22,6 +22,7 @@ from predictor.traces.synth import SynthParams, synthesize
 from replay.des import Runner, Simulation
 from replay.fleets import load_fleet
 from replay.policies import POLICIES, PolicySpec
+from replay.simulate import new_simulation
 from replay.workload import Request, load_requests, requests_from_records
 
 GB_H = 1e9 * 3600
@@ -84,7 +85,7 @@ def _spec(name: str) -> PolicySpec:
 
 def row(fleet_path: Path, spec: PolicySpec, requests: list[Request]) -> str:
     anatomy = Anatomy()
-    sim = Simulation(load_fleet(fleet_path), spec, requests, observer=anatomy)
+    sim = new_simulation(load_fleet(fleet_path), spec, requests, observer=anatomy)
     report = sim.run()
     anatomy.finish(sim.now)
     b = anatomy.byte_s

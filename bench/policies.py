@@ -35,10 +35,10 @@ import bridge.policy.placement as placement
 import replay.bridge_fleet as replay_bridge
 from bridge.policy.placement import ReuseOracle, RunnerView
 from predictor.traces.synth import SynthParams, synthesize
-from replay.des import simulate
 from replay.fleets import load_fleet
 from replay.policies import POLICIES, PolicySpec
 from replay.report import ReplayReport, markdown_table
+from replay.simulate import simulate
 from replay.workload import Request, load_requests, requests_from_records
 
 METRICS = (

@@ -21,14 +21,14 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-if TYPE_CHECKING:
-    from predictor.core.config import PredictorConfig
+from bridge.policy.access import check_networks, check_origins
+from predictor.core.config import PredictorConfig
 
 DEFAULT_OLLAMA = "http://127.0.0.1:11434"
 _OLLAMA_PORT = 11434
@@ -309,15 +309,11 @@ class Settings(BaseSettings):
     @field_validator("origins")
     @classmethod
     def _origins(cls, v: str) -> str:
-        from bridge.http.edge import check_origins  # noqa: PLC0415 - edge imports nothing of ours
-
         return check_origins(v)
 
     @field_validator("trusted_proxies")
     @classmethod
     def _trusted_proxies(cls, v: str) -> str:
-        from bridge.http.edge import check_networks  # noqa: PLC0415
-
         return check_networks(v)
 
     @field_validator("ollama_host")
@@ -353,8 +349,6 @@ class Settings(BaseSettings):
 
     def predictor_core_config(self) -> PredictorConfig:
         """``predictor_config`` parsed over ``PredictorConfig.recommended()``."""
-        from predictor.core.config import PredictorConfig  # noqa: PLC0415
-
         if not self.predictor_config.strip():
             return PredictorConfig.recommended()
         try:

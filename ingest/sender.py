@@ -41,6 +41,7 @@ from typing import Self
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from common.tasks import cancel_and_wait
 from ingest.bus import BusError, BusRejected, EventBus, Record
 from ingest.messages import Event
 from ingest.spool import Spool
@@ -332,9 +333,7 @@ class Sender:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.close_timeout_s):
                     await self._queue_empty.wait()
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         self._stopping.set()
         if self._sync_task is not None:
             await self._sync_task

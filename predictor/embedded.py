@@ -27,7 +27,6 @@ Faust app (:mod:`predictor.stream`) instead.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from typing import Self
 import orjson
 from pydantic import ValidationError
 
+from common.tasks import cancel_and_wait
 from ingest.bus import BusError, Delivery, EventBus, Record, Subscription
 from ingest.messages import AccessLogEvent, ModelStateEvent, Topic
 from predictor.codec import from_access_log, prefetch_event, warm_cache_event
@@ -130,9 +130,7 @@ class EmbeddedPredictor:
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout_s)
         except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     async def __aenter__(self) -> Self:
         await self.start()

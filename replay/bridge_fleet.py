@@ -37,8 +37,6 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from bridge.errors import BadRequest
-from bridge.events.predictor import PredictedReuse
-from bridge.events.prefetch_consumer import ACCEPTED, TokenBucket, judge
 from bridge.policy.numctx import DaemonDefault, Limits, Need, Target, choose_target, need_for
 from bridge.policy.placement import (
     NEVER,
@@ -55,6 +53,8 @@ from bridge.policy.placement import (
     plan_room,
     route,
 )
+from bridge.policy.prefetch import ACCEPTED, TokenBucket, judge
+from bridge.policy.reuse import PredictedReuse
 from bridge.policy.sizing import ModelInfo, SizeBook
 from ollamasim import scheduler as sim_policy
 from ollamasim.config import DaemonConfig

@@ -58,10 +58,10 @@ def evaluate(
 ) -> None:
     """Replay a trace through the discrete-event simulation and print the metrics."""
     from predictor.core.config import ConfigError  # noqa: PLC0415
-    from replay.des import simulate  # noqa: PLC0415
     from replay.fleets import load_fleet  # noqa: PLC0415
     from replay.policies import POLICIES, policy_named  # noqa: PLC0415
     from replay.report import markdown_table  # noqa: PLC0415
+    from replay.simulate import simulate  # noqa: PLC0415
     from replay.workload import load_requests  # noqa: PLC0415
 
     names = list(POLICIES) if policy == "all" else [p.strip() for p in policy.split(",")]

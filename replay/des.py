@@ -54,7 +54,7 @@ from replay.policies import PolicySpec
 from replay.report import ReplayReport, Tally
 from replay.workload import Request
 
-__all__ = ["BridgeKnobs", "Job", "PrefetchJob", "Runner", "Simulation", "simulate"]
+__all__ = ["BridgeKnobs", "Job", "PrefetchJob", "Runner", "Simulation"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,14 +173,12 @@ class Simulation:
         fleet: FleetConfig,
         policy: PolicySpec,
         requests: Sequence[Request],
+        controller: Callable[[Simulation], Controller],
         *,
         knobs: BridgeKnobs | None = None,
         tick_s: float = 10.0,
         observer: Callable[[Simulation], None] | None = None,
     ) -> None:
-        from replay.bridge_fleet import BridgeFleet  # noqa: PLC0415
-        from replay.ollama_fleet import OllamaFleet  # noqa: PLC0415
-
         self.fleet = fleet
         self.policy = policy
         self.requests = requests
@@ -200,9 +198,8 @@ class Simulation:
         self._finished = 0
         self._idle_bytes = 0
         self._last_t = 0.0
-        self.controller: Controller = (
-            OllamaFleet(self) if policy.kind == "ollama" else BridgeFleet(self)
-        )
+        #: Ollama's scheduler or the bridge's (``replay.simulate`` picks by policy).
+        self.controller: Controller = controller(self)
 
     # --- the event loop -------------------------------------------------------------
     def at(self, t: float, fn: Callable[..., None], *args: Any) -> None:
@@ -329,15 +326,3 @@ class Simulation:
         return keep_alive_after(
             self.state, model, self.now, policy.idle_unload_after_s, prefetched=prefetched
         )
-
-
-def simulate(
-    fleet: FleetConfig,
-    policy: PolicySpec,
-    requests: Sequence[Request],
-    *,
-    knobs: BridgeKnobs | None = None,
-    tick_s: float = 10.0,
-) -> ReplayReport:
-    """Replay ``requests`` on ``fleet`` under ``policy`` and report the metrics."""
-    return Simulation(fleet, policy, requests, knobs=knobs, tick_s=tick_s).run()

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from ollamasim.config import FleetConfig
 from predictor.core.config import PredictorConfig
-from replay.des import simulate
 from replay.policies import PolicySpec
 from replay.report import ReplayReport
+from replay.simulate import simulate
 from replay.workload import Request
 
 __all__ = ["SweepPoint", "run_sweep", "write_sweep"]

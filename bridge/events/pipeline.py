@@ -25,7 +25,6 @@ consumer group would.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import re
@@ -48,6 +47,7 @@ from bridge.events.sink import RequestRecord
 from bridge.scheduling.decisions import Decision
 from bridge.scheduling.loader import StateChange
 from bridge.settings import Settings
+from common.tasks import cancel_and_wait
 from ingest.bus import EventBus, Record
 from ingest.bus_kafka import KafkaBus, KafkaConfig
 from ingest.bus_memory import MemoryBus
@@ -239,9 +239,7 @@ class Events:
     async def aclose(self) -> None:
         """Stop the recorder after it built everything queued so far."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         await self._drain()
 
@@ -344,9 +342,7 @@ async def open_events(settings: Settings, registry: CollectorRegistry) -> AsyncI
                 yield events
             finally:
                 if topics is not None:
-                    topics.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await topics
+                    await cancel_and_wait(topics)
                 await events.aclose()
     finally:
         if redis is not None:

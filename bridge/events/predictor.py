@@ -27,37 +27,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from bridge.policy.placement import RecencyOracle, ReuseOracle, RunnerView
 from bridge.settings import Settings
 from predictor.core.advice import estimate_reuse, keep_alive_after
+from predictor.embedded import EmbeddedPredictor
 
 if TYPE_CHECKING:
     from bridge.events.pipeline import Events
-    from predictor.embedded import EmbeddedPredictor
 
 __all__ = [
-    "PredictedReuse",
     "PredictorEstimate",
     "PredictorKeepAlive",
-    "ReuseEstimate",
     "embedded_wanted",
     "estimate_reuse",
     "keep_alive_after",
     "open_predictor",
 ]
-
-#: Weight of recency in :class:`PredictedReuse`: small enough never to reorder two
-#: runners the predictor tells apart by more than this, large enough to order the rest.
-RECENCY_WEIGHT = 1e-3
-
-
-class ReuseEstimate(Protocol):
-    """The predictor's answer for one model; None: not enough evidence to say."""
-
-    def estimate(self, model: str) -> float | None: ...
 
 
 class PredictorKeepAlive:
@@ -89,21 +75,6 @@ class PredictorEstimate:
         return estimate_reuse(p.state, model, p.clock())
 
 
-@dataclass(frozen=True, slots=True)
-class PredictedReuse:
-    """``ReuseOracle``: the predictor's P(reuse), recency breaking ties; recency alone
-    for a model the predictor has too little history of (a model just used is not
-    worth nothing because it is new)."""
-
-    predictor: ReuseEstimate
-    recency: ReuseOracle = field(default_factory=RecencyOracle)
-
-    def reuse(self, daemon: str, runner: RunnerView) -> float:
-        recent = self.recency.reuse(daemon, runner)
-        p = self.predictor.estimate(runner.key)
-        return recent if p is None else p + RECENCY_WEIGHT * recent
-
-
 def embedded_wanted(settings: Settings) -> bool:
     """The embedded predictor runs: events on, no Kafka, ``ALB_PREDICTOR_EMBEDDED``."""
     return settings.events and settings.predictor_embedded and not settings.kafka_bootstrap_servers
@@ -118,9 +89,6 @@ async def open_predictor(
     if events is None or not embedded_wanted(settings):
         yield None
         return
-    # Imported here: a bridge with Kafka (or events off) never loads the predictor.
-    from predictor.embedded import EmbeddedPredictor  # noqa: PLC0415
-
     predictor = EmbeddedPredictor(
         events.bus,
         settings.predictor_core_config(),

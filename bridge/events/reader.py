@@ -12,10 +12,10 @@ raised. ``ready`` is set while subscribed. The prefetch / warm-cache consumer
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 
+from common.tasks import cancel_and_wait
 from ingest.bus import BusError, CommitFailed, Delivery, EventBus, Subscription
 
 __all__ = ["BusReader"]
@@ -60,9 +60,7 @@ class BusReader:
 
     async def aclose(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def run(self) -> None:

@@ -65,6 +65,7 @@ from prometheus_client.registry import Collector
 
 from bridge.events.builders import access_log_record
 from bridge.events.sink import RequestRecord
+from common.tasks import cancel_and_wait
 from ingest.bus import Record
 from ingest.bus_kafka import KafkaBus, KafkaConfig
 from ingest.messages import Event, Topic
@@ -266,9 +267,7 @@ class Shipper:
         self._closing = True
         self._stop.set()
         if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            await cancel_and_wait(self._flusher)
         self._eof()
         if self._task is not None:
             try:
@@ -278,9 +277,7 @@ class Shipper:
                 log.error("event shipper did not exit in time; killing it")
                 if self._proc is not None and self._proc.returncode is None:
                     self._proc.kill()
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+                await cancel_and_wait(self._task)
         lost = self._framed - self._settled
         if lost > 0:
             self.drops[(_ACCESS_LOG, "closed")] += lost
@@ -627,9 +624,7 @@ class _Child:
             for task in (reading, stopping):
                 task.cancel()
             await self.sender.close()
-            acks.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await acks
+            await cancel_and_wait(acks)
             self.ack(force=True)
             await self.bus.close()
 

@@ -29,12 +29,11 @@ from starlette.responses import Response
 from bridge.events.hints import HintBook, HintConsumer, HintEstimate, HintKeepAlive, HintMetrics
 from bridge.events.pipeline import Events, open_events
 from bridge.events.predictor import (
-    PredictedReuse,
     PredictorEstimate,
     PredictorKeepAlive,
     open_predictor,
 )
-from bridge.events.prefetch_consumer import Consumer, PrefetchBook, PrefetchMetrics, PrefetchOracle
+from bridge.events.prefetch_consumer import Consumer, PrefetchBook, PrefetchMetrics
 from bridge.events.sink import RecordSink, RequestRecord
 from bridge.http import routes_admin, routes_native, routes_openai, routes_ops
 from bridge.http.edge import Edge, EdgePolicy
@@ -42,6 +41,8 @@ from bridge.http.limits import BodyBudget, Reclaimer
 from bridge.http.state import Bridge, Runtime
 from bridge.metrics import Metrics
 from bridge.policy.placement import RecencyOracle, ReuseOracle
+from bridge.policy.prefetch import PrefetchOracle
+from bridge.policy.reuse import PredictedReuse
 from bridge.scheduling.fleet import Fleet
 from bridge.scheduling.loader import StateChange
 from bridge.scheduling.residency import KeepAlive

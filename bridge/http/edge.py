@@ -68,6 +68,7 @@ from bridge.errors import (
     render,
 )
 from bridge.http.limits import BodyBudget, Reclaimer
+from bridge.policy.access import check_networks, check_origins, split_list
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -85,16 +86,6 @@ DEFAULT_ORIGINS: tuple[str, ...] = (
     "tauri://*",
     "vscode-webview://*",
     "vscode-file://*",
-)
-#: Origins without a ``*`` must start with one of these (gin-contrib/cors refuses to
-#: start otherwise; Ollama sets ``AllowBrowserExtensions``).
-ORIGIN_SCHEMES = (
-    "http://",
-    "https://",
-    "chrome-extension://",
-    "safari-extension://",
-    "moz-extension://",
-    "ms-browser-extension://",
 )
 #: Ollama's ``AllowHeaders`` plus the bridge's own request headers.
 ALLOW_HEADERS = (
@@ -119,27 +110,6 @@ _SHOWN = 100
 def api_for(path: str) -> Api:
     """The error shape a path speaks: OpenAI's under ``/v1/``, else Ollama's."""
     return Api.OPENAI if path.startswith("/v1/") else Api.NATIVE
-
-
-def split_list(text: str) -> list[str]:
-    return [p.strip() for p in text.split(",") if p.strip()]
-
-
-def check_origins(text: str) -> str:
-    """``ALB_ORIGINS`` as gin-contrib/cors validates ``OLLAMA_ORIGINS``; ValueError if bad."""
-    for origin in split_list(text):
-        if origin.count("*") > 1:
-            raise ValueError(f"{origin!r}: only one * is allowed")
-        if "*" not in origin and not origin.lower().startswith(ORIGIN_SCHEMES):
-            raise ValueError(f"{origin!r}: an origin must contain * or start with http(s)://")
-    return text
-
-
-def check_networks(text: str) -> str:
-    """``ALB_TRUSTED_PROXIES``: IPs or CIDRs; ValueError if one is not."""
-    for item in split_list(text):
-        ipaddress.ip_network(item, strict=False)
-    return text
 
 
 # --- Origin ---------------------------------------------------------------------------

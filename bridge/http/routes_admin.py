@@ -21,7 +21,6 @@ from bridge.errors import Api, BadRequest, Forbidden, Unauthorized
 from bridge.http.relay import read_body
 from bridge.http.responses import guard, json_response
 from bridge.http.state import Bridge
-from bridge.scheduling import upkeep
 from bridge.wire import jsonbody, names
 
 _ACTIONS = ("load", "unload", "pin", "unpin")
@@ -103,9 +102,9 @@ def routes(bridge: Bridge) -> list[BaseRoute]:
         s = bridge.rt().scheduler
         out: dict[str, Any] = {"model": key, "action": action}
         if action == "load":
-            out["daemon"] = await upkeep.load(s, key, daemon, num_ctx)
+            out["daemon"] = await s.load_model(key, daemon, num_ctx)
         elif action == "pin":
-            out["daemon"] = await upkeep.pin(s, key, daemon, num_ctx)
+            out["daemon"] = await s.pin(key, daemon, num_ctx)
             out["pinned"] = True
         elif action == "unpin":
             s.pins.discard((key, daemon))

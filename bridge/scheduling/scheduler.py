@@ -12,31 +12,34 @@ only when requests wait on that daemon (an idle model may make room for them).
 
 Module map: ``residency`` (gates, runners, pins, breakers; the snapshots the pure
 policies read), ``driver`` (loads, evictions, explicit unloads), ``upkeep``
-(reconciliation with ``/api/ps``, idle unloads, health checks, pins), this module
-(admission and the scheduler's lifecycle).
+(reconciliation with ``/api/ps``, idle unloads, health checks), this module
+(admission, pins and admin loads, the scheduler's lifecycle).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from dataclasses import dataclass, replace
 
-from bridge.errors import BadRequest, BridgeError, Overloaded, Unavailable
+from bridge.errors import BadRequest, BridgeError, ModelNotFound, Overloaded, Replaced, Unavailable
 from bridge.metrics import Metrics
 from bridge.policy.numctx import Need, openai_default_hint
 from bridge.policy.placement import DaemonView, Load, Reject, ReuseOracle, route
+from bridge.policy.queueing import retry_after
 from bridge.policy.sizing import ModelInfo
 from bridge.scheduling.decisions import DecisionLog
 from bridge.scheduling.driver import Driver
 from bridge.scheduling.fleet import DaemonState, Fleet
-from bridge.scheduling.gate import Gate, retry_after
+from bridge.scheduling.gate import Gate
 from bridge.scheduling.loader import LoadSpec
 from bridge.scheduling.residency import KeepAlive, Residency
+from bridge.scheduling.upkeep import Upkeep
 from bridge.settings import Settings
 from bridge.upstream import Upstream
 from bridge.wire import names
+
+#: Placements one admin load goes through (a failed load re-places it, as for requests).
+_MAX_PLACEMENTS = 4
 
 
 @dataclass(slots=True)
@@ -79,31 +82,21 @@ class Scheduler(Residency):
     ) -> None:
         super().__init__(settings, fleet, upstream, metrics, decisions, oracle, keep_alive)
         self.driver = Driver(self)
-        self._tasks: list[asyncio.Task[None]] = []
+        self.upkeep = Upkeep(self, self)
 
     # --- lifecycle ---------------------------------------------------------------
     async def start(self) -> None:
-        from bridge.scheduling import upkeep  # noqa: PLC0415  (upkeep imports this module)
-
         await self.fleet.refresh_all(force=True)
         await self.fleet.read_local_memory()
-        upkeep.reconcile(self)
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(upkeep.refresh_loop(self)),
-            loop.create_task(upkeep.health_loop(self)),
-        ]
+        self.upkeep.reconcile()
+        self.upkeep.start()
         for model, daemon in self._settings.pins():
             self.pins.add((names.key(model), daemon))
         for model, daemon in self._settings.pins():
-            self.loader.spawn(upkeep.pin_quietly(self, model, daemon))
+            self.loader.spawn(self._pin_quietly(model, daemon))
 
     async def aclose(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await self.upkeep.aclose()
         await self.loader.aclose()
 
     # --- admission -----------------------------------------------------------------
@@ -264,10 +257,8 @@ class Scheduler(Residency):
         self.loader.spawn(self._recheck(d))
 
     async def _recheck(self, d: DaemonState) -> None:
-        from bridge.scheduling import upkeep  # noqa: PLC0415
-
         await self.fleet.refresh_ps(d)
-        upkeep.reconcile(self)
+        self.upkeep.reconcile()
 
     # --- the driver -----------------------------------------------------------------------
     def kick(self, daemon: str) -> None:
@@ -280,3 +271,41 @@ class Scheduler(Residency):
         """Unload ``key`` (from ``daemon`` or everywhere) once its requests finished;
         returns the daemons it left. ``Conflict`` for a pinned model unless ``force``."""
         return await self.driver.unload_model(key, daemon, reason, force=force)
+
+    # --- pins and admin loads -----------------------------------------------------------
+    async def pin(self, model: str, daemon: str | None, num_ctx: int | None) -> str:
+        """Pin ``model`` (on ``daemon``, else wherever placement puts it) and load it
+        there; returns the daemon. Raises the bridge's error when it cannot be loaded
+        (the pin stays: a later request or restart loads it)."""
+        key = names.key(model)
+        self.pins.add((key, daemon))
+        self.decisions.record("pin", key, daemon or "", "pinned", num_ctx=num_ctx)
+        return await self.load_model(key, daemon, num_ctx)
+
+    async def load_model(self, key: str, daemon: str | None, num_ctx: int | None) -> str:
+        """Make sure ``key`` is loaded (on ``daemon``) with at least ``num_ctx``."""
+        if not await self.fleet.ensure_known(key):
+            raise ModelNotFound(f"model '{key}' not found")
+        info = await self.fleet.model_info(key)
+        tokens = num_ctx or self.limits.num_ctx_min
+        need = Need(tokens, client_num_ctx=num_ctx)
+        for attempt in range(_MAX_PLACEMENTS):
+            got = self.admit(key, need, info, only=daemon)
+            try:
+                lease = got if isinstance(got, Lease) else await self.wait(got, "alb:admin")
+            except Replaced:  # its load failed and taught placement something: again
+                if attempt == _MAX_PLACEMENTS - 1:
+                    raise
+                continue
+            self.release(lease, used=False)
+            return lease.daemon.name
+        raise AssertionError("unreachable")
+
+    async def _pin_quietly(self, model: str, daemon: str | None) -> None:
+        """A pin from configuration: failures are decision records, not crashes."""
+        try:
+            await self.pin(model, daemon, None)
+        except BridgeError as exc:
+            self.decisions.record(
+                "pin", names.key(model), daemon or "", "load-failed", error=exc.message
+            )

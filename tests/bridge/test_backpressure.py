@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from bridge.errors import LoadFailed
-from bridge.scheduling.gate import FairQueue, Gate, retry_after
+from bridge.policy.queueing import FairQueue, retry_after
+from bridge.scheduling.gate import Gate
 from ollamasim.testing import RunningFleet
 from tests.bridge._support import RunningBridge, kinds, running_bridge, settings_for
 

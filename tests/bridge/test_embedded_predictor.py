@@ -16,15 +16,14 @@ import httpx
 import pytest
 
 from bridge.events.predictor import (
-    RECENCY_WEIGHT,
-    PredictedReuse,
     PredictorEstimate,
     embedded_wanted,
     estimate_reuse,
     keep_alive_after,
 )
-from bridge.events.prefetch_consumer import PrefetchOracle
 from bridge.policy.placement import RecencyOracle, RunnerView
+from bridge.policy.prefetch import PrefetchOracle
+from bridge.policy.reuse import RECENCY_WEIGHT, PredictedReuse
 from bridge.settings import SettingsError, load_settings
 from ollamasim.testing import RunningDaemon, RunningFleet, serve_in_thread
 from predictor.core.config import PredictorConfig

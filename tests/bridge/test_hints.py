@@ -10,8 +10,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from bridge.events.hints import HintBook, HintConsumer, HintEstimate, HintKeepAlive, HintMetrics
-from bridge.events.predictor import PredictedReuse
 from bridge.policy.placement import RunnerView
+from bridge.policy.reuse import PredictedReuse
 from ingest.bus import Delivery
 from ingest.bus_memory import MemoryBus
 from ingest.messages import Topic

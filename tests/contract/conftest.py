@@ -42,7 +42,9 @@ def sim_fleet() -> Iterator[Any]:
         yield fleet
 
 
-@pytest.fixture(scope="session", params=["sim", "real"])
+@pytest.fixture(
+    scope="session", params=["sim", pytest.param("real", marks=pytest.mark.ollama_real)]
+)
 def target(request: pytest.FixtureRequest) -> Target:
     if request.param == "sim":
         fleet = request.getfixturevalue("sim_fleet")

@@ -23,8 +23,8 @@ import httpx
 import pytest
 
 from bridge.events.hints import HintEstimate
-from bridge.events.predictor import PredictedReuse
-from bridge.events.prefetch_consumer import PrefetchOracle
+from bridge.policy.prefetch import PrefetchOracle
+from bridge.policy.reuse import PredictedReuse
 from ingest.messages import Topic
 from ingest.topics import ensure_topics
 from ollamasim.testing import RunningFleet, serve_in_thread

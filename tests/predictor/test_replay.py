@@ -15,10 +15,11 @@ from ollamasim.config import FleetConfig
 from predictor.traces.format import DEFAULT_EPOCH, TraceRecord
 from predictor.traces.synth import SynthParams, synthesize
 from replay.bridge_fleet import BridgeFleet
-from replay.des import BridgeKnobs, Job, Runner, Simulation, simulate
+from replay.des import BridgeKnobs, Job, Runner
 from replay.fleets import SYNTH_SIZES_GB, make_fleet
 from replay.ollama_fleet import OllamaFleet, static_assignment
 from replay.policies import OURS, POLICIES
+from replay.simulate import new_simulation, simulate
 from replay.workload import Request, requests_from_records
 
 GB = 10**9
@@ -69,7 +70,7 @@ def test_same_seed_same_metrics(policy: str) -> None:
 @pytest.mark.parametrize("policy", list(POLICIES))
 def test_every_request_ends_exactly_once_and_memory_stays_under_capacity(policy: str) -> None:
     requests = _synth(11, spm=8.0)
-    sim = Simulation(_fleet(), POLICIES[policy], requests)
+    sim = new_simulation(_fleet(), POLICIES[policy], requests)
     ended: Counter[int] = Counter()
     finish, fail = sim._finish, sim.fail
 
@@ -100,7 +101,7 @@ def test_every_request_ends_exactly_once_and_memory_stays_under_capacity(policy:
 def test_ollama_keep_alive_expires_after_five_minutes() -> None:
     fleet = _one_daemon({"a": 2.0})
     requests = [_req(0, 0.0, "a"), _req(1, 200.0, "a"), _req(2, 200.0 + 1.0 + 301.0, "a")]
-    sim = Simulation(fleet, POLICIES["ollama"], requests)
+    sim = new_simulation(fleet, POLICIES["ollama"], requests)
     colds: list[bool] = []
     start = sim.start
 
@@ -119,7 +120,7 @@ def test_ollama_keep_alive_expires_after_five_minutes() -> None:
 def test_ollama_evicts_the_shortest_keep_alive_not_the_least_recently_used() -> None:
     fleet = _one_daemon({"a": 8.0, "b": 8.0, "c": 8.0})
     requests = [_req(0, 0.0, "a"), _req(1, 10.0, "b"), _req(2, 20.0, "a"), _req(3, 40.0, "c")]
-    sim = Simulation(fleet, POLICIES["ollama"], requests)
+    sim = new_simulation(fleet, POLICIES["ollama"], requests)
     ctl = sim.controller
     assert isinstance(ctl, OllamaFleet)
     evicted: list[str] = []
@@ -137,7 +138,7 @@ def test_ollama_evicts_the_shortest_keep_alive_not_the_least_recently_used() -> 
     assert evicted == ["a:latest"]
 
     # A client gave "a" a longer keep_alive (sticky): now "b" is the shortest and goes.
-    sim = Simulation(fleet, POLICIES["ollama"], requests)
+    sim = new_simulation(fleet, POLICIES["ollama"], requests)
     ctl = sim.controller
     assert isinstance(ctl, OllamaFleet)
     evicted.clear()
@@ -155,7 +156,7 @@ def test_ollama_evicts_the_shortest_keep_alive_not_the_least_recently_used() -> 
 def test_ollama_cold_load_blocks_other_cold_loads_on_the_daemon() -> None:
     fleet = _one_daemon({"a": 10.0, "b": 2.0}, load_bandwidth="1GB")
     requests = [_req(0, 0.0, "a"), _req(1, 0.5, "b")]
-    sim = Simulation(fleet, POLICIES["ollama"], requests)
+    sim = new_simulation(fleet, POLICIES["ollama"], requests)
     starts: dict[str, float] = {}
     start = sim.start
 
@@ -182,7 +183,7 @@ def test_ollama_answers_503_when_its_pending_queue_is_full() -> None:
         _req(3, 0.3, "d"),
         _req(4, 0.4, "a"),
     ]
-    sim = Simulation(fleet, POLICIES["ollama"], requests)
+    sim = new_simulation(fleet, POLICIES["ollama"], requests)
     failed: list[tuple[str, int]] = []
     fail = sim.fail
 
@@ -209,7 +210,7 @@ def test_static_assignment_balances_bytes() -> None:
 # --- the bridge's policies ----------------------------------------------------------------
 @pytest.mark.parametrize("policy", ["bridge-lru", "seed", "histogram", "ours"])
 def test_bridge_policies_never_evict_a_busy_model(policy: str) -> None:
-    sim = Simulation(_fleet(), POLICIES[policy], _synth(5, spm=8.0))
+    sim = new_simulation(_fleet(), POLICIES[policy], _synth(5, spm=8.0))
     ctl = sim.controller
     assert isinstance(ctl, BridgeFleet)
     execute = ctl._execute
@@ -302,7 +303,7 @@ def test_the_idle_anatomy_accounts_for_the_reports_idle_memory(policy: str) -> N
     from bench.idle_anatomy import ENDS, STATES, Anatomy  # noqa: PLC0415
 
     anatomy = Anatomy()
-    sim = Simulation(_fleet(), POLICIES[policy], _synth(3), observer=anatomy)
+    sim = new_simulation(_fleet(), POLICIES[policy], _synth(3), observer=anatomy)
     report = sim.run()
     anatomy.finish(sim.now)
     idle = anatomy.byte_s["idle"]

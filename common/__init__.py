@@ -1,0 +1,1 @@
+"""What every package shares and that belongs to none: background tasks."""

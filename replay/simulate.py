@@ -1,0 +1,52 @@
+"""A replay put together: the simulation (``replay.des``) with the controller the
+policy asks for — Ollama's own scheduler (``replay.ollama_fleet``) or the bridge's
+(``replay.bridge_fleet``). The event loop knows neither; this module knows both."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from ollamasim.config import FleetConfig
+from replay.bridge_fleet import BridgeFleet
+from replay.des import BridgeKnobs, Controller, Simulation
+from replay.ollama_fleet import OllamaFleet
+from replay.policies import PolicySpec
+from replay.report import ReplayReport
+from replay.workload import Request
+
+
+def controller_for(policy: PolicySpec) -> Callable[[Simulation], Controller]:
+    return OllamaFleet if policy.kind == "ollama" else BridgeFleet
+
+
+def new_simulation(
+    fleet: FleetConfig,
+    policy: PolicySpec,
+    requests: Sequence[Request],
+    *,
+    knobs: BridgeKnobs | None = None,
+    tick_s: float = 10.0,
+    observer: Callable[[Simulation], None] | None = None,
+) -> Simulation:
+    """One replay of ``requests`` on ``fleet`` under ``policy``, ready to ``run``."""
+    return Simulation(
+        fleet,
+        policy,
+        requests,
+        controller_for(policy),
+        knobs=knobs,
+        tick_s=tick_s,
+        observer=observer,
+    )
+
+
+def simulate(
+    fleet: FleetConfig,
+    policy: PolicySpec,
+    requests: Sequence[Request],
+    *,
+    knobs: BridgeKnobs | None = None,
+    tick_s: float = 10.0,
+) -> ReplayReport:
+    """Replay ``requests`` on ``fleet`` under ``policy`` and report the metrics."""
+    return new_simulation(fleet, policy, requests, knobs=knobs, tick_s=tick_s).run()
