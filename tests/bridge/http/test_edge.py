@@ -35,7 +35,7 @@ from ollamasim.testing import RunningFleet, serve_in_thread
 from tests.bridge._edge_support import exchange, port_of
 from tests.bridge._support import SIM_CONFIG, RunningBridge, running_bridge, settings_for
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EVIL = "https://evil.example"
 
 

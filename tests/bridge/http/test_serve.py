@@ -20,7 +20,7 @@ import pytest
 from ollamasim.testing import RunningFleet, serve_in_thread
 from tests.bridge._support import SIM_CONFIG
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ALB = str(Path(sys.executable).parent / "alb")
 SLOW_CONFIG = {
     **SIM_CONFIG,
