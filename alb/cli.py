@@ -97,7 +97,7 @@ def demo(
     duration: Annotated[
         float, typer.Option(help="Simulated seconds of traffic (replayed 10x faster).")
     ] = 240.0,
-    out: Annotated[Path, typer.Option(help="Where to write the PNG.")] = Path("alb-demo.png"),
+    out: Annotated[Path, typer.Option(help="Where to write the PNG.")] = Path("var/alb-demo.png"),
 ) -> None:
     """Replay a synthetic trace straight at a simulated Ollama fleet, then through the
     bridge (embedded predictor on), and compare: a table and a PNG."""

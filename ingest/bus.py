@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Protocol, Self
 
 import orjson
 
+from ingest.errors import IngestError
 from ingest.messages import Event
 
 
@@ -64,7 +65,7 @@ class Delivery:
         return orjson.loads(self.value)
 
 
-class BusError(Exception):
+class BusError(IngestError):
     """A bus operation failed. ``retriable`` says whether trying again may succeed."""
 
     retriable: ClassVar[bool] = True

@@ -16,14 +16,17 @@ minute, not one per request.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from ingest.errors import RegistryUnavailable
 from ingest.hashing import system_prompt_hash
 
 
@@ -135,6 +138,15 @@ class RedisPromptRegistry:
         last = self._recent.get(digest)
         if last is not None and now - last < self.config.refresh_s:
             return digest
+        with _translated("put"):
+            await self._put(digest, text)
+        self._recent[digest] = now
+        self._recent.move_to_end(digest)
+        while len(self._recent) > self.config.max_entries:
+            self._recent.popitem(last=False)
+        return digest
+
+    async def _put(self, digest: str, text: str) -> None:
         await self._script(
             keys=[self._index],
             args=[
@@ -146,14 +158,19 @@ class RedisPromptRegistry:
                 self.config.max_entries,
             ],
         )
-        self._recent[digest] = now
-        self._recent.move_to_end(digest)
-        while len(self._recent) > self.config.max_entries:
-            self._recent.popitem(last=False)
-        return digest
 
     async def get(self, digest: str) -> str | None:
-        value = await self._redis.get(self._prefix + digest)
+        with _translated("get"):
+            value = await self._redis.get(self._prefix + digest)
         if value is None:
             return None
         return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Redis's and the socket layer's failures as ``RegistryUnavailable``."""
+    try:
+        yield
+    except (RedisError, OSError, TimeoutError) as exc:
+        raise RegistryUnavailable(f"the prompt registry's {what} failed: {exc!r}") from exc

@@ -110,7 +110,7 @@ async def ensure_topics(
                 break
             await asyncio.sleep(0.1)
             states = await _describe(admin, specs)
-    except KafkaError as exc:
+    except (KafkaError, OSError, TimeoutError) as exc:
         raise BusUnavailable(f"Kafka admin at {bootstrap} failed: {exc!r}") from exc
     finally:
         await admin.close()

@@ -48,9 +48,10 @@ from bridge.scheduling.decisions import Decision
 from bridge.scheduling.loader import StateChange
 from bridge.settings import Settings
 from common.tasks import cancel_and_wait
-from ingest.bus import EventBus, Record
+from ingest.bus import BusUnavailable, EventBus, Record
 from ingest.bus_kafka import KafkaBus, KafkaConfig
 from ingest.bus_memory import MemoryBus
+from ingest.errors import RegistryUnavailable
 from ingest.messages import Event
 from ingest.prompts import MemoryPromptRegistry, PromptRegistry, RedisPromptRegistry
 from ingest.sender import Sender, SenderConfig
@@ -229,7 +230,7 @@ class Events:
     async def _register(self, system: str) -> None:
         try:
             await self.prompts.put(system)
-        except Exception as exc:  # Redis down: warm-cache events for it will be skipped
+        except RegistryUnavailable as exc:  # warm-cache events for it will be skipped
             self.metrics.registry_errors.inc()
             now = time.monotonic()
             if now - self._last_warning >= _WARN_INTERVAL_S:
@@ -357,7 +358,7 @@ async def _create_topics(bootstrap: str) -> None:
     while True:
         try:
             states = await ensure_topics(bootstrap)
-        except Exception as exc:
+        except BusUnavailable as exc:
             log.warning("could not create the Kafka topics yet: %r", exc)
             await asyncio.sleep(_TOPICS_RETRY_S)
             continue

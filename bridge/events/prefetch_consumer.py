@@ -68,6 +68,7 @@ from bridge.settings import Settings
 from bridge.upstream import Upstream
 from bridge.wire import durations, names
 from ingest.bus import Delivery, EventBus, Subscription
+from ingest.errors import RegistryUnavailable
 from ingest.messages import PrefetchEvent, Topic, WarmCacheEvent, parse_event, utcnow
 from ingest.prompts import PromptRegistry
 
@@ -350,7 +351,10 @@ class Consumer(BusReader):
     # --- warm-cache ---------------------------------------------------------------------
     async def _warm(self, key: str, event: WarmCacheEvent) -> Outcome:
         s = self._scheduler
-        text = await self._prompts.get(event.system_prompt_hash)
+        try:
+            text = await self._prompts.get(event.system_prompt_hash)
+        except RegistryUnavailable:
+            return Outcome("registry_unavailable")
         if text is None:
             return Outcome("unknown_prompt")
         ready = [

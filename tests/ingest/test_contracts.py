@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 from datetime import timedelta
 from typing import Any
 
@@ -10,9 +11,12 @@ import orjson
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from ingest.bus import BusUnavailable
 from ingest.contracts import TRACE_SCHEMA, load_schema, schema_names, validation_errors
+from ingest.errors import IngestError
 from ingest.hashing import PREFIX_CHARS, prefix_hash, system_prompt_hash
 from ingest.messages import EVENT_TYPES, AccessLogEvent, Topic, key_for, parse_event
+from ingest.topics import ensure_topics
 from ingest.trace import TraceRecord, dump_lines, from_access_log, load_lines
 from tests.ingest import _samples
 
@@ -145,3 +149,13 @@ def test_trace_reader_names_the_bad_line() -> None:
 def test_access_log_json_is_small() -> None:
     assert len(_samples.access_log().to_json()) < 800
     assert isinstance(_samples.access_log(), AccessLogEvent)
+
+
+async def test_topic_admin_on_a_closed_port_is_bus_unavailable() -> None:
+    """The topic admin's Kafka and socket errors come out as ingest's BusUnavailable."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(BusUnavailable) as caught:
+        await ensure_topics(f"127.0.0.1:{port}")
+    assert isinstance(caught.value, IngestError)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 from redis.asyncio import Redis
 
+from ingest.errors import IngestError, RegistryUnavailable
 from ingest.prompts import (
     MemoryPromptRegistry,
     PromptRegistry,
@@ -79,5 +81,22 @@ async def test_redis_registry_skips_recent_repeats(redis_url: str) -> None:
         await client.delete(f"{{{namespace}}}:text:{digest}")
         await registry.put("hot prompt")  # within refresh_s: no round trip
         assert await registry.get(digest) is None
+    finally:
+        await client.aclose()
+
+
+async def test_an_unreachable_redis_is_registry_unavailable() -> None:
+    """Redis's and the socket's errors come out of the seam as ingest's own."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=1)
+    registry = RedisPromptRegistry(client, PromptRegistryConfig(), namespace="gone")
+    try:
+        with pytest.raises(RegistryUnavailable):
+            await registry.put("You are helpful.")
+        with pytest.raises(RegistryUnavailable) as caught:
+            await registry.get("0" * 64)
+        assert isinstance(caught.value, IngestError)
     finally:
         await client.aclose()
