@@ -267,7 +267,12 @@ async def test_a_model_hint_on_kafka_unloads_an_idle_runner_the_predictor_gives_
         def unloaded() -> bool:
             return any(e.kind == "unload" and e.model == "chatty:latest" for e in d.events())
 
+        def confirmed() -> bool:  # the bridge saw it gone from the daemon's /api/ps
+            ok = {"reason": "idle", "outcome": "ok"}  # a hinted unload is an idle unload
+            return (registry.get_sample_value("alb_unloads_total", ok) or 0) == 1
+
         await wait_for(unloaded, 15, "the hinted unload")
+        await wait_for(confirmed, 15, "the bridge's confirmation of the unload")
         assert handled("applied") == 1
         assert hints.book.reuse("chatty:latest") == 0.01  # what the eviction value reads
         loaded = [m["name"] for m in (await c.get("/api/ps")).json()["models"]]
