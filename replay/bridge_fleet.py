@@ -2,50 +2,52 @@
 
 Theory of operation
 -------------------
-Everything that decides is the bridge's own pure code, called where the bridge's
-scheduler calls it (``bridge/scheduling/scheduler.py`` ``admit`` / ``_step``;
-``bridge/events/prefetch_consumer.py`` ``_prefetch``):
+Everything that decides is the bridge's own pure code, called where the bridge calls
+it (``bridge.scheduling.scheduler.Scheduler.admit``, ``bridge.scheduling.driver.Driver._step``,
+``bridge.events.prefetch_consumer.Consumer._prefetch``):
 
-* a request's context need is ``bridge.policy.numctx.need_for`` on a stand-in body (a prompt of
-  ``prompt_tokens x ALB_CHARS_PER_TOKEN`` characters, the client's ``num_ctx`` in
-  ``options`` on the native API), so the bridge estimates it as it would the real one;
-* where it goes is ``bridge.policy.placement.route`` over ``DaemonView`` snapshots of the
-  simulated fleet;
-* each daemon's driver, one operation at a time, asks ``bridge.policy.placement.plan_room``
-  which idle runners to unload, then loads the ``Target`` that
-  ``bridge.policy.numctx.choose_target`` chooses (``bridge.policy.sizing.SizeBook`` with the sizes
-  learned after each load);
+* a request's context need is ``bridge.policy.numctx.need_for`` on a stand-in body (a
+  prompt of ``prompt_tokens x ALB_CHARS_PER_TOKEN`` characters, the client's ``num_ctx``
+  in ``options`` on the native API), so the bridge estimates it as it would the real one;
+* where it goes is ``bridge.policy.placement.route`` over ``DaemonView`` snapshots of
+  the simulated fleet;
+* each daemon's driver, one load at a time, makes the driver's decisions with
+  ``bridge.policy.step`` (``wanted``: which gate needs a load or a drain; ``plan_load``:
+  refuse, wait or execute, with ``placement.plan_room`` choosing the victims and
+  ``numctx.choose_target`` the context; ``learned``: what the finished load teaches,
+  the daemon's default ``num_ctx`` included), over the gates in the order they were
+  created, as the live driver does;
 * the eviction value is ``bridge.policy.placement.eviction_value`` with the policy's
   ``ReuseOracle``;
-* a prefetch is accepted or refused by ``bridge.events.prefetch_consumer.judge`` and the consumer's
-  ``TokenBucket`` (on simulated time).
+* a prefetch is accepted or refused by ``bridge.policy.prefetch.judge`` and the
+  consumer's ``TokenBucket`` (on simulated time).
 
-What is *not* the bridge's code, and why (thin adapters, kept line-for-line close to the
-shells they stand in for): the scheduler's ``view`` / driver loop and the prefetch
-consumer's ``_prefetch`` are methods of asyncio objects that own sockets; here they read
-the simulated state instead. ``Gate`` semantics (slots = parallel, a
-request waits unless it fits the runner's context, a runner whose queued requests do not
-fit is drained and reloaded) are reproduced with a FIFO queue (the bridge's ``FairQueue``
-is round-robin by session). Unloads are instant (the simulator's are);
-``/api/ps`` reconciliation, health checks and pins are out of scope.
+What this module adds is the state those decisions are applied to, in place of the
+asyncio objects that own sockets: gates are FIFO queues (the bridge's ``FairQueue`` is
+round-robin by session, which changes who of one model's waiters goes first, never
+which loads are made), unloads are instant (the simulator's are), idle unloads are
+timers at the exact expiry (the bridge checks every ``ALB_REFRESH_INTERVAL``), and
+``/api/ps`` reconciliation, health checks, failed loads and pins are out of scope.
+``decisions`` lists the load / evict / unload / reject decisions with the kinds the
+bridge's decision log uses; ``tests/replay/test_live_parity.py`` checks that the live
+bridge in front of ``ollamasim`` makes the same ones on the same trace.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bridge.errors import BadRequest
-from bridge.policy.numctx import DaemonDefault, Limits, Need, Target, choose_target, need_for
+from bridge.policy.numctx import Limits, Need, Target, choose_target, daemon_default, need_for
 from bridge.policy.placement import (
-    NEVER,
     DaemonView,
     Load,
     RecencyOracle,
     Reject,
     ReuseOracle,
-    RoomPlan,
     Route,
     RunnerView,
     Serve,
@@ -56,6 +58,16 @@ from bridge.policy.placement import (
 from bridge.policy.prefetch import ACCEPTED, TokenBucket, judge
 from bridge.policy.reuse import PredictedReuse
 from bridge.policy.sizing import ModelInfo, SizeBook
+from bridge.policy.step import (
+    Drain,
+    Execute,
+    GateState,
+    Refuse,
+    Reopen,
+    learned,
+    plan_load,
+    wanted,
+)
 from ollamasim import scheduler as sim_policy
 from ollamasim.config import DaemonConfig
 from predictor.core import Prefetch
@@ -65,7 +77,7 @@ from replay.des import Job, PrefetchJob, Runner
 if TYPE_CHECKING:
     from replay.des import Simulation
 
-__all__ = ["BridgeFleet"]
+__all__ = ["BridgeFleet", "Decision"]
 
 Waiter = Job | PrefetchJob
 
@@ -84,6 +96,17 @@ class _Daemon:
 
     def used(self) -> int:
         return sum(r.size for r in self.runners.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One decision, as the bridge's decision log records it (kind, model, daemon,
+    reason; the daemon is empty for a refusal at admission)."""
+
+    kind: str
+    model: str
+    daemon: str
+    reason: str
 
 
 class _SimEstimate:
@@ -144,6 +167,10 @@ class BridgeFleet:
         }
         self.sizes = SizeBook()
         self.auto_ctx: dict[tuple[str, str], int] = {}
+        #: Each daemon's default num_ctx as loads showed it (``Residency.default_ctx``).
+        self.default_ctx: dict[str, int] = {}
+        #: The decisions, as the bridge's ``/alb/v1/decisions`` names them.
+        self.decisions: list[Decision] = []
         self.load_learned: dict[str, float] = {}
         self.last_used: dict[tuple[str, str], float] = {}
         base: ReuseOracle = (
@@ -156,6 +183,9 @@ class BridgeFleet:
         self.oracle: ReuseOracle = _PrefetchAware(base, self)
         self.bucket = TokenBucket(k.prefetch_rate, k.prefetch_burst, clock=lambda: sim.now)
         self._needs: dict[tuple[int, int | None, bool, int], Need] = {}
+
+    def record(self, kind: str, model: str, daemon: str, reason: str) -> None:
+        self.decisions.append(Decision(kind, model, daemon, reason))
 
     # --- snapshots for the pure policies --------------------------------------------
     def runners(self) -> Iterator[Runner]:
@@ -209,15 +239,15 @@ class BridgeFleet:
         return 1 if info.embedding_only else d.cfg.num_parallel
 
     def target(self, info: ModelInfo, d: _Daemon, needs: list[Need]) -> Target:
-        """``Scheduler.target``: the runner a load for ``needs`` asks for on ``d``.
+        """``Residency.target``: the runner a load for ``needs`` asks for on ``d``.
 
-        The daemon's default is the bridge's guess (its vram tier; never learned here),
-        the model's learned default context ``auto_ctx``; no pins, so the room is the
-        whole budget."""
+        The daemon's default is what the bridge knows of it (learned from a load without
+        num_ctx, else the guess from its memory), the model's learned default context
+        ``auto_ctx``; no pins, so the room is the whole budget."""
         par = self._parallel(d, info)
         return choose_target(
             needs,
-            default=DaemonDefault(sim_policy.default_num_ctx(d.cfg.memory), False),
+            default=daemon_default(None, self.default_ctx.get(d.cfg.name), d.cfg.memory),
             auto_ctx=self.auto_ctx.get((d.cfg.name, info.key)),
             model_context=info.context_length,
             limits=self.limits,
@@ -283,6 +313,7 @@ class BridgeFleet:
             sim.fail(job, 503)
             return
         if isinstance(where, Reject):
+            self.record("reject", key, "", where.reason)
             sim.fail(job, where.status)
             return
         assert isinstance(where, Serve | Load)
@@ -312,103 +343,148 @@ class BridgeFleet:
                 self.sim.tally.refuse("cancelled")
                 q.clear()
 
-    # --- the driver (Scheduler._step / _execute) ----------------------------------------
-    def _order(self, d: _Daemon) -> list[str]:
-        def rank(item: tuple[str, deque[Waiter]]) -> tuple[int, float, str]:
-            key, q = item
-            real = [w.arrival for w in q if isinstance(w, Job)]
-            return (0, min(real), key) if real else (1, 0.0, key)
-
-        return [k for k, _ in sorted(((k, q) for k, q in d.gates.items() if q), key=rank)]
+    # --- the driver (bridge.scheduling.driver: Driver._step / _execute) ---------------
+    def _gate(self, d: _Daemon, key: str) -> GateState:
+        """The gate of ``key`` on ``d`` for ``bridge.policy.step`` (as ``driver._state``)."""
+        r = d.runners.get(key)
+        q = d.gates.get(key) or ()
+        return GateState(
+            key=key,
+            ready=r is not None and r.ready,
+            busy=r is not None and r.active > 0,
+            hold=key in d.hold,
+            ctx=0 if r is None else r.ctx,
+            auto=r is not None and r.auto,
+            queued=bool(q),
+            needs=tuple(w.need for w in q),
+        )
 
     def _drive(self, d: _Daemon) -> None:
+        """``Driver._step`` until a load starts: the decisions are ``bridge.policy.step``'s,
+        over the daemon's gates in the order they were created."""
         sim = self.sim
         if d.op is not None:
             return
-        for key in self._order(d):
-            q = d.gates[key]
+        for key, q in list(d.gates.items()):
             for stale in [w for w in q if isinstance(w, PrefetchJob) and w.expires_at <= sim.now]:
                 q.remove(stale)
                 sim.tally.refuse("expired")
-            if not q:
-                continue
-            r = d.runners.get(key)
-            needs = [w.need for w in q if isinstance(w, Job)]
-            if r is not None:
-                if not r.ready:
-                    continue
-                if all(n.fits(r.ctx, r.auto) for n in needs):
-                    continue
+            want = wanted(self._gate(d, key))
+            if isinstance(want, Drain):
                 d.hold.add(key)  # drain: no new slots for the runner being replaced
-                if r.active:
-                    continue
-            info = self.infos[key]
-            target = self.target(info, d, needs)
-            plan = plan_room(self.view(d), key, target.size, self._value_fn(d))
-            if plan is NEVER:
+                continue
+            if isinstance(want, Reopen):
                 d.hold.discard(key)
-                for waiter in list(q):
-                    if isinstance(waiter, PrefetchJob):
-                        q.remove(waiter)
-                        sim.tally.refuse("no_room")
-                    elif r is None or not waiter.need.fits(r.ctx, r.auto):
-                        q.remove(waiter)
-                        sim.fail(waiter, 400)
                 self._dispatch(d, key)
                 continue
-            if plan is None:
-                continue  # busy runners hold the room: wait for a release
-            assert isinstance(plan, RoomPlan)
-            self._execute(d, key, target, plan, prefetch_only=not needs)
-            return
+            if want is None:
+                continue
+            if want.reload:
+                d.hold.add(key)
+            info = self.infos[key]
 
-    def _execute(
-        self, d: _Daemon, key: str, target: Target, plan: RoomPlan, *, prefetch_only: bool
-    ) -> None:
+            def target(needs: Sequence[Need], info: ModelInfo = info) -> Target:
+                return self.target(info, d, list(needs))
+
+            def room(size: int, key: str = key) -> object:
+                return plan_room(self.view(d), key, size, self._value_fn(d))
+
+            for op in plan_load(want, cooldown=None, info=info, target=target, room=room):
+                if isinstance(op, Refuse):
+                    self._refuse(d, op)
+                elif isinstance(op, Execute):
+                    self._execute(d, op)
+                    return
+
+    def _refuse(self, d: _Daemon, op: Refuse) -> None:
+        """``Driver._refuse``: a 400 for the waiters ``op.which`` names (a prefetch among
+        them is refused ``no_room``)."""
+        key, sim = op.key, self.sim
+        q = d.gates[key]
+        r = d.runners.get(key)
+        self.record("reject", key, d.cfg.name, op.which)
+        for w in list(q):
+            if op.which == "openai":
+                refused = w.need.auto
+            else:
+                refused = op.which == "all" or r is None or not w.need.fits(r.ctx, r.auto)
+            if not refused:
+                continue
+            q.remove(w)
+            if isinstance(w, PrefetchJob):
+                sim.tally.refuse("no_room")
+            else:
+                sim.fail(w, 400)
+        if op.which != "openai":
+            d.hold.discard(key)
+            self._dispatch(d, key)
+
+    def _execute(self, d: _Daemon, op: Execute) -> None:
+        """``Driver._execute``: unload the victims (instant, as the simulator's), then
+        load. The model's own runner is replaced by the simulated daemon whether or not
+        the bridge unloads it first (``op.unload_own``), as Ollama does."""
         sim = self.sim
-        for v in plan.victims:
+        key, target = op.key, op.target
+        name = d.cfg.name
+        for v in op.plan.victims:
             sim.tally.evictions += 1
+            self.record("evict", v, name, f"room for {key}")
             self._unload(d, d.runners[v])
         own = d.runners.get(key)
         if own is not None:
             sim.tally.reloads += 1
             self._unload(d, own)
+        self.record("load", key, name, "reload" if op.reload else "request")
         model = sim.models[key]
         info = self.infos[key]
         par = self._parallel(d, info)
-        # What the daemon really loads: auto = its own default context.
+        # What the daemon really loads: without num_ctx, its own default context.
         ctx = (
             sim_policy.effective_context(
                 sim_policy.default_num_ctx(d.cfg.memory, d.cfg.context_length),
                 model.context_length,
             )
-            if target.auto
+            if target.num_ctx is None
             else target.ctx
         )
         size = sim_policy.runner_size(model.size, model.kv_bytes_per_token, ctx, par)
-        r = Runner(key, d.cfg.name, size, ctx, target.auto, par, sim.now)
+        r = Runner(key, name, size, target.ctx, target.auto, par, sim.now)
         d.runners[key] = r
         d.op = key
+        prefetch_only = all(isinstance(w, PrefetchJob) for w in d.gates.get(key) or ())
         sim.tally.loads += 1
         if not prefetch_only:
             sim.tally.demand_loads += 1
         seconds = d.cfg.load_fixed_s + model.size / d.cfg.load_bandwidth
-        sim.at(sim.now + seconds, self._loaded, d, r, target, seconds, prefetch_only)
+        sim.at(sim.now + seconds, self._loaded, d, r, target, ctx, seconds, prefetch_only)
 
-    def _loaded(
-        self, d: _Daemon, r: Runner, target: Target, seconds: float, prefetch_only: bool
+    def _loaded(  # noqa: PLR0917
+        self,
+        d: _Daemon,
+        r: Runner,
+        target: Target,
+        real_ctx: int,
+        seconds: float,
+        prefetch_only: bool,
     ) -> None:
         key = r.model
         r.ready = True
         d.op = None
         d.hold.discard(key)
-        # The bridge's scheduler learns under ``target.ctx``; for a load without num_ctx
-        # that is its vram-tier guess, not the runner's real context (``/api/ps``
-        # ``context_length``), and later estimates come out too small: learn under the
-        # real one (reported to the bridge's owner).
-        self.sizes.learn(key, r.ctx, r.parallel, r.size)
-        if target.auto:
-            self.auto_ctx[(d.cfg.name, key)] = r.ctx
+        # ``Driver._learn``: what the daemon reports (``/api/ps``'s context and size).
+        got = learned(
+            target,
+            real_ctx=real_ctx,
+            trained_ctx=self.infos[key].context_length,
+            configured_default=None,
+        )
+        if got.size_ctx:
+            self.sizes.learn(key, got.size_ctx, r.parallel, r.size)
+        if got.auto_ctx is not None:
+            self.auto_ctx[(d.cfg.name, key)] = got.auto_ctx
+        if got.default_ctx is not None:
+            self.default_ctx[d.cfg.name] = got.default_ctx
+        r.ctx = got.serve_ctx
         self.load_learned[key] = seconds
         q = d.gates.get(key)
         confidence = max(
@@ -456,6 +532,7 @@ class BridgeFleet:
         if r.timer != token or not r.idle or d.runners.get(r.model) is not r or d.op == r.model:
             return
         self.sim.tally.idle_unloads += 1
+        self.record("unload", r.model, d.cfg.name, "idle")
         self._unload(d, r)
         self._drive(d)
 
@@ -507,5 +584,7 @@ class BridgeFleet:
         d = self.daemons[verdict.daemon]
         tally.prefetch_accepted += 1
         self.last_used[(d.cfg.name, key)] = sim.now
-        d.gates.setdefault(key, deque()).append(PrefetchJob(key, p.confidence, p.expires_at))
+        job = PrefetchJob(key, p.confidence, p.expires_at)
+        job.need = need  # as the prefetch consumer's admission carries it
+        d.gates.setdefault(key, deque()).append(job)
         self._drive(d)

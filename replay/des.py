@@ -96,12 +96,14 @@ class Job:
 class PrefetchJob:
     """An accepted prefetch waiting at a model's gate for its (low-priority) load."""
 
-    __slots__ = ("confidence", "expires_at", "model")
+    __slots__ = ("confidence", "expires_at", "model", "need")
 
     def __init__(self, model: str, confidence: float, expires_at: float) -> None:
         self.model = model
         self.confidence = confidence
         self.expires_at = expires_at
+        #: The context need its admission carries (``bridge.policy.numctx.Need``).
+        self.need: Any = None
 
 
 class Runner:

@@ -222,6 +222,28 @@ class DaemonDefault:
     known: bool
 
 
+_GIB = 1024**3
+
+
+def vram_tier_ctx(capacity: int | None) -> int:
+    """Ollama's default num_ctx for a daemon of ``capacity`` bytes (routes.go ``Serve``)."""
+    if capacity is None:
+        return 4096
+    return 262144 if capacity >= 47 * _GIB else 32768 if capacity >= 23 * _GIB else 4096
+
+
+def daemon_default(
+    configured: int | None, learned: int | None, capacity: int | None
+) -> DaemonDefault:
+    """A daemon's default num_ctx: configured, else learned (``step.learned``), else
+    Ollama's VRAM tier for its capacity (a guess)."""
+    if configured:
+        return DaemonDefault(configured, True)
+    if learned:
+        return DaemonDefault(learned, True)
+    return DaemonDefault(vram_tier_ctx(capacity), False)
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """What a load asks for.

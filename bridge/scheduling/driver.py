@@ -28,20 +28,34 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from bridge.errors import BadRequest, BridgeError, Conflict, LoadFailed, Replaced, Unavailable
+from bridge.policy import step
 from bridge.policy.numctx import Need, openai_default_hint
-from bridge.policy.placement import NEVER, RoomPlan, eviction_value, plan_room
+from bridge.policy.placement import Cooldown, eviction_value, plan_room
+from bridge.policy.sizing import ModelInfo
 from bridge.scheduling.fleet import DaemonState
 from bridge.scheduling.gate import Gate
 from bridge.scheduling.loader import LoadSpec
 from bridge.scheduling.residency import GIB, Residency, Target
 
 
-def _waiting(gate: Gate) -> list[Need]:
-    """Needs of the requests still waiting (not those already refused)."""
-    return [n for fut, n in gate.queue if n is not None and not fut.done()]
+def _state(key: str, gate: Gate) -> step.GateState:
+    """``gate`` for ``bridge.policy.step``: its waiters still waiting (not those already
+    refused or cancelled), and their needs."""
+    live = [n for fut, n in gate.queue if not fut.done()]
+    return step.GateState(
+        key=key,
+        ready=gate.ready,
+        busy=gate.busy > 0,
+        hold=gate.hold,
+        ctx=gate.ctx,
+        auto=gate.auto,
+        queued=bool(live),
+        needs=tuple(n for n in live if n is not None),
+    )
 
 
 class Driver:
@@ -68,52 +82,48 @@ class Driver:
             self._tasks.pop(name, None)
 
     async def _step(self, d: DaemonState) -> bool:
-        """Carry out at most one load (with its evictions); True when one ran."""
+        """Carry out at most one load (with its evictions); True when one ran. The
+        decisions are ``bridge.policy.step``'s; this applies them to the gates."""
         r = self._r
         if not r.available(d):
             return False
-        for (name, key), gate in list(r.gates.items()):
-            if name != d.name or (name, key) in r.ops:
+        for key, gate in list(r.gates_of.get(d.name, {}).items()):
+            if (d.name, key) in r.ops:
                 continue
-            reload = gate.ready
-            waiting = any(not fut.done() for fut, _ in gate.queue)
-            if not reload and waiting:
-                needs = _waiting(gate)
-            elif reload and any(not gate.fits(n) for n in _waiting(gate)):
+            want = step.wanted(_state(key, gate))
+            if isinstance(want, step.Drain):
                 gate.hold = True  # drain: no new slots for the runner being replaced
-                if gate.busy:
-                    continue
-                needs = _waiting(gate)
-            else:
-                if reload and gate.hold:
-                    gate.open()  # those it drained for left (refused, cancelled): serve on
                 continue
-            cool = r.book.failing_for(d.name, key, time.monotonic())
-            if cool is not None:
-                # Its loads failed lately: no load until the cooldown ends.
-                self._cooling(d, key, gate, cool.until - time.monotonic(), cool.error, reload)
+            if isinstance(want, step.Reopen):
+                gate.open()  # those it drained for left (refused, cancelled): serve on
                 continue
-            info = await r.fleet.model_info(key)
-            if info is None:
-                gate.fail(LoadFailed(f"no daemon can describe {key} (/api/show failed)"))
+            if want is None:
                 continue
-            target = r.target(info, d, needs)
-            plan = plan_room(r.view(d), key, target.size, r.value_fn(d.name))
-            if plan is NEVER and target.auto and any(not n.auto for n in needs):
-                # The default runner /v1 waiters need cannot fit; native waiters may
-                # fit a smaller bucket: refuse only the /v1 ones.
-                self._refuse(d, key, gate, target, "openai")
-                needs = [n for n in needs if not n.auto]
-                target = r.target(info, d, needs)
-                plan = plan_room(r.view(d), key, target.size, r.value_fn(d.name))
-            if plan is NEVER:
-                self._refuse(d, key, gate, target, "unfit" if reload else "all")
-                continue
-            if plan is None:
-                continue  # busy runners hold the room: wait for a release
-            assert isinstance(plan, RoomPlan)
-            await self._execute(d, key, gate, target, plan, needs)
-            return True
+            if want.reload:
+                gate.hold = True
+            now = time.monotonic()
+            failing = r.book.failing_for(d.name, key, now)
+            cooldown = None if failing is None else Cooldown(failing.until - now, failing.error)
+            info = None if cooldown is not None else await r.fleet.model_info(key)
+
+            def target(needs: Sequence[Need], info: ModelInfo | None = info) -> Target:
+                assert info is not None  # plan_load asks only once the model is described
+                return r.target(info, d, list(needs))
+
+            def room(size: int, key: str = key) -> object:
+                return plan_room(r.view(d), key, size, r.value_fn(d.name))
+
+            ops = step.plan_load(want, cooldown=cooldown, info=info, target=target, room=room)
+            for op in ops:
+                if isinstance(op, step.Cool):
+                    self._cooling(d, key, gate, op.left_s, op.error, op.reload)
+                elif isinstance(op, step.Undescribed):
+                    gate.fail(LoadFailed(f"no daemon can describe {key} (/api/show failed)"))
+                elif isinstance(op, step.Refuse):
+                    self._refuse(d, key, gate, op.target, op.which)
+                elif isinstance(op, step.Execute):
+                    await self._execute(d, gate, op)
+                    return True
         return False
 
     def _cooling(  # noqa: PLR0917
@@ -168,15 +178,8 @@ class Driver:
         if which == "unfit":
             gate.open()
 
-    async def _execute(  # noqa: PLR0917
-        self,
-        d: DaemonState,
-        key: str,
-        gate: Gate,
-        target: Target,
-        plan: RoomPlan,
-        needs: list[Need],
-    ) -> None:
+    async def _execute(self, d: DaemonState, gate: Gate, op: step.Execute) -> None:
+        key, target, plan, needs = op.key, op.target, op.plan, op.needs
         r = self._r
         now = time.monotonic()
         view = r.view(d, now)
@@ -185,7 +188,7 @@ class Driver:
             r.ops.add((d.name, v))
         r.ops.add((d.name, key))
         r.targets[(d.name, key)] = target
-        reloading = gate.ready
+        reloading = op.reload
         old_ctx, old_auto = gate.ctx, gate.auto
         gate.close()
         try:
@@ -209,7 +212,7 @@ class Driver:
                 r.ops.discard((d.name, v))
                 if not ok:
                     raise LoadFailed(f"could not unload {v} from {d.name} to make room for {key}")
-            if reloading and plan.proven:
+            if op.unload_own:
                 await r.loader.unload(d, key, "reload")
             elif reloading:
                 # No evidence the new size fits: keep the runner; the daemon replaces it
@@ -260,7 +263,7 @@ class Driver:
             gate.last_load_at = time.monotonic()
             # A bucket runner keeps the context it was asked for: requests forwarded to it
             # carry that num_ctx, which must match the load's for Ollama not to reload.
-            gate.open(ctx=ctx if target.auto else target.ctx, auto=target.auto)
+            gate.open(ctx=ctx, auto=target.auto)
         except BridgeError as exc:
             await r.fleet.refresh_ps(d)
             r.decisions.record("load", key, d.name, "failed", error=exc.message)
@@ -319,22 +322,26 @@ class Driver:
             r.circuit_opened(d, exc.message)
 
     def _learn(self, d: DaemonState, key: str, target: Target) -> int:
-        """What the load really gave (``/api/ps``): the size, keyed by the runner's real
-        context, and for a load without num_ctx the daemon's default. Returns the context."""
+        """What the load really gave (``/api/ps``), as ``step.learned`` reads it: the size,
+        keyed by the runner's real context, and for a load without num_ctx the daemon's
+        default. Returns the context requests are fitted against."""
         r = self._r
         row = d.loaded.get(key) or {}
-        real_ctx = int(row.get("context_length") or 0)
-        # Without /api/ps's context only an explicit num_ctx says what was loaded.
-        ctx = real_ctx or (target.ctx if target.num_ctx is not None else 0)
         info = r.fleet.infos.get(key)
-        par = r.parallel(d, info)
+        before = r.daemon_default(d)
+        got = step.learned(
+            target,
+            real_ctx=int(row.get("context_length") or 0),
+            trained_ctx=info.context_length if info else 0,
+            configured_default=d.spec.default_ctx,
+        )
         real = int(row.get("size") or 0)
         r.book.loaded(d.name, key, real or target.size)
         r.book.observe(d.name, sum(int(x.get("size") or 0) for x in d.loaded.values()))
-        if ctx:
-            r.sizes.learn(key, ctx, par, real)
-            r.metrics.num_ctx_loaded.observe(ctx)
-        if real and (real != target.size or ctx != target.ctx):
+        if got.size_ctx:
+            r.sizes.learn(key, got.size_ctx, r.parallel(d, info), real)
+            r.metrics.num_ctx_loaded.observe(got.size_ctx)
+        if real and (real != target.size or got.size_ctx != target.ctx):
             r.decisions.record(
                 "load",
                 key,
@@ -343,41 +350,31 @@ class Driver:
                 estimated=target.size,
                 actual=real,
                 estimated_num_ctx=target.ctx,
-                num_ctx=ctx,
+                num_ctx=got.size_ctx,
             )
-        if target.num_ctx is None and real_ctx:
-            r.auto_ctx[(d.name, key)] = real_ctx
-            self._learn_default(d, key, real_ctx, info.context_length if info else 0)
-        return ctx or target.ctx
-
-    def _learn_default(self, d: DaemonState, key: str, real_ctx: int, trained: int) -> None:
-        """A runner loaded without num_ctx got ``real_ctx``: below the model's trained
-        context that is the daemon's default itself (at it, only a lower bound)."""
-        r = self._r
-        if not trained or real_ctx >= trained:
-            return
-        before = r.daemon_default(d)
-        if d.spec.default_ctx:
-            if real_ctx != d.spec.default_ctx:
-                r.decisions.record(
-                    "num_ctx",
-                    key,
-                    d.name,
-                    "configured-default-differs",
-                    configured=d.spec.default_ctx,
-                    observed=real_ctx,
-                )
-            return
-        r.default_ctx[d.name] = real_ctx
-        if before.ctx != real_ctx or not before.known:
+        if got.auto_ctx is not None:
+            r.auto_ctx[(d.name, key)] = got.auto_ctx
+        if got.configured_differs is not None:
             r.decisions.record(
                 "num_ctx",
                 key,
                 d.name,
-                "daemon-default-learned",
-                num_ctx=real_ctx,
-                assumed=before.ctx,
+                "configured-default-differs",
+                configured=d.spec.default_ctx,
+                observed=got.configured_differs,
             )
+        if got.default_ctx is not None:
+            r.default_ctx[d.name] = got.default_ctx
+            if before.ctx != got.default_ctx or not before.known:
+                r.decisions.record(
+                    "num_ctx",
+                    key,
+                    d.name,
+                    "daemon-default-learned",
+                    num_ctx=got.default_ctx,
+                    assumed=before.ctx,
+                )
+        return got.serve_ctx
 
     async def unload_model(
         self, key: str, daemon: str | None, reason: str, *, force: bool = False

@@ -20,7 +20,15 @@ from typing import Protocol
 from bridge.errors import Replaced
 from bridge.metrics import Metrics
 from bridge.policy.health import Breaker, LoadBook
-from bridge.policy.numctx import Calibrator, DaemonDefault, Limits, Need, Target, choose_target
+from bridge.policy.numctx import (
+    Calibrator,
+    DaemonDefault,
+    Limits,
+    Need,
+    Target,
+    choose_target,
+    daemon_default,
+)
 from bridge.policy.placement import (
     Cooldown,
     DaemonView,
@@ -39,20 +47,13 @@ from bridge.upstream import Upstream
 
 GIB = 1024**3
 
-__all__ = ["GIB", "KeepAlive", "Residency", "Target", "vram_tier_ctx"]
+__all__ = ["GIB", "KeepAlive", "Residency", "Target"]
 
 
 class KeepAlive(Protocol):
     """Seconds an idle runner of ``model`` on ``daemon`` stays loaded, at most ``cap``."""
 
     def seconds(self, daemon: str, model: str, cap: float) -> float: ...
-
-
-def vram_tier_ctx(capacity: int | None) -> int:
-    """Ollama's default num_ctx for a daemon of ``capacity`` bytes (routes.go ``Serve``)."""
-    if capacity is None:
-        return 4096
-    return 262144 if capacity >= 47 * GIB else 32768 if capacity >= 23 * GIB else 4096
 
 
 class Residency:
@@ -139,12 +140,7 @@ class Residency:
 
     def daemon_default(self, d: DaemonState) -> DaemonDefault:
         """``d``'s default num_ctx: configured, else learned, else Ollama's VRAM tier."""
-        if d.spec.default_ctx:
-            return DaemonDefault(d.spec.default_ctx, True)
-        learned = self.default_ctx.get(d.name)
-        if learned:
-            return DaemonDefault(learned, True)
-        return DaemonDefault(vram_tier_ctx(d.capacity), False)
+        return daemon_default(d.spec.default_ctx, self.default_ctx.get(d.name), d.capacity)
 
     def room(self, d: DaemonState, key: str) -> int | None:
         """Bytes a runner of ``key`` may take on ``d`` at most: the budget minus the

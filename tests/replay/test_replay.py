@@ -216,15 +216,15 @@ def test_bridge_policies_never_evict_a_busy_model(policy: str) -> None:
     execute = ctl._execute
     seen = 0
 
-    def on_execute(d: Any, key: str, target: Any, plan: Any, *, prefetch_only: bool) -> None:
+    def on_execute(d: Any, op: Any) -> None:
         nonlocal seen
-        for victim in plan.victims:
+        for victim in op.plan.victims:
             seen += 1
             r = d.runners[victim]
             assert r.active == 0, f"{victim} evicted with requests in flight"
             assert not d.gates.get(victim), f"{victim} evicted with requests queued"
             assert r.ready
-        execute(d, key, target, plan, prefetch_only=prefetch_only)
+        execute(d, op)
 
     ctl._execute = on_execute  # type: ignore[method-assign]
     sim.run()
