@@ -15,8 +15,8 @@ it (``bridge.scheduling.scheduler.Scheduler.admit``, ``bridge.scheduling.driver.
   ``bridge.policy.step`` (``wanted``: which gate needs a load or a drain; ``plan_load``:
   refuse, wait or execute, with ``placement.plan_room`` choosing the victims and
   ``numctx.choose_target`` the context; ``learned``: what the finished load teaches,
-  the daemon's default ``num_ctx`` included), over the gates in the order they were
-  created, as the live driver does;
+  the daemon's default ``num_ctx`` included), visiting the gates in ``drive_order``
+  (clients' longest wait first, prefetches after), as the live driver does;
 * the eviction value is ``bridge.policy.placement.eviction_value`` with the policy's
   ``ReuseOracle``;
 * a prefetch is accepted or refused by ``bridge.policy.prefetch.judge`` and the
@@ -24,10 +24,11 @@ it (``bridge.scheduling.scheduler.Scheduler.admit``, ``bridge.scheduling.driver.
 
 What this module adds is the state those decisions are applied to, in place of the
 asyncio objects that own sockets: gates are FIFO queues (the bridge's ``FairQueue`` is
-round-robin by session, which changes who of one model's waiters goes first, never
-which loads are made), unloads are instant (the simulator's are), idle unloads are
-timers at the exact expiry (the bridge checks every ``ALB_REFRESH_INTERVAL``), and
-``/api/ps`` reconciliation, health checks, failed loads and pins are out of scope.
+round-robin by session: the order one model's waiters are served in differs), unloads
+are instant (the simulator's are), idle unloads are timers at the exact expiry (the
+bridge checks every ``ALB_REFRESH_INTERVAL``), and ``/api/ps`` reconciliation, health
+checks, failed loads and pins are out of scope.
+
 ``decisions`` lists the load / evict / unload / reject decisions with the kinds the
 bridge's decision log uses; ``tests/replay/test_live_parity.py`` checks that the live
 bridge in front of ``ollamasim`` makes the same ones on the same trace.
@@ -64,6 +65,7 @@ from bridge.policy.step import (
     GateState,
     Refuse,
     Reopen,
+    drive_order,
     learned,
     plan_load,
     wanted,
@@ -348,6 +350,7 @@ class BridgeFleet:
         """The gate of ``key`` on ``d`` for ``bridge.policy.step`` (as ``driver._state``)."""
         r = d.runners.get(key)
         q = d.gates.get(key) or ()
+        clients = [w.arrival for w in q if isinstance(w, Job)]
         return GateState(
             key=key,
             ready=r is not None and r.ready,
@@ -357,15 +360,18 @@ class BridgeFleet:
             auto=r is not None and r.auto,
             queued=bool(q),
             needs=tuple(w.need for w in q),
+            since=min(clients) if clients else None,
         )
 
     def _drive(self, d: _Daemon) -> None:
-        """``Driver._step`` until a load starts: the decisions are ``bridge.policy.step``'s,
-        over the daemon's gates in the order they were created."""
+        """``Driver._step`` until a load starts: the decisions (and the order the gates
+        are visited in) are ``bridge.policy.step``'s."""
         sim = self.sim
         if d.op is not None:
             return
-        for key, q in list(d.gates.items()):
+        for state in drive_order([self._gate(d, key) for key in d.gates]):
+            key = state.key
+            q = d.gates[key]
             for stale in [w for w in q if isinstance(w, PrefetchJob) and w.expires_at <= sim.now]:
                 q.remove(stale)
                 sim.tally.refuse("expired")

@@ -315,7 +315,7 @@ class Consumer(BusReader):
             s.release(got, used=False)
             return Outcome("already_loaded", d.name, inputs)
         t0 = time.monotonic()
-        waiting = asyncio.ensure_future(s.wait(got, _SESSION))
+        waiting = asyncio.ensure_future(s.wait(got, _SESSION, background=True))
         try:
             async with asyncio.timeout(self._settings.load_timeout):
                 while not waiting.done():

@@ -1,9 +1,12 @@
 """The load driver's decisions, pure: one gate's state in, the operations to carry out out.
 
 The bridge's driver (``bridge.scheduling.driver``) and the replay's simulated bridge
-(``replay.bridge_fleet``) both make every load decision here, on their own state, in
-the same order: each daemon's gates in the order they were created, one load at a
-time per daemon.
+(``replay.bridge_fleet``) both make every load decision here, on their own state, one
+load at a time per daemon.
+
+0. ``drive_order(gates)``: the gates where a client waits come first, longest wait
+   first, then those where only a prefetch waits, so a load clients wait for is never
+   behind a predicted one.
 
 1. ``wanted(gate)``: does the gate need a load? A cold gate with waiters does; a
    ready one does when some waiter needs more context than its runner has, and then
@@ -50,6 +53,7 @@ __all__ = [
     "Reopen",
     "Undescribed",
     "Wanted",
+    "drive_order",
     "learned",
     "plan_load",
     "wanted",
@@ -72,6 +76,9 @@ class GateState:
     #: Whether anyone waits, and the needs of those who do (in queue order).
     queued: bool
     needs: tuple[Need, ...] = ()
+    #: When the longest-waiting client request was admitted (None: no client waits;
+    #: only background work such as a prefetch, or nobody).
+    since: float | None = None
 
     def fits(self, need: Need) -> bool:
         return need.fits(self.ctx, self.auto)
@@ -145,6 +152,20 @@ class Execute:
 
 
 Op = Drain | Reopen | Cool | Undescribed | Refuse | Execute
+
+
+def drive_order(gates: Sequence[GateState]) -> list[GateState]:
+    """Step 0: the order the driver visits a daemon's gates in: those where a client
+    waits, longest wait first; then those where only background work (a prefetch)
+    waits; then the rest (a drained runner to reopen). Ties keep the given order (the
+    gates' creation order)."""
+
+    def rank(g: GateState) -> tuple[int, float]:
+        if g.since is not None:
+            return (0, g.since)
+        return (1, 0.0) if g.queued else (2, 0.0)
+
+    return sorted(gates, key=rank)
 
 
 def wanted(gate: GateState) -> Wanted | Drain | Reopen | None:

@@ -45,7 +45,8 @@ from bridge.scheduling.residency import GIB, Residency, Target
 def _state(key: str, gate: Gate) -> step.GateState:
     """``gate`` for ``bridge.policy.step``: its waiters still waiting (not those already
     refused or cancelled), and their needs."""
-    live = [n for fut, n in gate.queue if not fut.done()]
+    live = [w for w in gate.queue if not w.fut.done()]
+    clients = [w.since for w in live if not w.background]
     return step.GateState(
         key=key,
         ready=gate.ready,
@@ -54,7 +55,8 @@ def _state(key: str, gate: Gate) -> step.GateState:
         ctx=gate.ctx,
         auto=gate.auto,
         queued=bool(live),
-        needs=tuple(n for n in live if n is not None),
+        needs=tuple(w.need for w in live if w.need is not None),
+        since=min(clients) if clients else None,
     )
 
 
@@ -87,8 +89,11 @@ class Driver:
         r = self._r
         if not r.available(d):
             return False
-        for key, gate in list(r.gates_of.get(d.name, {}).items()):
-            if (d.name, key) in r.ops:
+        gates = r.gates_of.get(d.name, {})
+        states = [_state(key, g) for key, g in gates.items() if (d.name, key) not in r.ops]
+        for state in step.drive_order(states):
+            key, gate = state.key, gates[state.key]
+            if (d.name, key) in r.ops:  # an earlier gate's await let another op begin
                 continue
             want = step.wanted(_state(key, gate))
             if isinstance(want, step.Drain):
@@ -139,9 +144,9 @@ class Driver:
         if not reload:
             gate.fail(err)
             return
-        for fut, n in list(gate.queue):
-            if n is not None and not fut.done() and not gate.fits(n):
-                fut.set_exception(err)
+        for w in list(gate.queue):
+            if w.need is not None and not w.fut.done() and not gate.fits(w.need):
+                w.fut.set_exception(err)
         gate.open()
 
     def _refuse(
@@ -170,11 +175,12 @@ class Driver:
         if which == "all":
             gate.fail(err)
             return
-        for fut, n in list(gate.queue):
-            if n is None or fut.done():
+        for w in list(gate.queue):
+            n = w.need
+            if n is None or w.fut.done():
                 continue
             if n.auto if which == "openai" else not gate.fits(n):
-                fut.set_exception(err)
+                w.fut.set_exception(err)
         if which == "unfit":
             gate.open()
 

@@ -25,7 +25,21 @@ from bridge.errors import BridgeError
 from bridge.policy.numctx import Need
 from bridge.policy.queueing import FairQueue
 
-_Waiter = tuple[asyncio.Future[None], Need | None]
+
+class Waiter:
+    """One queued request: its future, its context need, when it was admitted
+    (monotonic) and whether it is background work (a prefetch), which the driver
+    serves after the requests of clients (``bridge.policy.step.drive_order``)."""
+
+    __slots__ = ("background", "fut", "need", "since")
+
+    def __init__(
+        self, fut: asyncio.Future[None], need: Need | None, since: float, background: bool
+    ) -> None:
+        self.fut = fut
+        self.need = need
+        self.since = since
+        self.background = background
 
 
 class Gate:
@@ -48,7 +62,7 @@ class Gate:
         self.slots = slots
         self.busy = 0
         self.ready = False
-        self.queue: FairQueue[_Waiter] = FairQueue()
+        self.queue: FairQueue[Waiter] = FairQueue()
         self.error: BridgeError | None = None
         #: Smoothed seconds one request holds a slot (drives Retry-After).
         self.service_s = 1.0
@@ -73,10 +87,14 @@ class Gate:
 
     def unfit(self) -> list[Need]:
         """Needs of queued requests the current runner cannot serve."""
-        return [n for _, n in self.queue if n is not None and not n.fits(self.ctx, self.auto)]
+        return [
+            w.need
+            for w in self.queue
+            if w.need is not None and not w.need.fits(self.ctx, self.auto)
+        ]
 
     def needs(self) -> list[Need]:
-        return [n for _, n in self.queue if n is not None]
+        return [w.need for w in self.queue if w.need is not None]
 
     def try_acquire(self, need: Need | None = None) -> bool:
         free = self.ready and not self.hold and self.busy < self.slots and not self.queue
@@ -85,10 +103,18 @@ class Gate:
             return True
         return False
 
-    async def wait(self, session: str, need: Need | None = None) -> None:
-        """Queue until a slot is handed over; raises the load's error if it fails."""
+    async def wait(
+        self,
+        session: str,
+        need: Need | None = None,
+        *,
+        since: float = 0.0,
+        background: bool = False,
+    ) -> None:
+        """Queue until a slot is handed over; raises the load's error if it fails.
+        ``since``: when the request was admitted; ``background``: a prefetch."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        item = (fut, need)
+        item = Waiter(fut, need, since, background)
         self.queue.push(session, item)
         # The gate may have opened between admission and now (the caller's task ran
         # later): hand out whatever is free, or this waiter would wait for nobody.
@@ -123,16 +149,16 @@ class Gate:
         """The load failed: every queued request gets the error."""
         self.ready, self.error, self.hold = False, error, False
         while self.queue:
-            fut, _ = self.queue.pop()
+            fut = self.queue.pop().fut
             if not fut.done():
                 fut.set_exception(error)
 
     def _dispatch(self) -> None:
         while self.ready and not self.hold and self.busy < self.slots and self.queue:
-            item = self.queue.pop_first(lambda w: self.fits(w[1]))
+            item = self.queue.pop_first(lambda w: self.fits(w.need))
             if item is None:
                 return
-            fut = item[0]
+            fut = item.fut
             if fut.done():
                 continue
             self.busy += 1

@@ -206,15 +206,23 @@ class Scheduler(Residency):
             return BadRequest(where.reason)
         return Unavailable(where.reason, retry_after=where.retry_after or 30)
 
-    async def wait(self, ticket: Ticket, session: str, spec: LoadSpec | None = None) -> Lease:
-        """Queue at the ticket's gate (fairly, by session) until a slot is free."""
+    async def wait(
+        self,
+        ticket: Ticket,
+        session: str,
+        spec: LoadSpec | None = None,
+        *,
+        background: bool = False,
+    ) -> Lease:
+        """Queue at the ticket's gate (fairly, by session) until a slot is free;
+        ``background``: a prefetch, whose load comes after those clients wait for."""
         d, key, gate = ticket.daemon, ticket.key, ticket.gate
         depth = self._metrics.queue_depth.labels(daemon=d.name, model=key)
         depth.inc()
         try:
             if not gate.ready or not gate.fits(ticket.need):
                 self.kick(d.name)  # the driver runs after the waiter is queued
-            await gate.wait(session, ticket.need)
+            await gate.wait(session, ticket.need, since=ticket.started_at, background=background)
         finally:
             depth.dec()
         now = time.monotonic()

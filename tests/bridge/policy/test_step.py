@@ -128,3 +128,15 @@ def test_a_bucket_load_serves_at_its_own_context_whatever_the_daemon_reports() -
     auto = Target(4096, True, 1, num_ctx=None)
     got = step.learned(auto, real_ctx=0, trained_ctx=32768, configured_default=None)
     assert (got.serve_ctx, got.size_ctx, got.auto_ctx) == (4096, 0, None)
+
+
+def test_the_driver_serves_the_longest_waiting_client_first_and_prefetches_last() -> None:
+    prefetch = _gate(key="p", queued=True, needs=(Need(0),))  # background work only
+    late = _gate(key="late", queued=True, since=20.0)
+    early = _gate(key="early", queued=True, since=10.0)
+    idle = _gate(key="idle", ready=True, hold=True)  # nobody waits: a reopen, last
+    order = step.drive_order([idle, prefetch, late, early])
+    assert [g.key for g in order] == ["early", "late", "p", "idle"]
+    # Equal waits keep the gates' own (creation) order.
+    twin = _gate(key="twin", queued=True, since=10.0)
+    assert [g.key for g in step.drive_order([twin, early])] == ["twin", "early"]
