@@ -133,7 +133,12 @@ def azure_functions(
     *,
     source: Annotated[
         Path,
-        typer.Argument(exists=True, dir_okay=False, help="invitro_azure2019_*_inv.csv"),
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            help="Per-minute counts: invocations_per_function_md.anon.dNN.csv as published "
+            "(minute columns 1..1440) or a sample with minute_N / N_minute columns.",
+        ),
     ],
     output: Output,
     models: Annotated[int, typer.Option(help="Number of models.")] = 20,
@@ -156,7 +161,7 @@ def azure_functions(
     day: Day = "2026-01-01",
 ) -> None:
     """Azure Functions 2019 per-minute counts -> requests (Poisson within each minute)."""
-    from predictor.traces.azure import convert_azure_functions  # noqa: PLC0415
+    from predictor.traces.azure import TraceLayoutError, convert_azure_functions  # noqa: PLC0415
 
     try:
         reqs = convert_azure_functions(
@@ -173,6 +178,9 @@ def azure_functions(
             epoch=_day(day),
         )
         _emit(reqs, output)
+    except TraceLayoutError as exc:
+        typer.echo(f"alb trace convert azure-functions: {exc}", err=True)
+        raise typer.Exit(2) from None
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
 

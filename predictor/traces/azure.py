@@ -2,8 +2,14 @@
 
 Azure Functions 2019 (Shahrad et al., ATC 2020; the ``invitro`` 1000-function sample)
 -----------------------------------------------------------------------------------
-Columns ``HashFunction,HashApp,HashOwner,minute_1..minute_1440``: invocations per
-function per minute of one day. :func:`convert_azure_functions` maps functions to
+Invocations per function per minute of one day. Columns are found by name, in any
+order: ``HashFunction``, ``HashApp``, ``HashOwner`` and the minute columns ``1..N``,
+named ``N`` (the dataset as Microsoft published it,
+``invocations_per_function_md.anon.dNN.csv``: ``HashOwner,HashApp,HashFunction,Trigger,
+1..1440``), ``minute_N`` (the ``invitro`` sample: ``HashFunction,HashApp,HashOwner,
+minute_1..minute_1440``) or ``N_minute``; other columns (``Trigger``) are ignored. Any
+other file raises :class:`TraceLayoutError`, one line naming the expected columns.
+:func:`convert_azure_functions` maps functions to
 models (``top-n``: the functions of volume ranks ``rank_offset .. rank_offset+models-1``,
 volume counted over the selected minutes, become ``models`` models, one each, and the
 others are dropped; ``hash-mod``: every function goes to model
@@ -34,6 +40,8 @@ import csv
 import hashlib
 import heapq
 import math
+import re
+from array import array
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,12 +51,27 @@ import numpy as np
 
 from predictor.traces.format import DEFAULT_EPOCH, ENDPOINTS, TraceRecord, at, sha256_hex
 
-__all__ = ["convert_azure_functions", "convert_azure_llm", "parse_azure_timestamp"]
+__all__ = [
+    "TraceLayoutError",
+    "convert_azure_functions",
+    "convert_azure_llm",
+    "parse_azure_timestamp",
+]
 
 FunctionMapping = Literal["top-n", "hash-mod"]
 SessionSource = Literal["app", "owner", "function", "none"]
 LlmAssign = Literal["per-file", "zipf", "hash-mod"]
-_SESSION_COLUMN = {"function": 0, "app": 1, "owner": 2}
+_SESSION_COLUMN = {"function": "HashFunction", "app": "HashApp", "owner": "HashOwner"}
+_HASH_COLUMNS = ("HashFunction", "HashApp", "HashOwner")
+_MINUTE_COLUMN = re.compile(r"(?:minute_)?(\d+)|(\d+)_minute")
+_FUNCTIONS_EXPECTED = (
+    "expected columns HashFunction, HashApp, HashOwner (any order) and minute columns "
+    "1..N named N, minute_N or N_minute"
+)
+
+
+class TraceLayoutError(ValueError):
+    """A source file not in the layout its converter reads; the message is one line."""
 
 
 def _model_names(models: int, names: Sequence[str] | None) -> list[str]:
@@ -61,6 +84,50 @@ def _model_names(models: int, names: Sequence[str] | None) -> list[str]:
 
 def _stable_index(key: str, n: int) -> int:
     return int(hashlib.sha256(key.encode()).hexdigest()[:12], 16) % n
+
+
+def _few(values: Sequence[object], limit: int = 3) -> str:
+    shown = ", ".join(str(v) for v in values[:limit])
+    return shown + (", ..." if len(values) > limit else "")
+
+
+def _functions_layout(path: Path, header: list[str]) -> tuple[dict[str, int], list[int]]:
+    """The hash columns' indices by name and the minute columns' indices, minute 1 first;
+    :class:`TraceLayoutError` naming the expected columns if the header is not one."""
+    names = [h.strip() for h in header]
+    problems: list[str] = []
+    hashes: dict[str, int] = {}
+    missing = [c for c in _HASH_COLUMNS if c not in names]
+    if missing:
+        problems.append("missing " + ", ".join(missing))
+    for c in _HASH_COLUMNS:
+        where = [i for i, h in enumerate(names) if h == c]
+        if len(where) > 1:
+            problems.append(f"{c} appears {len(where)} times")
+        elif where:
+            hashes[c] = where[0]
+    by_minute: dict[int, list[int]] = {}
+    for i, h in enumerate(names):
+        if m := _MINUTE_COLUMN.fullmatch(h):
+            by_minute.setdefault(int(m.group(1) or m.group(2)), []).append(i)
+    n = max(by_minute, default=0)
+    if not by_minute:
+        problems.append("no minute columns")
+    else:
+        gaps = [k for k in range(1, n + 1) if k not in by_minute]
+        twice = sorted(k for k, cols in by_minute.items() if len(cols) > 1)
+        what = ["a minute 0"] if 0 in by_minute else []
+        what += [f"no minute {_few(gaps)}"] if gaps else []
+        what += [f"minute {_few(twice)} more than once"] if twice else []
+        if what:
+            problems.append(f"minute columns not numbered 1..{n} ({'; '.join(what)})")
+    if problems:
+        shown = _few(names, 6) + (f" ({len(names)} columns)" if len(names) > 6 else "")
+        raise TraceLayoutError(
+            f"{path}: not an Azure Functions per-minute file: {_FUNCTIONS_EXPECTED}; "
+            f"{'; '.join(problems)} (header: {shown})"
+        )
+    return hashes, [by_minute[k][0] for k in range(1, n + 1)]
 
 
 def convert_azure_functions(
@@ -79,38 +146,93 @@ def convert_azure_functions(
     prompt_median: float = 600.0,
     output_median: float = 120.0,
 ) -> Iterator[TraceRecord]:
-    """Requests of the Azure Functions per-minute file (see the module docstring)."""
+    """Requests of the Azure Functions per-minute file (see the module docstring).
+
+    The file is read and checked here (a bad one raises :class:`TraceLayoutError`
+    before anything is yielded); the requests are then produced minute by minute."""
     names = _model_names(models, model_names)
-    with path.open(newline="") as fh:
+    if mapping not in ("top-n", "hash-mod"):
+        raise ValueError(f"mapping must be 'top-n' or 'hash-mod', got {mapping!r}")
+    with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
-        header = next(reader)
-        if header[:3] != ["HashFunction", "HashApp", "HashOwner"]:
-            raise ValueError(
-                f"{path}: not an Azure Functions per-minute file (header {header[:4]})"
+        header = next(reader, None)
+        if header is None:
+            raise TraceLayoutError(
+                f"{path}: not an Azure Functions per-minute file: {_FUNCTIONS_EXPECTED}; "
+                "the file is empty"
             )
-        rows = list(reader)
-    total_minutes = len(header) - 3
-    first = max(1, start_minute)
-    last = total_minutes if minutes is None else min(total_minutes, first + minutes - 1)
-    cols = slice(3 + first - 1, 3 + last)
-    counts = np.array([[int(x or 0) for x in row[cols]] for row in rows], dtype=np.int64)
+        hashes, minute_cols = _functions_layout(path, header)
+        total_minutes = len(minute_cols)
+        first = max(1, start_minute)
+        last = total_minutes if minutes is None else min(total_minutes, first + minutes - 1)
+        selected = minute_cols[first - 1 : max(first - 1, last)]
+        ids: dict[str, list[str]] = {c: [] for c in _HASH_COLUMNS}
+        flat = array("q")
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise TraceLayoutError(
+                    f"{path}, line {reader.line_num}: {len(row)} fields, "
+                    f"the header has {len(header)}"
+                )
+            try:
+                flat.extend(int(row[j] or 0) for j in selected)
+            except ValueError:
+                raise TraceLayoutError(
+                    f"{path}, line {reader.line_num}: a minute count is not an integer"
+                ) from None
+            for c, j in hashes.items():
+                ids[c].append(row[j])
+    fns = ids["HashFunction"]
+    counts = np.frombuffer(flat, dtype=np.int64).reshape(len(fns), len(selected))
+    return _functions_requests(
+        counts,
+        fns,
+        ids["HashApp"],
+        ids[_SESSION_COLUMN[session]] if session in _SESSION_COLUMN else None,
+        names=names,
+        mapping=mapping,
+        rank_offset=rank_offset,
+        first=first,
+        scale=scale,
+        seed=seed,
+        epoch=epoch,
+        prompt_median=prompt_median,
+        output_median=output_median,
+    )
+
+
+def _functions_requests(
+    counts: np.ndarray,
+    fns: list[str],
+    apps: list[str],
+    sessions: list[str] | None,
+    *,
+    names: list[str],
+    mapping: FunctionMapping,
+    rank_offset: int,
+    first: int,
+    scale: float,
+    seed: int,
+    epoch: datetime,
+    prompt_median: float,
+    output_median: float,
+) -> Iterator[TraceRecord]:
     if mapping == "top-n":
         volume = counts.sum(axis=1)
-        order = sorted(range(len(rows)), key=lambda i: (-int(volume[i]), rows[i][0]))
+        order = sorted(range(len(fns)), key=lambda i: (-int(volume[i]), fns[i]))
         chosen = order[rank_offset : rank_offset + len(names)]
         assign = {i: rank for rank, i in enumerate(chosen)}
-    elif mapping == "hash-mod":
-        assign = {i: _stable_index(rows[i][0], len(names)) for i in range(len(rows))}
     else:
-        raise ValueError(f"mapping must be 'top-n' or 'hash-mod', got {mapping!r}")
+        assign = {i: _stable_index(fns[i], len(names)) for i in range(len(fns))}
     picked = sorted(assign)
     rng = np.random.default_rng(seed)
-    sess_col = _SESSION_COLUMN.get(session)
     meta = []
     for i in picked:
-        fn, app = rows[i][0], rows[i][1]
+        fn, app = fns[i], apps[i]
         system = sha256_hex("azure-fn-system", fn)
-        sess = rows[i][sess_col][:16] if sess_col is not None else None
+        sess = sessions[i][:16] if sessions is not None else None
         meta.append((names[assign[i]], sess, system, sha256_hex("azure-fn-prefix", fn, app)))
     sub = counts[picked]
     for m in range(sub.shape[1]):

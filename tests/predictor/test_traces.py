@@ -8,6 +8,7 @@ import itertools
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 from ingest.contracts import TRACE_SCHEMA, validation_errors
 from predictor.cli import trace_app
 from predictor.traces.azure import (
+    TraceLayoutError,
     convert_azure_functions,
     convert_azure_llm,
     parse_azure_timestamp,
@@ -164,6 +166,128 @@ def test_functions_refuses_another_file(tmp_path: Path) -> None:
         list(convert_azure_functions(bad))
 
 
+# The rows of _functions_csv (plus 4 calls of f-low in minute 1440, written when the day
+# is that long), to be written in each layout the converter reads.
+_FUNCTION_ROWS = [
+    ("f-busy", "app1", "own1", {1: 5, 2: 7}),
+    ("f-mid", "app1", "own1", {2: 3, 3: 2}),
+    ("f-low", "app2", "own2", {1: 1, 1440: 4}),
+]
+_SAMPLE_HASHES = ("HashFunction", "HashApp", "HashOwner")
+_PUBLISHED_HASHES = ("HashOwner", "HashApp", "HashFunction")
+
+
+def _layout_csv(
+    path: Path, hashes: tuple[str, ...], minute: str, *, n: int = 3, trigger: bool = False
+) -> Path:
+    """_FUNCTION_ROWS with the hash columns in this order, then ``Trigger`` if asked, then
+    the minute columns ``minute.format(k)`` for ``k`` in 1..n."""
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(
+            [
+                *hashes,
+                *(["Trigger"] if trigger else []),
+                *(minute.format(k) for k in range(1, n + 1)),
+            ]
+        )
+        for fn, app, owner, counts in _FUNCTION_ROWS:
+            ids = {"HashFunction": fn, "HashApp": app, "HashOwner": owner}
+            w.writerow(
+                [
+                    *(ids[h] for h in hashes),
+                    *(["http"] if trigger else []),
+                    *(counts.get(k, 0) for k in range(1, n + 1)),
+                ]
+            )
+    return path
+
+
+def _assert_same_requests(path: Path, sample: Path) -> None:
+    """Both files convert to the same records (model, ts, session, hashes, tokens)."""
+    cases: list[dict[str, Any]] = [
+        {"models": 2, "session": "app"},
+        {"models": 3, "mapping": "hash-mod", "session": "owner", "seed": 4},
+        {"models": 3, "session": "function", "start_minute": 2, "minutes": 2, "scale": 1.5},
+    ]
+    for kw in cases:
+        got = list(convert_azure_functions(path, **kw))
+        assert got, kw
+        assert got == list(convert_azure_functions(sample, **kw)), kw
+
+
+def test_functions_published_layout_matches_the_sample_layout(tmp_path: Path) -> None:
+    # The dataset as published: HashOwner,HashApp,HashFunction,Trigger,1,2,...,1440.
+    published = _layout_csv(
+        tmp_path / "invocations_per_function_md.anon.d01.csv",
+        _PUBLISHED_HASHES,
+        "{}",
+        n=1440,
+        trigger=True,
+    )
+    with published.open(newline="") as fh:
+        assert next(csv.reader(fh))[:6] == [*_PUBLISHED_HASHES, "Trigger", "1", "2"]
+    sample = _layout_csv(tmp_path / "sample.csv", _SAMPLE_HASHES, "minute_{}", n=1440)
+    _assert_same_requests(published, sample)
+    reqs = list(convert_azure_functions(published, models=3, session="function"))
+    assert Counter(r.model for r in reqs) == {"model-00": 12, "model-01": 5, "model-02": 5}
+    assert {r.session for r in reqs} == {"f-busy", "f-mid", "f-low"}
+    last = [r for r in reqs if r.ts - DEFAULT_EPOCH >= timedelta(minutes=1439)]
+    assert len(last) == 4
+    assert all(r.ts - DEFAULT_EPOCH < timedelta(days=1) for r in last)
+
+
+def test_functions_n_minute_layout(tmp_path: Path) -> None:
+    n_minute = _layout_csv(tmp_path / "n_minute.csv", _SAMPLE_HASHES, "{}_minute")
+    _assert_same_requests(n_minute, _functions_csv(tmp_path))
+
+
+def test_functions_hash_columns_in_any_order(tmp_path: Path) -> None:
+    reordered = _layout_csv(
+        tmp_path / "reordered.csv",
+        ("HashApp", "HashOwner", "HashFunction"),
+        "minute_{}",
+        trigger=True,
+    )
+    _assert_same_requests(reordered, _functions_csv(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("header", "problem"),
+    [
+        ("a,b,c", "missing HashFunction, HashApp, HashOwner; no minute columns"),
+        ("HashOwner,HashApp,Trigger,1,2", "missing HashFunction"),
+        ("HashOwner,HashApp,HashFunction,Trigger", "no minute columns"),
+        ("HashFunction,HashApp,HashOwner,minute_1,minute_3", "not numbered 1..3 (no minute 2)"),
+        ("HashFunction,HashApp,HashOwner,1,2,2", "not numbered 1..2 (minute 2 more than once)"),
+        ("HashFunction,HashApp,HashOwner,0_minute,1_minute", "(a minute 0)"),
+        ("HashFunction,HashApp,HashApp,HashOwner,1", "HashApp appears 2 times"),
+    ],
+)
+def test_functions_refuses_a_bad_layout_in_one_line(
+    tmp_path: Path, header: str, problem: str
+) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text(header + "\n" + ",".join("1" * len(header.split(","))) + "\n")
+    with pytest.raises(TraceLayoutError) as caught:
+        convert_azure_functions(bad)  # checked before the first request is asked for
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"{bad}: not an Azure Functions per-minute file: ")
+    assert (
+        "expected columns HashFunction, HashApp, HashOwner (any order) and minute columns "
+        "1..N named N, minute_N or N_minute" in message
+    )
+    assert problem in message
+
+
+def test_functions_refuses_a_ragged_row(tmp_path: Path) -> None:
+    bad = tmp_path / "ragged.csv"
+    bad.write_text("HashFunction,HashApp,HashOwner,minute_1,minute_2\nf,a,o,1,2\nf2,a,o,1\n")
+    with pytest.raises(TraceLayoutError, match=r"ragged.csv, line 3: 4 fields, the header has 5"):
+        convert_azure_functions(bad)
+
+
 def test_functions_real_slice() -> None:
     path = _real(FUNCTIONS)
     reqs = list(convert_azure_functions(path, models=20, rank_offset=200, minutes=3))
@@ -234,3 +358,19 @@ def test_cli_convert_functions_and_bad_input(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "chain_strength" in result.output
     assert "Traceback" not in result.output
+
+
+def test_cli_convert_functions_bad_file_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("HashOwner,HashApp,Trigger,1,2\no,a,http,1,2\n")
+    out = tmp_path / "never.jsonl"
+    result = runner.invoke(trace_app, ["convert", "azure-functions", str(bad), "-o", str(out)])
+    assert result.exit_code == 2
+    assert isinstance(result.exception, SystemExit)  # not an uncaught error
+    assert result.stdout == ""
+    assert "Traceback" not in result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"alb trace convert azure-functions: {bad}: not an Azure Functions")
+    assert "expected columns HashFunction, HashApp, HashOwner" in line
+    assert "missing HashFunction" in line
+    assert not out.exists()
