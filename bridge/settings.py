@@ -157,7 +157,13 @@ class Settings(BaseSettings):
     high_water: float = Field(0.8, gt=0, le=1)
 
     keep_alive_policy: Literal["bridge", "honour"] = "bridge"
-    #: ``bridge`` policy: unload a model idle this long (seconds; 0 = never).
+    #: ``bridge`` policy, when idle memory is given back. ``demand`` (the default): an
+    #: idle runner stays loaded until a load needs its room (eviction by value) or a
+    #: predicted load does (a prefetch's evictions); ``idle``: also unload it after its
+    #: keep-alive (``idle_unload_after``, or the predictor's per-model keep-alive), for
+    #: GPUs that are shared with other work or paid by the hour.
+    reclaim: Literal["demand", "idle"] = "demand"
+    #: ``idle`` reclaim: unload a model idle this long (seconds; 0 = never).
     idle_unload_after: float = Field(1800.0, ge=0)
     keep_alive_min: float = Field(0.0, ge=0)
     keep_alive_max: float = Field(86400.0, ge=0)

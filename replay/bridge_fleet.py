@@ -57,6 +57,7 @@ from bridge.policy.placement import (
     route,
 )
 from bridge.policy.prefetch import ACCEPTED, TokenBucket, judge
+from bridge.policy.queueing import retry_after
 from bridge.policy.reuse import PredictedReuse
 from bridge.policy.sizing import ModelInfo, SizeBook
 from bridge.policy.step import (
@@ -173,6 +174,8 @@ class BridgeFleet:
         self.default_ctx: dict[str, int] = {}
         #: The decisions, as the bridge's ``/alb/v1/decisions`` names them.
         self.decisions: list[Decision] = []
+        #: When each load in progress ends (``Loader.remaining_s``).
+        self._load_done: dict[tuple[str, str], float] = {}
         self.load_learned: dict[str, float] = {}
         self.last_used: dict[tuple[str, str], float] = {}
         base: ReuseOracle = (
@@ -312,11 +315,11 @@ class BridgeFleet:
         job.need = need
         where, _ = self._route(key, need)
         if where is None:
-            sim.fail(job, 503)
+            sim.fail(job, 503, retry_after=5.0)  # Scheduler.admit: no daemon answering
             return
         if isinstance(where, Reject):
             self.record("reject", key, "", where.reason)
-            sim.fail(job, where.status)
+            sim.fail(job, where.status, retry_after=where.retry_after or 30.0)
             return
         assert isinstance(where, Serve | Load)
         d = self.daemons[where.daemon]
@@ -328,13 +331,30 @@ class BridgeFleet:
             sim.start(job, r)
             return
         if len(q) >= sim.knobs.high_water_depth:
-            sim.fail(job, 503)
+            sim.fail(job, 503, retry_after=self._retry_after(d, key, job))
             return
         job.cold = not fits
         q.append(job)
         if job.cold:
             self._cancel_prefetches(d, key)
         self._drive(d)
+
+    def _retry_after(self, d: _Daemon, key: str, job: Job) -> float:
+        """``Scheduler.admit``'s Retry-After at the high-water mark (``retry_after``): the
+        queue drains at the runner's slots per service time once the load is done (the
+        service time is this request's own, where the bridge smooths what it measured)."""
+        sim = self.sim
+        model = sim.models[key]
+        service = max(job.req.prompt_tokens, 1) / sim.fleet.prefill_rate(model)
+        service += job.req.output_tokens / sim.fleet.gen_rate(model)
+        r = d.runners.get(key)
+        remaining = self._load_done.get((d.cfg.name, key), sim.now) - sim.now
+        return retry_after(
+            len(d.gates.get(key) or ()),
+            r.parallel if r is not None else d.cfg.num_parallel,
+            load_remaining_s=remaining if r is not None and not r.ready else 0.0,
+            service_s=service,
+        )
 
     def _cancel_prefetches(self, d: _Daemon, key: str) -> None:
         """A real request waits for a load here: not-yet-started prefetches give way."""
@@ -350,7 +370,7 @@ class BridgeFleet:
         """The gate of ``key`` on ``d`` for ``bridge.policy.step`` (as ``driver._state``)."""
         r = d.runners.get(key)
         q = d.gates.get(key) or ()
-        clients = [w.arrival for w in q if isinstance(w, Job)]
+        clients = [w.sent for w in q if isinstance(w, Job)]
         return GateState(
             key=key,
             ready=r is not None and r.ready,
@@ -462,6 +482,7 @@ class BridgeFleet:
         if not prefetch_only:
             sim.tally.demand_loads += 1
         seconds = d.cfg.load_fixed_s + model.size / d.cfg.load_bandwidth
+        self._load_done[(name, key)] = sim.now + seconds
         sim.at(sim.now + seconds, self._loaded, d, r, target, ctx, seconds, prefetch_only)
 
     def _loaded(  # noqa: PLR0917
@@ -529,7 +550,11 @@ class BridgeFleet:
         self._drive(d)
 
     def _arm(self, r: Runner) -> None:
+        """``ALB_RECLAIM=idle``: unload ``r`` after its keep-alive; ``demand``: never
+        (an idle runner stays until a load needs its room)."""
         r.timer += 1
+        if self.sim.policy.reclaim != "idle":
+            return
         after = self.sim.idle_timeout(r.model, prefetched=r.prefetch_conf is not None)
         self.sim.at(self.sim.now + after, self._expire, r, r.timer)
 

@@ -54,7 +54,7 @@ from replay.policies import PolicySpec
 from replay.report import ReplayReport, Tally
 from replay.workload import Request
 
-__all__ = ["BridgeKnobs", "Job", "PrefetchJob", "Runner", "Simulation"]
+__all__ = ["BridgeKnobs", "Clients", "Job", "PrefetchJob", "Runner", "Simulation"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +78,41 @@ class BridgeKnobs:
     prefetch_budget: float = 0.5
 
 
+@dataclass(frozen=True, slots=True)
+class Clients:
+    """How the replayed clients answer a refusal (429, or a 5xx other than 501), as the
+    ``openai`` client does: try again after the ``Retry-After`` the answer gave, else
+    after an exponential backoff (``backoff_s`` doubling, at most ``backoff_max_s``; the
+    client's jitter left out so that replays stay deterministic), at most ``retries``
+    times. A request's latency runs from its first try."""
+
+    retries: int = 2
+    backoff_s: float = 0.5
+    backoff_max_s: float = 8.0
+
+    def wait_s(self, tries: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return retry_after
+        return min(self.backoff_s * 2.0 ** (tries - 1), self.backoff_max_s)
+
+
+def _retryable(status: int) -> bool:
+    return status == 429 or (status >= 500 and status != 501)
+
+
 class Job:
     """A real request: waiting, running or done."""
 
-    __slots__ = ("arrival", "cold", "daemon", "need", "opts", "req", "start")
+    __slots__ = ("arrival", "cold", "daemon", "need", "opts", "req", "sent", "start", "tries")
 
     def __init__(self, req: Request, arrival: float) -> None:
         self.req = req
+        #: When the request was first sent (latencies run from here).
         self.arrival = arrival
+        #: Tries so far (1 on arrival; a retry after a refusal adds one), and when the
+        #: current one was sent.
+        self.tries = 1
+        self.sent = arrival
         self.cold = False
         self.start: float | None = None
         self.daemon = ""
@@ -180,8 +207,10 @@ class Simulation:
         knobs: BridgeKnobs | None = None,
         tick_s: float = 10.0,
         observer: Callable[[Simulation], None] | None = None,
+        clients: Clients | None = None,
     ) -> None:
         self.fleet = fleet
+        self.clients = clients or Clients()
         self.policy = policy
         self.requests = requests
         self.knobs = knobs or BridgeKnobs()
@@ -249,6 +278,10 @@ class Simulation:
         self.tally.requests += 1
         self.controller.submit(Job(req, self.now))
 
+    def _retry(self, job: Job) -> None:
+        job.sent = self.now
+        self.controller.submit(job)
+
     def start(self, job: Job, runner: Runner) -> None:
         """``job`` takes a slot of ``runner`` now."""
         model = self.models[runner.model]
@@ -275,13 +308,23 @@ class Simulation:
         self.controller.release(runner)
         self._observe(job, 200)
 
-    def fail(self, job: Job, status: int) -> None:
-        """``job`` ends with HTTP ``status`` (refused or failed)."""
+    def fail(self, job: Job, status: int, retry_after: float | None = None) -> None:
+        """``job`` is answered HTTP ``status``: a refusal is tried again (``Clients``)
+        until its tries run out; then, or for any other error, the request ends."""
+        self._observe(job, status)
+        if _retryable(status) and job.tries <= self.clients.retries:
+            self.tally.retries += 1
+            wait = self.clients.wait_s(job.tries, retry_after)
+            job.tries += 1
+            job.cold = False
+            self.at(self.now + wait, self._retry, job)
+            return
         self.tally.errors += 1
+        if _retryable(status):
+            self.tally.refused_final += 1
         if job.cold:
             self.tally.cold += 1
         self._finished += 1
-        self._observe(job, status)
 
     # --- prediction -----------------------------------------------------------------
     def _observe(self, job: Job, status: int) -> None:
@@ -289,14 +332,14 @@ class Simulation:
             return
         req = job.req
         record = AccessRecord(
-            ts=job.arrival,
+            ts=job.sent,
             session=req.session,
             model=req.model,
             status=status,
             cold=job.cold,
             system_prompt_hash=req.system_prompt_hash,
             num_ctx=req.num_ctx,
-            duration_s=self.now - job.arrival,
+            duration_s=self.now - job.sent,
         )
         self.state, out = step(self.state, record)
         self._act(out)

@@ -55,14 +55,15 @@ def static_assignment(fleet: FleetConfig) -> dict[str, str]:
 class _Daemon:
     __slots__ = ("cfg", "default_ctx", "keep_alive_ns", "loading", "pending", "runners", "waiting")
 
-    def __init__(self, cfg: DaemonConfig) -> None:
+    def __init__(self, cfg: DaemonConfig, keep_alive: float | str | None = None) -> None:
         self.cfg = cfg
         self.runners: dict[str, Runner] = {}
         self.pending: deque[Job] = deque()
         self.loading: Runner | None = None
         self.waiting: Runner | None = None
         self.default_ctx = policy.default_num_ctx(cfg.memory, cfg.context_length)
-        self.keep_alive_ns = parse_keep_alive(cfg.keep_alive)
+        # OLLAMA_KEEP_ALIVE: negative is forever (MAX_DURATION_NS, as Ollama parses it).
+        self.keep_alive_ns = parse_keep_alive(cfg.keep_alive if keep_alive is None else keep_alive)
 
     def used(self) -> int:
         return sum(r.size for r in self.runners.values())
@@ -73,7 +74,8 @@ class OllamaFleet:
 
     def __init__(self, sim: Simulation) -> None:
         self.sim = sim
-        self.daemons = {d.name: _Daemon(d) for d in sim.fleet.daemons}
+        keep_alive = sim.policy.ollama_keep_alive
+        self.daemons = {d.name: _Daemon(d, keep_alive) for d in sim.fleet.daemons}
         self.home = static_assignment(sim.fleet)
 
     def runners(self) -> Iterator[Runner]:
@@ -103,6 +105,10 @@ class OllamaFleet:
         )
         job.daemon = name
         r = d.runners.get(key)
+        bound = sim.policy.ollama_queue
+        if bound is not None and self._waiting_for(d, key) >= bound:
+            sim.fail(job, 503)  # a queue limit in front (ollama-max-queue); no Retry-After
+            return
         if r is not None and r.ready and not policy.needs_reload(r.opts, job.opts):
             self._use(r, job)
             return
@@ -113,6 +119,13 @@ class OllamaFleet:
         job.cold = True
         d.pending.append(job)
         self._schedule(d)
+
+    @staticmethod
+    def _waiting_for(d: _Daemon, key: str) -> int:
+        """Requests for ``key`` waiting on ``d``: pending, or queued in its runner."""
+        r = d.runners.get(key)
+        queued = len(r.queue) if r is not None else 0
+        return queued + sum(1 for j in d.pending if j.req.model == key)
 
     def _use(self, r: Runner, job: Job) -> None:
         r.timer += 1

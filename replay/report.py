@@ -7,6 +7,8 @@
 * **prefetch precision**: prefetch loads whose runner served a real request before it
   left the daemon / prefetch loads; **recall**: those hits / (hits + loads that real
   requests had to wait for);
+* **refused**: requests still refused (429, 5xx) after the client's last retry
+  (``replay.des.Clients``); **errors** counts them and every other error (400, 404);
 * **wasted loads**: loads whose runner left (or the replay ended) before serving any
   request;
 * **idle memory-seconds**: the integral over time of the bytes held by runners that are
@@ -42,6 +44,10 @@ class Tally:
     requests: int = 0
     completed: int = 0
     errors: int = 0
+    #: Requests still refused (429 / 5xx) after their last try.
+    refused_final: int = 0
+    #: Tries after a refusal.
+    retries: int = 0
     cold: int = 0
     latencies: list[float] = field(default_factory=list)
     ttfts: list[float] = field(default_factory=list)
@@ -72,6 +78,8 @@ class ReplayReport:
     requests: int
     completed: int
     errors: int
+    refused_final: int
+    retries: int
     cold_start_rate: float
     p50_latency_s: float
     p99_latency_s: float
@@ -100,6 +108,8 @@ class ReplayReport:
             requests=t.requests,
             completed=t.completed,
             errors=t.errors,
+            refused_final=t.refused_final,
+            retries=t.retries,
             cold_start_rate=t.cold / t.requests if t.requests else 0.0,
             p50_latency_s=percentile(t.latencies, 50),
             p99_latency_s=percentile(t.latencies, 99),
@@ -139,6 +149,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("prefetch R", "prefetch_recall", "{:.2f}"),
     ("wasted", "wasted_loads", "{}"),
     ("idle GB·h", "idle_gb_h", "{:.1f}"),
+    ("refused", "refused_final", "{}"),
     ("errors", "errors", "{}"),
 )
 

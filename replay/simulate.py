@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 from ollamasim.config import FleetConfig
 from replay.bridge_fleet import BridgeFleet
-from replay.des import BridgeKnobs, Controller, Simulation
+from replay.des import BridgeKnobs, Clients, Controller, Simulation
 from replay.ollama_fleet import OllamaFleet
 from replay.policies import PolicySpec
 from replay.report import ReplayReport
@@ -27,6 +27,7 @@ def new_simulation(
     knobs: BridgeKnobs | None = None,
     tick_s: float = 10.0,
     observer: Callable[[Simulation], None] | None = None,
+    clients: Clients | None = None,
 ) -> Simulation:
     """One replay of ``requests`` on ``fleet`` under ``policy``, ready to ``run``."""
     return Simulation(
@@ -37,6 +38,7 @@ def new_simulation(
         knobs=knobs,
         tick_s=tick_s,
         observer=observer,
+        clients=clients,
     )
 
 
@@ -47,6 +49,8 @@ def simulate(
     *,
     knobs: BridgeKnobs | None = None,
     tick_s: float = 10.0,
+    clients: Clients | None = None,
 ) -> ReplayReport:
     """Replay ``requests`` on ``fleet`` under ``policy`` and report the metrics."""
-    return new_simulation(fleet, policy, requests, knobs=knobs, tick_s=tick_s).run()
+    sim = new_simulation(fleet, policy, requests, knobs=knobs, tick_s=tick_s, clients=clients)
+    return sim.run()

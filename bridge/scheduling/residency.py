@@ -251,12 +251,13 @@ class Residency:
         return None if last is None else last + after
 
     def idle_after(self, daemon: str, key: str) -> float | None:
-        """Seconds an idle runner of ``key`` stays loaded (bridge keep-alive policy):
-        the embedded predictor's keep-alive for the model, at most
-        ``ALB_IDLE_UNLOAD_AFTER``; without a predictor, that setting. None: the bridge
-        does not unload idle runners (``honour`` policy, or the setting is 0)."""
+        """Seconds an idle runner of ``key`` stays loaded (``idle`` reclaim): the
+        embedded predictor's keep-alive for the model, at most ``ALB_IDLE_UNLOAD_AFTER``;
+        without a predictor, that setting. None: the bridge does not unload idle
+        runners (``demand`` reclaim, ``honour`` policy, or the setting is 0)."""
         cap = self._settings.idle_unload_after
-        if self._settings.keep_alive_policy != "bridge" or cap <= 0:
+        s = self._settings
+        if s.keep_alive_policy != "bridge" or s.reclaim != "idle" or cap <= 0:
             return None
         return cap if self.keep_alive is None else self.keep_alive.seconds(daemon, key, cap)
 

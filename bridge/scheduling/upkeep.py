@@ -127,13 +127,11 @@ class Upkeep:
         self._r.replace_waiters(d, f"daemon {d.name} stopped answering: {d.error}")
 
     def unload_idle(self) -> None:
-        """Unload runners idle for longer than their keep-alive (``Residency.idle_after``:
-        the embedded predictor's per model, else ``ALB_IDLE_UNLOAD_AFTER``); runs every
-        ``ALB_REFRESH_INTERVAL``."""
-        if (
-            self._r.settings.keep_alive_policy != "bridge"
-            or self._r.settings.idle_unload_after <= 0
-        ):
+        """``ALB_RECLAIM=idle``: unload runners idle for longer than their keep-alive
+        (``Residency.idle_after``: the embedded predictor's per model, else
+        ``ALB_IDLE_UNLOAD_AFTER``); runs every ``ALB_REFRESH_INTERVAL``."""
+        s = self._r.settings
+        if s.keep_alive_policy != "bridge" or s.reclaim != "idle" or s.idle_unload_after <= 0:
             return
         now = time.monotonic()
         for (name, key), gate in list(self._r.gates.items()):

@@ -25,7 +25,7 @@ from bridge.settings import load_settings
 from ollamasim.config import FleetConfig
 from ollamasim.testing import RunningFleet, running_fleet
 from replay.bridge_fleet import BridgeFleet
-from replay.policies import PolicySpec
+from replay.policies import PolicySpec, ReclaimKind
 from replay.simulate import new_simulation
 from replay.workload import Request
 from tests.bridge._support import running_bridge
@@ -69,7 +69,7 @@ TRACE: list[tuple[float, str, int | None]] = [
     (20.0, "c", None),  # room for c: a (least recently used) is evicted
     (30.0, "huge", None),  # can never fit: refused at admission
     (40.0, "b", 16384),  # more context than b's runner: c is evicted, b is reloaded
-    (200.0, "a", None),  # b was unloaded idle meanwhile; a loads again
+    (200.0, "a", None),  # a loads again (with idle reclaim b was unloaded meanwhile)
 ]
 
 
@@ -92,8 +92,10 @@ def _compared(rows: list[tuple[str, str, str, str]]) -> list[tuple[str, str, str
     return out
 
 
-def _replayed() -> list[tuple[str, str, str, str]]:
-    policy = PolicySpec("live", "bridge", idle_unload_after_s=IDLE_AFTER_S, prefetch=False)
+def _replayed(reclaim: ReclaimKind) -> list[tuple[str, str, str, str]]:
+    policy = PolicySpec(
+        "live", "bridge", idle_unload_after_s=IDLE_AFTER_S, prefetch=False, reclaim=reclaim
+    )
     sim = new_simulation(FleetConfig.model_validate(FLEET), policy, _requests())
     sim.run()
     ctl = sim.controller
@@ -110,7 +112,7 @@ def _body(req: Request) -> dict[str, Any]:
     return {"model": req.model, "prompt": "x" * chars, "stream": False, "options": options}
 
 
-async def _live(fleet: RunningFleet) -> list[tuple[str, str, str, str]]:
+async def _live(fleet: RunningFleet, reclaim: ReclaimKind) -> list[tuple[str, str, str, str]]:
     spec = FleetConfig.model_validate(FLEET).daemons[0]
     d = fleet.daemons[0]
     daemons = (
@@ -119,6 +121,7 @@ async def _live(fleet: RunningFleet) -> list[tuple[str, str, str, str]]:
     )
     settings = load_settings(
         {"ALB_DAEMONS": daemons},
+        reclaim=reclaim,
         idle_unload_after=IDLE_AFTER_S * SCALE,
         refresh_interval=0.02,
         chars_per_token=CHARS_PER_TOKEN,
@@ -141,21 +144,33 @@ async def _live(fleet: RunningFleet) -> list[tuple[str, str, str, str]]:
     return _compared([(r["kind"], r["model"], r["daemon"], r["reason"]) for r in reversed(rows)])
 
 
+#: What the trace is built to show, so that a parity of two empty lists cannot pass.
+EXPECTED = [
+    ("load", "a:latest", "d0", "request"),
+    ("load", "b:latest", "d0", "request"),
+    ("evict", "a:latest", "d0", ""),
+    ("load", "c:latest", "d0", "request"),
+    ("reject", "huge:latest", "", ""),
+    ("evict", "c:latest", "d0", ""),
+    ("load", "b:latest", "d0", "reload"),
+]
+
+
 @pytest.mark.slow
-async def test_the_replay_and_the_live_bridge_decide_alike() -> None:
-    replayed = _replayed()
-    # What the trace is built to show, so that a parity of two empty lists cannot pass.
-    assert replayed == [
-        ("load", "a:latest", "d0", "request"),
-        ("load", "b:latest", "d0", "request"),
-        ("evict", "a:latest", "d0", ""),
-        ("load", "c:latest", "d0", "request"),
-        ("reject", "huge:latest", "", ""),
-        ("evict", "c:latest", "d0", ""),
-        ("load", "b:latest", "d0", "reload"),
-        ("unload", "b:latest", "d0", ""),
-        ("load", "a:latest", "d0", "request"),
-    ]
+@pytest.mark.parametrize(
+    ("reclaim", "then"),
+    [
+        # Idle memory is reclaimed after the keep-alive: b goes during the gap.
+        ("idle", [("unload", "b:latest", "d0", ""), ("load", "a:latest", "d0", "request")]),
+        # On demand (the default): b stays; a fits beside it.
+        ("demand", [("load", "a:latest", "d0", "request")]),
+    ],
+)
+async def test_the_replay_and_the_live_bridge_decide_alike(
+    reclaim: ReclaimKind, then: list[tuple[str, str, str, str]]
+) -> None:
+    replayed = _replayed(reclaim)
+    assert replayed == EXPECTED + then
     async with running_fleet(FLEET) as fleet:
-        live = await _live(fleet)
+        live = await _live(fleet, reclaim)
     assert live == replayed

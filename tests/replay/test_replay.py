@@ -15,10 +15,11 @@ from ollamasim.config import FleetConfig
 from predictor.traces.format import DEFAULT_EPOCH, TraceRecord
 from predictor.traces.synth import SynthParams, synthesize
 from replay.bridge_fleet import BridgeFleet
-from replay.des import BridgeKnobs, Job, Runner
+from replay.des import BridgeKnobs, Clients, Job, Runner, Simulation
 from replay.fleets import SYNTH_SIZES_GB, make_fleet
 from replay.ollama_fleet import OllamaFleet, static_assignment
-from replay.policies import OURS, POLICIES
+from replay.policies import OURS, POLICIES, VARIANTS
+from replay.report import ReplayReport
 from replay.simulate import new_simulation, simulate
 from replay.workload import Request, requests_from_records
 
@@ -183,19 +184,58 @@ def test_ollama_answers_503_when_its_pending_queue_is_full() -> None:
         _req(3, 0.3, "d"),
         _req(4, 0.4, "a"),
     ]
-    sim = new_simulation(fleet, POLICIES["ollama"], requests)
+    # Clients that do not retry: what the daemon answers, each request once.
+    sim = new_simulation(fleet, POLICIES["ollama"], requests, clients=Clients(retries=0))
     failed: list[tuple[str, int]] = []
     fail = sim.fail
 
-    def on_fail(job: Job, status: int) -> None:
+    def on_fail(job: Job, status: int, retry_after: float | None = None) -> None:
         failed.append((job.req.model, status))
-        fail(job, status)
+        fail(job, status, retry_after)
 
     sim.fail = on_fail  # type: ignore[method-assign]
     report = sim.run()
     assert failed == [("d:latest", 503), ("a:latest", 503)]
     assert report.completed == 3
     assert report.errors == 2
+    assert report.refused_final == 2
+
+
+def test_a_refused_client_retries_after_a_backoff_and_its_latency_includes_the_waits() -> None:
+    # The same 503s, with the openai client's two retries (0.5 s, then 1 s: no
+    # Retry-After from Ollama): d and the second a get in once the queue drains.
+    fleet = _one_daemon({"a": 10.0, "b": 2.0, "c": 2.0, "d": 2.0}, max_queue=2)
+    requests = [
+        _req(0, 0.0, "a"),
+        _req(1, 0.1, "b"),
+        _req(2, 0.2, "c"),
+        _req(3, 0.3, "d"),
+        _req(4, 0.4, "a"),
+    ]
+
+    def run(retries: int) -> tuple[list[tuple[str, float]], ReplayReport]:
+        sim = new_simulation(fleet, POLICIES["ollama"], requests, clients=Clients(retries))
+        tries: list[tuple[str, float]] = []
+        submit = sim.controller.submit
+
+        def on_submit(job: Job) -> None:
+            tries.append((job.req.model, round(sim.now, 3)))
+            submit(job)
+
+        sim.controller.submit = on_submit  # type: ignore[method-assign]
+        return tries, sim.run()
+
+    tries, report = run(2)
+    # a's 10 GB load takes 6 s, so the queue stays full through both retries.
+    assert [t for m, t in tries if m == "d:latest"] == [0.3, 0.8, 1.8]
+    assert [t for m, t in tries if m == "a:latest"] == [0.0, 0.4, 0.9, 1.9]
+    assert (report.retries, report.refused_final, report.completed) == (4, 2, 3)
+    # Five retries (0.5 + 1 + 2 + 4 s of backoff) outlast the load: every request is
+    # served, and a retried one's latency counts its waits from its first try.
+    _, report = run(5)
+    assert (report.refused_final, report.errors, report.completed) == (0, 0, 5)
+    assert report.retries == 8
+    assert report.p99_latency_s > 10.0
 
 
 def test_static_assignment_balances_bytes() -> None:
@@ -283,13 +323,21 @@ def _spec(p: Any) -> dict[str, Any]:
 
 
 # --- the five policies, quickly ----------------------------------------------------------------
-def test_five_policies_on_a_short_synthetic_trace_finish_quickly() -> None:
+def test_seven_policies_on_a_short_synthetic_trace_finish_quickly() -> None:
     requests = _synth(1, duration_s=1200.0, spm=6.0)
     fleet = _fleet()
     t0 = time.perf_counter()
     reports = [simulate(fleet, spec, requests) for spec in POLICIES.values()]
     assert time.perf_counter() - t0 < 20.0
-    assert [r.policy for r in reports] == ["ollama", "bridge-lru", "seed", "histogram", "ours"]
+    assert [r.policy for r in reports] == [
+        "ollama",
+        "ollama-forever",
+        "ollama-max-queue",
+        "bridge-lru",
+        "seed",
+        "histogram",
+        "ours",
+    ]
     for r in reports:
         assert r.completed + r.errors == len(requests)
         assert 0.0 <= r.cold_start_rate <= 1.0
@@ -346,3 +394,44 @@ def test_bridge_knobs_match_the_bridge_settings_defaults() -> None:
     assert knobs.chars_per_token == fields["chars_per_token"].default
     assert ",".join(map(str, knobs.buckets)) == fields["num_ctx_buckets"].default
     assert POLICIES["bridge-lru"].idle_unload_after_s == fields["idle_unload_after"].default
+
+
+def _colds(sim: Simulation) -> list[tuple[str, bool]]:
+    """Run ``sim``; each request's (model, cold) in the order they got a slot."""
+    colds: list[tuple[str, bool]] = []
+    start = sim.start
+
+    def on_start(job: Job, runner: Runner) -> None:
+        colds.append((job.req.model, job.cold))
+        start(job, runner)
+
+    sim.start = on_start  # type: ignore[method-assign]
+    sim.run()
+    return colds
+
+
+@pytest.mark.parametrize("policy", ["bridge-lru", "ours"])
+def test_an_ample_fleet_keeps_an_idle_model_for_an_hour_until_a_load_needs_its_room(
+    policy: str,
+) -> None:
+    # 24 GB (21.6 under the headroom): room for a and b, and for c beside one of them.
+    fleet = _one_daemon({"a": 4.0, "b": 4.0, "c": 16.0})
+    requests = [_req(0, 0.0, "a"), _req(1, 3700.0, "a"), _req(2, 3800.0, "b")]
+    requests.append(_req(3, 3900.0, "c"))
+    sim = new_simulation(fleet, POLICIES[policy], requests)
+    # An hour idle and still loaded: warm; b fits beside it; c needs the room of one.
+    assert _colds(sim) == [
+        ("a:latest", True),
+        ("a:latest", False),
+        ("b:latest", True),
+        ("c:latest", True),
+    ]
+    assert sim.tally.idle_unloads == 0
+    ctl = sim.controller
+    assert isinstance(ctl, BridgeFleet)
+    evicted = [d.model for d in ctl.decisions if d.kind == "evict"]
+    assert evicted == ["a:latest"]  # the least recently used goes, when c needs room
+    # The reclaim variant unloads a after ALB_IDLE_UNLOAD_AFTER (1800 s): cold again.
+    sim = new_simulation(fleet, VARIANTS[f"{policy}-reclaim"], requests)
+    assert _colds(sim)[1] == ("a:latest", True)
+    assert sim.tally.idle_unloads >= 1

@@ -234,6 +234,7 @@ async def test_the_embedded_predictors_keep_alive_unloads_idle_runners(
     d = fleet.daemon("a")
     settings = settings_for(
         fleet,
+        reclaim="idle",
         idle_unload_after=3600,
         refresh_interval=0.1,
         predictor_config='{"unload_below": 0.2}',

@@ -237,7 +237,7 @@ async def test_a_model_hint_on_kafka_unloads_an_idle_runner_the_predictor_gives_
     # ALB_IDLE_UNLOAD_AFTER=3600: without a hint the runner would stay an hour.
     d = fleet.daemon("a")
     settings = _kafka_settings(
-        fleet, topics, tmp_path, idle_unload_after=3600, refresh_interval=0.1
+        fleet, topics, tmp_path, reclaim="idle", idle_unload_after=3600, refresh_interval=0.1
     )
     async with (
         running_bridge(settings) as b,

@@ -98,7 +98,9 @@ def test_without_a_token_admin_routes_answer_only_loopback_clients() -> None:
 async def test_pins_from_configuration_are_loaded_at_start_and_never_idle_unloaded(
     fleet: RunningFleet,
 ) -> None:
-    settings = settings_for(fleet, pinned="chatty@a", idle_unload_after=0.2, refresh_interval=0.1)
+    settings = settings_for(
+        fleet, pinned="chatty@a", reclaim="idle", idle_unload_after=0.2, refresh_interval=0.1
+    )
     async with (
         running_bridge(settings) as b,
         httpx.AsyncClient(base_url=b.base_url, timeout=10) as c,

@@ -16,7 +16,7 @@ async def test_bridge_policy_ignores_client_evictions_and_unloads_idle_models(
     fleet: RunningFleet,
 ) -> None:
     d = fleet.daemon("a")
-    settings = settings_for(fleet, idle_unload_after=0.5, refresh_interval=0.1)
+    settings = settings_for(fleet, reclaim="idle", idle_unload_after=0.5, refresh_interval=0.1)
     async with (
         running_bridge(settings) as b,
         httpx.AsyncClient(base_url=b.base_url, timeout=10) as c,
