@@ -1,6 +1,6 @@
-"""``alb replay evaluate | sweep | send``: thin shells over :mod:`replay`.
+"""``alb replay evaluate | sweep | capacity | send``: thin shells over :mod:`replay`.
 
-``replay_eval_app`` holds the three commands; :func:`register_replay_eval_commands` adds
+``replay_eval_app`` holds the four commands; :func:`register_replay_eval_commands` adds
 them to another Typer group (the bridge mounts them into ``alb replay`` beside
 ``export`` / ``import``). Heavy imports happen inside the commands.
 """
@@ -184,10 +184,115 @@ replay_eval_app = typer.Typer(
 )
 
 
+def _sizes(text: str) -> list[int]:
+    sizes = sorted({int(x) for x in text.split(",") if x.strip()})
+    if not sizes or sizes[0] < 1:
+        raise typer.BadParameter("fleet sizes are daemon counts >= 1", param_hint="--sizes")
+    return sizes
+
+
+def capacity(
+    *,
+    fleet: FleetOpt,
+    out: Annotated[Path, typer.Option(help="Directory for capacity.csv/.md and the PNGs.")],
+    trace: Annotated[
+        Path | None,
+        typer.Option("--trace", exists=True, dir_okay=False, help="JSONL trace (trace.v1)."),
+    ] = None,
+    synth_seeds: Annotated[
+        str | None, typer.Option(help="Synthetic traces instead: seeds, e.g. 1-12 or 1,3.")
+    ] = None,
+    sessions_per_minute: Annotated[float, typer.Option(help="Synthetic traces' rate.")] = 5.0,
+    sizes: Annotated[str, typer.Option(help="Daemon counts, comma-separated.")] = "3,4,6,8,12,16",
+    policy: Annotated[
+        str, typer.Option(help="Policies, comma-separated, or 'all' (the seven).")
+    ] = "all",
+    slo: Annotated[float, typer.Option(help="The TTFT SLO in seconds.")] = 5.0,
+    pareto: Annotated[bool, typer.Option(help="Also the reclaim mode's Pareto curve.")] = True,
+    jobs: Annotated[int, typer.Option(help="Processes to spread the replays over.")] = 1,
+    limit: LimitOpt = None,
+) -> None:
+    """Every policy over a range of fleet sizes: SLO attainment, cold starts, GPUs needed."""
+    from rich.progress import Progress  # noqa: PLC0415
+
+    from predictor.traces.synth import SynthParams, synthesize  # noqa: PLC0415
+    from replay.capacity import (  # noqa: PLC0415
+        pareto_grid,
+        run_capacity,
+        smallest_fleet,
+        summarise,
+        write_capacity,
+    )
+    from replay.fleets import load_fleet, with_daemons  # noqa: PLC0415
+    from replay.policies import POLICIES, policy_named  # noqa: PLC0415
+    from replay.simulate import simulate  # noqa: PLC0415
+    from replay.workload import load_requests, requests_from_records  # noqa: PLC0415
+
+    if (trace is None) == (synth_seeds is None):
+        raise typer.BadParameter("give either --trace or --synth-seeds")
+    try:
+        specs = (
+            list(POLICIES.values())
+            if policy == "all"
+            else [policy_named(p.strip()) for p in policy.split(",")]
+        )
+        counts = _sizes(sizes)
+        seeds = [] if synth_seeds is None else _seed_list(synth_seeds)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    traces = (
+        {trace.stem: load_requests(trace, limit)}
+        if trace is not None
+        else {
+            f"seed {n}": requests_from_records(
+                synthesize(SynthParams(seed=n, sessions_per_minute=sessions_per_minute))
+            )[:limit]
+            for n in seeds
+        }
+    )
+    base = load_fleet(fleet)
+    with Progress() as bar:
+        task = bar.add_task("capacity", total=len(traces) * len(counts) * len(specs))
+        runs = run_capacity(
+            base, specs, traces, counts, slo_s=slo, jobs=jobs,
+            progress=lambda n: bar.advance(task, n),
+        )  # fmt: skip
+    points: list[Any] = []
+    note = ""
+    if pareto and "ours" in POLICIES:
+        summaries = summarise(runs)
+        at = smallest_fleet(summaries, "ollama", 0.95)
+        n = at if at is not None else counts[-1]
+        note = (
+            f"{n} GPUs, where Ollama's default first reaches 95 % attainment"
+            if at is not None
+            else f"{n} GPUs (the largest: Ollama's default never reaches 95 % in the sweep)"
+        )
+        grid = [POLICIES["ours"], *pareto_grid(POLICIES["ours"])]
+        first = next(iter(traces.values()))
+        fleet_n = with_daemons(base, n)
+        with Progress() as bar:
+            task = bar.add_task("pareto", total=len(grid))
+            for spec in grid:
+                points.append((spec.name, simulate(fleet_n, spec, first, slo_s=slo)))
+                bar.advance(task, 1)
+        note += f"; trace {next(iter(traces))}"
+    for path in write_capacity(runs, out, slo_s=slo, pareto=points, pareto_note=note):
+        typer.echo(f"wrote {path}")
+
+
+def _seed_list(text: str) -> list[int]:
+    if "-" in text:
+        lo, hi = text.split("-")
+        return list(range(int(lo), int(hi) + 1))
+    return [int(s) for s in text.split(",") if s.strip()]
+
+
 def register_replay_eval_commands(app: typer.Typer) -> None:
     """Add ``evaluate``, ``sweep`` and ``send`` to ``app`` (the ``alb replay`` group)."""
     app.command("evaluate")(evaluate)
     app.command("sweep")(sweep)
+    app.command("capacity")(capacity)
     app.command("send")(send)
 
 

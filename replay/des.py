@@ -208,9 +208,12 @@ class Simulation:
         tick_s: float = 10.0,
         observer: Callable[[Simulation], None] | None = None,
         clients: Clients | None = None,
+        slo_s: float = 5.0,
     ) -> None:
         self.fleet = fleet
         self.clients = clients or Clients()
+        #: The TTFT the report's SLO attainment counts against.
+        self.slo_s = slo_s
         self.policy = policy
         self.requests = requests
         self.knobs = knobs or BridgeKnobs()
@@ -257,7 +260,7 @@ class Simulation:
         for r in self.controller.runners():
             if r.served == 0 and r.ready:
                 self.tally.wasted_loads += 1
-        return ReplayReport.from_tally(self.policy.name, self.tally)
+        return ReplayReport.from_tally(self.policy.name, self.tally, self.slo_s)
 
     def _after_event(self) -> None:
         if self.observer is not None:

@@ -18,7 +18,7 @@ import yaml
 
 from ollamasim.config import FleetConfig
 
-__all__ = ["SIZES_GB", "SYNTH_SIZES_GB", "load_fleet", "make_fleet", "write_fleet"]
+__all__ = ["SIZES_GB", "SYNTH_SIZES_GB", "load_fleet", "make_fleet", "with_daemons", "write_fleet"]
 
 GB = 10**9
 
@@ -93,6 +93,19 @@ def write_fleet(fleet: FleetConfig, path: Path) -> None:
     """Write ``fleet`` as a fleet file ``alb sim --config`` and the replay accept."""
     data = fleet.model_dump(mode="json", exclude_defaults=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def with_daemons(fleet: FleetConfig, n: int) -> FleetConfig:
+    """``fleet`` with ``n`` daemons of its first daemon's kind (``gpu0`` ... ``gpuN-1``),
+    for a fleet-size sweep."""
+    if n < 1:
+        raise ValueError("a fleet needs at least one daemon")
+    kind = fleet.daemons[0]
+    daemons = tuple(
+        kind.model_copy(update={"name": f"gpu{i}", "port": kind.port + i if kind.port else 0})
+        for i in range(n)
+    )
+    return fleet.model_copy(update={"daemons": daemons})
 
 
 def load_fleet(path: Path) -> FleetConfig:

@@ -9,6 +9,8 @@
   requests had to wait for);
 * **refused**: requests still refused (429, 5xx) after the client's last retry
   (``replay.des.Clients``); **errors** counts them and every other error (400, 404);
+* **SLO attainment**: requests whose first token came within the SLO (5 s by default)
+  / requests (a request refused after its last try never attains it);
 * **wasted loads**: loads whose runner left (or the replay ended) before serving any
   request;
 * **idle memory-seconds**: the integral over time of the bytes held by runners that are
@@ -53,6 +55,8 @@ class Tally:
     ttfts: list[float] = field(default_factory=list)
     loads: int = 0
     demand_loads: int = 0
+    #: Loads of a second (or further) copy of a model that is loaded elsewhere.
+    replica_loads: int = 0
     reloads: int = 0
     evictions: int = 0
     idle_unloads: int = 0
@@ -84,10 +88,16 @@ class ReplayReport:
     p50_latency_s: float
     p99_latency_s: float
     p50_ttft_s: float
+    p95_ttft_s: float
     p99_ttft_s: float
+    #: Share of all requests whose first token came within ``slo_s`` (a refused
+    #: request never does).
+    slo_s: float
+    slo_attainment: float
     mean_latency_s: float
     loads: int
     demand_loads: int
+    replica_loads: int
     reloads: int
     evictions: int
     prefetch_loads: int
@@ -101,8 +111,9 @@ class ReplayReport:
     refused: dict[str, int]
 
     @classmethod
-    def from_tally(cls, policy: str, t: Tally) -> ReplayReport:
+    def from_tally(cls, policy: str, t: Tally, slo_s: float = 5.0) -> ReplayReport:
         hits = t.prefetch_hits
+        within = sum(1 for x in t.ttfts if x <= slo_s)
         return cls(
             policy=policy,
             requests=t.requests,
@@ -114,10 +125,14 @@ class ReplayReport:
             p50_latency_s=percentile(t.latencies, 50),
             p99_latency_s=percentile(t.latencies, 99),
             p50_ttft_s=percentile(t.ttfts, 50),
+            p95_ttft_s=percentile(t.ttfts, 95),
             p99_ttft_s=percentile(t.ttfts, 99),
+            slo_s=slo_s,
+            slo_attainment=within / t.requests if t.requests else 0.0,
             mean_latency_s=sum(t.latencies) / len(t.latencies) if t.latencies else 0.0,
             loads=t.loads,
             demand_loads=t.demand_loads,
+            replica_loads=t.replica_loads,
             reloads=t.reloads,
             evictions=t.evictions,
             prefetch_loads=t.prefetch_loads,

@@ -28,6 +28,7 @@ def new_simulation(
     tick_s: float = 10.0,
     observer: Callable[[Simulation], None] | None = None,
     clients: Clients | None = None,
+    slo_s: float = 5.0,
 ) -> Simulation:
     """One replay of ``requests`` on ``fleet`` under ``policy``, ready to ``run``."""
     return Simulation(
@@ -39,6 +40,7 @@ def new_simulation(
         tick_s=tick_s,
         observer=observer,
         clients=clients,
+        slo_s=slo_s,
     )
 
 
@@ -50,7 +52,10 @@ def simulate(
     knobs: BridgeKnobs | None = None,
     tick_s: float = 10.0,
     clients: Clients | None = None,
+    slo_s: float = 5.0,
 ) -> ReplayReport:
     """Replay ``requests`` on ``fleet`` under ``policy`` and report the metrics."""
-    sim = new_simulation(fleet, policy, requests, knobs=knobs, tick_s=tick_s, clients=clients)
+    sim = new_simulation(
+        fleet, policy, requests, knobs=knobs, tick_s=tick_s, clients=clients, slo_s=slo_s
+    )
     return sim.run()
