@@ -94,6 +94,11 @@ class Replaced(Unavailable):
     retriable = True
 
 
+class Moved(Replaced):
+    """A new copy of the model is ready: the request, still queued, is placed again so
+    that the queue spreads over the copies (not a failure: it costs no placement)."""
+
+
 class UpstreamError(BridgeError):
     """A daemon failed (connection, protocol, truncated stream)."""
 

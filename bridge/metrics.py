@@ -147,6 +147,13 @@ class Metrics:
             ["reason", "outcome"],
             registry=r,
         )
+        self.replicas = Counter(
+            "alb_replicas",
+            "Copies of a hot model: loaded on another daemon (replicate, or replicate-failed) "
+            "and unloaded after the burst (retire).",
+            ["action"],
+            registry=r,
+        )
         self.rejections = Counter(
             "alb_rejections",
             "Requests refused before reaching a daemon, by reason.",

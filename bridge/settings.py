@@ -28,6 +28,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bridge.policy.access import check_networks, check_origins
+from bridge.wire import names
 from predictor.core.config import PredictorConfig
 
 DEFAULT_OLLAMA = "http://127.0.0.1:11434"
@@ -126,6 +127,19 @@ def normalise_ollama_host(value: str) -> str:
     return f"{scheme}://{userinfo}{at}{host}:{port}"
 
 
+def _parse_caps(text: str) -> dict[str, int]:
+    """``ALB_REPLICA_CAPS``: ``model=N`` items, comma-separated, N >= 1."""
+    caps: dict[str, int] = {}
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        model, _, count = item.rpartition("=")
+        if not model or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"{item!r} is not model=N with N >= 1")
+        caps[names.key(model)] = int(count)
+    return caps
+
+
 class Settings(BaseSettings):
     """Every knob of ``alb serve``; see docs/bridge.md for the table."""
 
@@ -165,6 +179,16 @@ class Settings(BaseSettings):
     reclaim: Literal["demand", "idle"] = "demand"
     #: ``idle`` reclaim: unload a model idle this long (seconds; 0 = never).
     idle_unload_after: float = Field(1800.0, ge=0)
+    #: Load a copy of a hot model on another daemon when its expected queue wait is
+    #: longer than a load (``bridge.policy.replicas``); requests spread over the copies.
+    replication: bool = True
+    #: Copies of one model at most, and per model ``model=N,model2=M`` (names as clients
+    #: send them) where they differ.
+    replica_max: int = Field(4, ge=1, le=64)
+    replica_caps: str = ""
+    #: A copy made by replication that stays idle this long while another copy of the
+    #: model is loaded is unloaded (seconds).
+    replica_idle: float = Field(60.0, gt=0)
     keep_alive_min: float = Field(0.0, ge=0)
     keep_alive_max: float = Field(86400.0, ge=0)
 
@@ -327,6 +351,12 @@ class Settings(BaseSettings):
     def _ollama_host(cls, v: str) -> str:
         return normalise_ollama_host(v)
 
+    @field_validator("replica_caps")
+    @classmethod
+    def _replica_caps(cls, v: str) -> str:
+        _parse_caps(v)
+        return v
+
     def daemon_specs(self) -> tuple[DaemonSpec, ...]:
         """The upstream daemons, parsed from ``daemons`` or ``ollama_host``."""
         specs = parse_daemons(self.daemons or self.ollama_host, self.parallel, self.max_loaded)
@@ -341,6 +371,10 @@ class Settings(BaseSettings):
             default_ctx = s.default_ctx or self.default_num_ctx or None
             out.append(dataclasses.replace(s, memory=memory, local=local, default_ctx=default_ctx))
         return tuple(out)
+
+    def replica_cap(self, key: str) -> int:
+        """Copies of model ``key`` allowed at most (``replica_caps``, else ``replica_max``)."""
+        return _parse_caps(self.replica_caps).get(key, self.replica_max)
 
     def bucket_list(self) -> tuple[int, ...]:
         """``num_ctx_buckets`` parsed, sorted."""

@@ -58,6 +58,7 @@ from bridge.policy.placement import (
 )
 from bridge.policy.prefetch import ACCEPTED, TokenBucket, judge
 from bridge.policy.queueing import retry_after
+from bridge.policy.replicas import Backlog, rebalance, replicate, retirements
 from bridge.policy.reuse import PredictedReuse
 from bridge.policy.sizing import ModelInfo, SizeBook
 from bridge.policy.step import (
@@ -75,14 +76,14 @@ from ollamasim import scheduler as sim_policy
 from ollamasim.config import DaemonConfig
 from predictor.core import Prefetch
 from predictor.core.advice import estimate_reuse
-from replay.des import Job, PrefetchJob, Runner
+from replay.des import Job, PrefetchJob, ReplicaJob, Runner
 
 if TYPE_CHECKING:
     from replay.des import Simulation
 
 __all__ = ["BridgeFleet", "Decision"]
 
-Waiter = Job | PrefetchJob
+Waiter = Job | PrefetchJob | ReplicaJob
 
 
 class _Daemon:
@@ -176,6 +177,10 @@ class BridgeFleet:
         self.decisions: list[Decision] = []
         #: When each load in progress ends (``Loader.remaining_s``).
         self._load_done: dict[tuple[str, str], float] = {}
+        #: Copies made by replication, and each gate's smoothed service seconds
+        #: (``Gate.service_s``: 1 s until a request was served).
+        self.replicas: set[tuple[str, str]] = set()
+        self.service: dict[tuple[str, str], float] = {}
         self.load_learned: dict[str, float] = {}
         self.last_used: dict[tuple[str, str], float] = {}
         base: ReuseOracle = (
@@ -328,7 +333,7 @@ class BridgeFleet:
         q = d.gates.setdefault(key, deque())
         fits = r is not None and r.ready and need.fits(r.ctx, r.auto)
         if fits and r is not None and key not in d.hold and r.active < r.parallel and not q:
-            sim.start(job, r)
+            self._start(job, r)
             return
         if len(q) >= sim.knobs.high_water_depth:
             sim.fail(job, 503, retry_after=self._retry_after(d, key, job))
@@ -338,6 +343,8 @@ class BridgeFleet:
         if job.cold:
             self._cancel_prefetches(d, key)
         self._drive(d)
+        if sim.policy.replicate:
+            self._replicate(key, need)
 
     def _retry_after(self, d: _Daemon, key: str, job: Job) -> float:
         """``Scheduler.admit``'s Retry-After at the high-water mark (``retry_after``): the
@@ -370,7 +377,7 @@ class BridgeFleet:
         """The gate of ``key`` on ``d`` for ``bridge.policy.step`` (as ``driver._state``)."""
         r = d.runners.get(key)
         q = d.gates.get(key) or ()
-        clients = [w.sent for w in q if isinstance(w, Job)]
+        clients = [w.sent for w in q if not isinstance(w, PrefetchJob)]
         return GateState(
             key=key,
             ready=r is not None and r.ready,
@@ -439,6 +446,8 @@ class BridgeFleet:
             q.remove(w)
             if isinstance(w, PrefetchJob):
                 sim.tally.refuse("no_room")
+            elif isinstance(w, ReplicaJob):
+                self.replicas.discard((d.cfg.name, key))
             else:
                 sim.fail(w, 400)
         if op.which != "openai":
@@ -477,9 +486,12 @@ class BridgeFleet:
         r = Runner(key, name, size, target.ctx, target.auto, par, sim.now)
         d.runners[key] = r
         d.op = key
-        prefetch_only = all(isinstance(w, PrefetchJob) for w in d.gates.get(key) or ())
+        waiters = d.gates.get(key) or ()
+        prefetch_only = all(isinstance(w, PrefetchJob) for w in waiters)
         sim.tally.loads += 1
-        if not prefetch_only:
+        if (name, key) in self.replicas:
+            sim.tally.replica_loads += 1
+        elif not prefetch_only:
             sim.tally.demand_loads += 1
         seconds = d.cfg.load_fixed_s + model.size / d.cfg.load_bandwidth
         self._load_done[(name, key)] = sim.now + seconds
@@ -523,6 +535,8 @@ class BridgeFleet:
         self._dispatch(d, key)
         if r.idle:
             self._arm(r)
+        if (d.cfg.name, key) in self.replicas:
+            self._rebalance(key, d.cfg.name)
         self._drive(d)
 
     def _dispatch(self, d: _Daemon, key: str) -> None:
@@ -531,14 +545,14 @@ class BridgeFleet:
         q = d.gates.get(key)
         if r is None or q is None or not r.ready or key in d.hold:
             return
-        for w in [w for w in q if isinstance(w, PrefetchJob)]:
-            q.remove(w)  # a prefetch acquires and releases at once (holds no slot)
+        for w in [w for w in q if not isinstance(w, Job)]:
+            q.remove(w)  # a prefetch or a copy acquires and releases at once (no slot)
         while r.active < r.parallel and q:
             job = next((w for w in q if isinstance(w, Job) and w.need.fits(r.ctx, r.auto)), None)
             if job is None:
                 return
             q.remove(job)
-            self.sim.start(job, r)
+            self._start(job, r)
 
     # --- runners going idle ---------------------------------------------------------------
     def release(self, r: Runner) -> None:
@@ -547,7 +561,87 @@ class BridgeFleet:
         self._dispatch(d, r.model)
         if r.idle:
             self._arm(r)
+            if (r.daemon, r.model) in self.replicas:
+                after = self.sim.knobs.replica_idle_s
+                self.sim.at(self.sim.now + after, self._retire, r, r.timer)
         self._drive(d)
+
+    # --- replicas (Scheduler._replicate, Driver._rebalance, Upkeep.retire_replicas) ----
+    def _start(self, job: Job, r: Runner) -> None:
+        """``sim.start``, and the gate's smoothed service time (``Gate.release``: the
+        replay knows a request's hold time when it starts)."""
+        model = self.sim.models[r.model]
+        held = max(job.req.prompt_tokens, 1) / self.sim.fleet.prefill_rate(model)
+        held += job.req.output_tokens / self.sim.fleet.gen_rate(model)
+        pair = (r.daemon, r.model)
+        self.service[pair] = 0.8 * self.service.get(pair, 1.0) + 0.2 * held
+        self.sim.start(job, r)
+
+    def _copies(self, key: str) -> list[Backlog]:
+        """``Residency.copies``: each daemon holding ``key`` (loaded, being loaded, or a
+        load queued), with its queue."""
+        out = []
+        for name, d in self.daemons.items():
+            q = d.gates.get(key) or ()
+            if key in d.runners or q:
+                par = d.runners[key].parallel if key in d.runners else d.cfg.num_parallel
+                queued = sum(1 for w in q if isinstance(w, Job))
+                out.append(Backlog(name, queued, par, self.service.get((name, key), 1.0)))
+        return out
+
+    def _replicate(self, key: str, need: Need) -> None:
+        sim = self.sim
+        backlogs = self._copies(key)
+        if not backlogs:
+            return
+        info = self.infos[key]
+        views = [self.view(d) for d in self.daemons.values()]
+        decision = replicate(
+            views,
+            key,
+            backlogs,
+            size_of=lambda v: self.target(info, self.daemons[v.name], [need]).size,
+            oracle=self.oracle,
+            load_s=self.load_seconds(key, info.file_size),
+            max_copies=sim.knobs.replica_max,
+        )
+        if decision is None:
+            return
+        d = self.daemons[decision.daemon]
+        self.replicas.add((decision.daemon, key))
+        self.record("replicate", key, decision.daemon, "replicate")
+        d.gates.setdefault(key, deque()).append(ReplicaJob(key, need, sim.now))
+        self._drive(d)
+
+    def _rebalance(self, key: str, ready: str) -> None:
+        """A copy is ready: the waiters of the copies whose queue is longer than their
+        share are placed again (``submit``: they spread over the copies)."""
+        for name in rebalance(self._copies(key), ready):
+            q = self.daemons[name].gates[key]
+            moved = [w for w in q if isinstance(w, Job)]
+            for job in moved:
+                q.remove(job)
+            for job in moved:
+                self.submit(job)
+
+    def _retire(self, r: Runner, token: int) -> None:
+        d = self.daemons[r.daemon]
+        if r.timer != token or not r.idle or d.runners.get(r.model) is not r or d.op == r.model:
+            return
+        held = [
+            (name, self.sim.now - self.last_used.get((name, r.model), self.sim.now), True)
+            if name == r.daemon
+            else (name, -1.0, False)
+            for name, o in self.daemons.items()
+            if r.model in o.runners
+        ]
+        for retire in retirements({r.model: held}, idle_s=self.sim.knobs.replica_idle_s):
+            self.replicas.discard((r.daemon, r.model))
+            self.record("retire-replica", r.model, r.daemon, "retire-replica")
+            self.record("unload", r.model, r.daemon, "retire-replica")
+            self._unload(d, r)
+            self._drive(d)
+            assert retire.daemon == r.daemon
 
     def _arm(self, r: Runner) -> None:
         """``ALB_RECLAIM=idle``: unload ``r`` after its keep-alive; ``demand``: never
@@ -569,6 +663,7 @@ class BridgeFleet:
 
     def _unload(self, d: _Daemon, r: Runner) -> None:
         del d.runners[r.model]
+        self.replicas.discard((d.cfg.name, r.model))
         r.timer += 1
         if r.served == 0:
             self.sim.tally.wasted_loads += 1

@@ -54,7 +54,15 @@ from replay.policies import PolicySpec
 from replay.report import ReplayReport, Tally
 from replay.workload import Request
 
-__all__ = ["BridgeKnobs", "Clients", "Job", "PrefetchJob", "Runner", "Simulation"]
+__all__ = [
+    "BridgeKnobs",
+    "Clients",
+    "Job",
+    "PrefetchJob",
+    "ReplicaJob",
+    "Runner",
+    "Simulation",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +84,9 @@ class BridgeKnobs:
     prefetch_rate: float = 0.5
     prefetch_burst: int = 3
     prefetch_budget: float = 0.5
+    #: ``ALB_REPLICA_MAX`` and ``ALB_REPLICA_IDLE``.
+    replica_max: int = 4
+    replica_idle_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +142,17 @@ class PrefetchJob:
         self.expires_at = expires_at
         #: The context need its admission carries (``bridge.policy.numctx.Need``).
         self.need: Any = None
+
+
+class ReplicaJob:
+    """A copy of a hot model waiting at a daemon's gate for its load (holds no slot)."""
+
+    __slots__ = ("model", "need", "sent")
+
+    def __init__(self, model: str, need: Any, sent: float) -> None:
+        self.model = model
+        self.need = need
+        self.sent = sent
 
 
 class Runner:

@@ -28,6 +28,9 @@ bridge's real placement, eviction and num_ctx code and differs only in what feed
                       model's recent arrival rate
 ====================  ===============================================================
 
+Every bridge policy replicates a hot model (``ALB_REPLICATION``, on by default:
+``bridge.policy.replicas``); the ``-norepl`` variants in ``VARIANTS`` do not.
+
 Memory (``reclaim``): every bridge policy above keeps an idle runner until a load needs
 its room (``ALB_RECLAIM=demand``, the bridge's default). ``VARIANTS`` holds the same
 policies with ``ALB_RECLAIM=idle`` (``-reclaim``: idle unload after
@@ -72,6 +75,8 @@ class PolicySpec:
     idle_unload_after_s: float = 1800.0
     prefetch: bool = True
     """Act on the predictor's prefetch events."""
+    replicate: bool = True
+    """Copies of a hot model on other daemons (``ALB_REPLICATION``)."""
     reclaim: ReclaimKind = "demand"
     """``demand``: an idle runner stays until a load needs its room (``ALB_RECLAIM``);
     ``idle``: it is also unloaded after its keep-alive (``keep_alive``)."""
@@ -144,11 +149,19 @@ def _policies() -> dict[str, PolicySpec]:
 
 POLICIES: dict[str, PolicySpec] = _policies()
 
-#: The bridge policies with ``ALB_RECLAIM=idle`` (see the module docstring).
+#: The bridge policies with ``ALB_RECLAIM=idle``, and without replication
+#: (``ALB_REPLICATION=false``), see the module docstring.
 VARIANTS: dict[str, PolicySpec] = {
-    f"{name}-reclaim": replace(spec, name=f"{name}-reclaim", reclaim="idle")
-    for name, spec in POLICIES.items()
-    if spec.kind == "bridge"
+    **{
+        f"{name}-reclaim": replace(spec, name=f"{name}-reclaim", reclaim="idle")
+        for name, spec in POLICIES.items()
+        if spec.kind == "bridge"
+    },
+    **{
+        f"{name}-norepl": replace(spec, name=f"{name}-norepl", replicate=False)
+        for name, spec in POLICIES.items()
+        if spec.kind == "bridge"
+    },
 }
 
 

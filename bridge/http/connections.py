@@ -110,12 +110,18 @@ class ConnectionLimits:
         )
 
 
-_REQUEST_LINE = re.compile(rb"(?:^|\n)[!-~]+ (/[!-~]*) HTTP/1\.[01]\r?\n")
+#: Not anchored at a line's start: on a keep-alive connection the read the parser refuses
+#: can begin with the rest of the previous request's body (a route that answered without
+#: reading it), so the request line may follow body bytes, spaces included, on one line.
+#: (The method is a lookbehind of one byte: a leading ``[!-~]+`` would backtrack
+#: quadratically over a long run of printable bytes.)
+_REQUEST_LINE = re.compile(rb"(?<=[!-~]) (/[!-~]*) HTTP/1\.[01]\r?\n")
 
 
 def request_target(data: bytes) -> bytes:
     """The target of the last request line in ``data`` (``b"BREW /v1/x HTTP/1.1\r\n"``
-    -> ``b"/v1/x"``), or ``b""``."""
+    -> ``b"/v1/x"``, also after the tail of a previous body: ``b'{"a": 1}BREW /v1/x
+    HTTP/1.1\r\n'``), or ``b""``."""
     found = list(_REQUEST_LINE.finditer(data[-65536:]))
     return found[-1].group(1) if found else b""
 

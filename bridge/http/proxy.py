@@ -31,6 +31,7 @@ from bridge.errors import (
     BridgeError,
     ClientGone,
     ModelNotFound,
+    Moved,
     Replaced,
     Unavailable,
     UpstreamTimeout,
@@ -50,6 +51,9 @@ from bridge.wire.parsing import KEEP, Endpoint, Kind, Parsed, parse, rewrite
 _SSE_TYPE = b"text/event-stream"
 #: Placements one request may go through (failovers and re-placements included).
 _MAX_PLACEMENTS = 6
+#: Times a queued request may be moved to a new copy of its model without it counting
+#: as a placement (one per copy; ``ALB_REPLICA_MAX`` is 4 by default).
+_MAX_MOVES = 16
 
 
 def session_of(headers: list[tuple[bytes, bytes]], user: str | None, client: Any) -> str:
@@ -154,7 +158,9 @@ class InferenceRoute:
         metrics = self._bridge.metrics
         exclude: set[str] = set()
         failure: BridgeError | None = None
-        for _ in range(_MAX_PLACEMENTS):
+        placements = moves = 0
+        while placements < _MAX_PLACEMENTS:
+            placements += 1
             try:
                 got = rt.scheduler.admit(parsed.key, need, info, exclude=frozenset(exclude))
             except Unavailable:
@@ -167,6 +173,12 @@ class InferenceRoute:
                     lease = await self._wait(rt, ex, got, state.session, sse=sse)
                 else:
                     lease = got
+            except Moved as err:  # a new copy: placed again, at no cost
+                moves += 1
+                if moves <= _MAX_MOVES:
+                    placements -= 1
+                failure = err
+                continue
             except Replaced as err:
                 failure = err
                 continue

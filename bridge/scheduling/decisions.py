@@ -16,7 +16,18 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 Kind = Literal[
-    "load", "evict", "unload", "reject", "num_ctx", "route", "health", "pin", "prefetch", "warm"
+    "load",
+    "evict",
+    "unload",
+    "reject",
+    "num_ctx",
+    "route",
+    "health",
+    "pin",
+    "prefetch",
+    "warm",
+    "replicate",
+    "retire-replica",
 ]
 
 

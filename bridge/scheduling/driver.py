@@ -31,10 +31,19 @@ import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from bridge.errors import BadRequest, BridgeError, Conflict, LoadFailed, Replaced, Unavailable
+from bridge.errors import (
+    BadRequest,
+    BridgeError,
+    Conflict,
+    LoadFailed,
+    Moved,
+    Replaced,
+    Unavailable,
+)
 from bridge.policy import step
 from bridge.policy.numctx import Need, openai_default_hint
 from bridge.policy.placement import Cooldown, eviction_value, plan_room
+from bridge.policy.replicas import Backlog, rebalance
 from bridge.policy.sizing import ModelInfo
 from bridge.scheduling.fleet import DaemonState
 from bridge.scheduling.gate import Gate
@@ -270,6 +279,8 @@ class Driver:
             # A bucket runner keeps the context it was asked for: requests forwarded to it
             # carry that num_ctx, which must match the load's for Ollama not to reload.
             gate.open(ctx=ctx, auto=target.auto)
+            if (d.name, key) in r.replicas:
+                self._rebalance(key, d.name)
         except BridgeError as exc:
             await r.fleet.refresh_ps(d)
             r.decisions.record("load", key, d.name, "failed", error=exc.message)
@@ -285,6 +296,17 @@ class Driver:
                 r.ops.discard((d.name, v))
             r.ops.discard((d.name, key))
             r.targets.pop((d.name, key), None)
+
+    def _rebalance(self, key: str, ready: str) -> None:
+        """A copy of ``key`` is ready on ``ready``: the longest queues of the other
+        copies are placed again (``replicas.rebalance``), so they spread over the copies."""
+        r = self._r
+        copies = r.copies(key)
+        backlogs = [Backlog(d.name, g.depth, g.slots, g.service_s) for d, g in copies]
+        gates = {d.name: g for d, g in copies}
+        for name in rebalance(backlogs, ready):
+            moved = gates[name].hand_back(Moved(f"{key} has a new copy on {ready}"))
+            r.decisions.record("replicate", key, name, "rebalanced", moved=moved, to=ready)
 
     def _failed(
         self, d: DaemonState, key: str, gate: Gate, target: Target, exc: BridgeError

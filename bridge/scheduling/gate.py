@@ -153,6 +153,17 @@ class Gate:
             if not fut.done():
                 fut.set_exception(error)
 
+    def hand_back(self, error: BridgeError) -> int:
+        """Every queued request gets ``error`` (to be placed again); the runner keeps
+        serving those in flight. Returns how many were handed back."""
+        n = 0
+        while self.queue:
+            fut = self.queue.pop().fut
+            if not fut.done():
+                fut.set_exception(error)
+                n += 1
+        return n
+
     def _dispatch(self) -> None:
         while self.ready and not self.hold and self.busy < self.slots and self.queue:
             item = self.queue.pop_first(lambda w: self.fits(w.need))

@@ -102,6 +102,8 @@ class Residency:
         #: (daemon, model) with a bridge load/unload in progress: reconcile keeps off.
         self.ops: set[tuple[str, str]] = set()
         self.targets: dict[tuple[str, str], Target] = {}
+        #: (daemon, model) copies made by replication (``Scheduler.replicate``).
+        self.replicas: set[tuple[str, str]] = set()
         #: Context an auto (no num_ctx) load got, per (daemon, model), from /api/ps.
         self.auto_ctx: dict[tuple[str, str], int] = {}
         #: Each daemon's default num_ctx as learned from /api/ps (unless configured).
@@ -121,6 +123,17 @@ class Residency:
                 gate.ctx = int(row.get("context_length") or 0)
             self.used_at.setdefault((daemon, key), time.monotonic())
         return gate
+
+    def copies(self, key: str) -> list[tuple[DaemonState, Gate]]:
+        """The daemons holding ``key``: loaded, being loaded, or with a load queued."""
+        out = []
+        for d in self.fleet.daemons.values():
+            gate = self.gates.get((d.name, key))
+            if gate is None or not self.available(d):
+                continue
+            if key in d.loaded or (d.name, key) in self.targets or gate.depth:
+                out.append((d, gate))
+        return out
 
     def available(self, d: DaemonState) -> bool:
         return d.up and self.breakers[d.name].allows_traffic(time.monotonic())

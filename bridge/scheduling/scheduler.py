@@ -26,6 +26,7 @@ from bridge.metrics import Metrics
 from bridge.policy.numctx import Need, openai_default_hint
 from bridge.policy.placement import DaemonView, Load, Reject, ReuseOracle, route
 from bridge.policy.queueing import retry_after
+from bridge.policy.replicas import Backlog, replicate
 from bridge.policy.sizing import ModelInfo
 from bridge.scheduling.decisions import DecisionLog
 from bridge.scheduling.driver import Driver
@@ -146,19 +147,79 @@ class Scheduler(Residency):
             self._metrics.rejections.labels(reason="high-water").inc()
             raise Overloaded(
                 f"{key} is overloaded on {d.name}: {gate.depth} requests queued",
-                retry_after=retry_after(
-                    gate.depth,
-                    gate.slots,
-                    load_remaining_s=self.loader.remaining_s(d.name, key),
-                    service_s=gate.service_s,
-                ),
+                retry_after=self._retry_after(key),
             )
         if isinstance(where, Load):
             choice = "reload" if where.reload else "load"
             self._metrics.num_ctx_choices.labels(choice=choice).inc()
         elif gate.ready and gate.fits(need):
             self._metrics.num_ctx_choices.labels(choice="fits-loaded").inc()
-        return Ticket(d, key, gate, not (gate.ready and gate.fits(need)), t0, need)
+        ticket = Ticket(d, key, gate, not (gate.ready and gate.fits(need)), t0, need)
+        if only is None and info is not None and self._settings.replication:
+            self._replicate(key, need, info, t0)
+        return ticket
+
+    def _retry_after(self, key: str) -> float:
+        """Retry-After at the high-water mark: every copy's queue drains at its slots
+        per service time, once its load (if any) is done; the soonest copy counts."""
+        copies = self.copies(key)
+        depth = sum(g.depth for _, g in copies)
+        slots = sum(g.slots for _, g in copies)
+        service = max((g.service_s for _, g in copies), default=1.0)
+        remaining = min((self.loader.remaining_s(d.name, key) for d, _ in copies), default=0.0)
+        return retry_after(depth, slots, load_remaining_s=remaining, service_s=service)
+
+    def _replicate(self, key: str, need: Need, info: ModelInfo, now: float) -> None:
+        """A request waits for ``key``: load a copy elsewhere when the expected wait is
+        longer than a load (``bridge.policy.replicas.replicate``)."""
+        copies = self.copies(key)
+        if not copies:
+            return
+        backlogs = [Backlog(d.name, g.depth, g.slots, g.service_s) for d, g in copies]
+        views = [self.view(d, now) for d in self.fleet.daemons.values()]
+
+        def size_of(v: DaemonView) -> int:
+            return self.target(info, self.fleet.get(v.name), [need]).size
+
+        decision = replicate(
+            views,
+            key,
+            backlogs,
+            size_of=size_of,
+            oracle=self.oracle,
+            load_s=self.loader.load_seconds(key, info.file_size),
+            max_copies=self._settings.replica_cap(key),
+        )
+        if decision is None:
+            return
+        self.replicas.add((decision.daemon, key))
+        self._metrics.replicas.labels(action="replicate").inc()
+        self.decisions.record(
+            "replicate",
+            key,
+            decision.daemon,
+            f"expected wait {decision.wait_s:.1f}s > load {decision.load_s:.1f}s",
+            wait_s=round(decision.wait_s, 3),
+            load_s=round(decision.load_s, 3),
+            copies=decision.copies,
+            queued=decision.queued,
+            evicts=list(decision.plan.victims),
+            value_lost=round(decision.plan.value_lost, 6),
+        )
+        self.loader.spawn(self._load_copy(key, need, info, decision.daemon))
+
+    async def _load_copy(self, key: str, need: Need, info: ModelInfo, daemon: str) -> None:
+        """The copy's load: a waiter at its gate (like a client's, so the driver loads
+        it in turn), given back as soon as the copy is ready."""
+        try:
+            got = self.admit(key, need, info, only=daemon)
+            lease = got if isinstance(got, Lease) else await self.wait(got, "alb-replica")
+        except BridgeError as exc:
+            self.replicas.discard((daemon, key))
+            self._metrics.replicas.labels(action="replicate-failed").inc()
+            self.decisions.record("replicate", key, daemon, "failed", error=exc.message)
+            return
+        self.release(lease, used=False)
 
     def _free_slot(
         self, key: str, need: Need, exclude: frozenset[str], only: str | None, now: float

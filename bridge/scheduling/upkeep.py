@@ -5,7 +5,8 @@ needs from the scheduler is two hooks (``UpkeepHooks``: kick a daemon's driver, 
 model), so it imports neither the scheduler nor the driver.
 
 * ``refresh_loop`` (every ``ALB_REFRESH_INTERVAL``): ``/api/ps`` and ``/api/tags`` of
-  every daemon, NVML for the local one, then ``reconcile`` and idle unloads.
+  every daemon, NVML for the local one, then ``reconcile``, idle unloads and the
+  retirement of replicas whose burst is over.
 * ``reconcile``: gates follow what the daemons really hold. A model loaded behind
   the bridge's back gets an open gate (its context from ``/api/ps``); one that
   vanished gets a closed gate and, if requests wait for it, a new load. A daemon
@@ -23,6 +24,7 @@ from typing import Any, Protocol
 
 from bridge.errors import BridgeError
 from bridge.policy.numctx import Need
+from bridge.policy.replicas import retirements
 from bridge.scheduling.fleet import DaemonState
 from bridge.scheduling.residency import Residency
 from common.tasks import BackgroundTask
@@ -64,6 +66,7 @@ class Upkeep:
                 await self._r.fleet.read_local_memory()
                 self.reconcile()
                 self.unload_idle()
+                self.retire_replicas()
             except BridgeError:  # a daemon being down is recorded on its state
                 continue
 
@@ -146,6 +149,40 @@ class Upkeep:
                 and not self._r.busy_op(name, key)
             ):
                 self._r.loader.spawn(self._hooks.unload_model(key, name, "idle"))
+
+    def retire_replicas(self) -> None:
+        """Unload copies made by replication that stay idle ``ALB_REPLICA_IDLE`` while
+        another copy of the model is loaded (``bridge.policy.replicas.retirements``)."""
+        r = self._r
+        now = time.monotonic()
+        copies: dict[str, list[tuple[str, float, bool]]] = {}
+        for d in r.fleet.daemons.values():
+            for key in d.loaded:
+                gate = r.gates.get((d.name, key))
+                busy = gate is None or gate.outstanding > 0 or r.busy_op(d.name, key)
+                idle = -1.0 if busy else now - (r.last_used(d.name, key) or now)
+                replica = (d.name, key) in r.replicas and not r.pinned(d.name, key)
+                copies.setdefault(key, []).append((d.name, idle, replica))
+        # Forget copies that are gone (evicted, unloaded), not those still being loaded.
+        r.replicas = {
+            (name, key)
+            for name, key in r.replicas
+            if key in r.fleet.get(name).loaded
+            or (name, key) in r.targets
+            or ((g := r.gates.get((name, key))) is not None and g.depth > 0)
+        }
+        for retire in retirements(copies, idle_s=r.settings.replica_idle):
+            r.replicas.discard((retire.daemon, retire.key))
+            r.metrics.replicas.labels(action="retire").inc()
+            r.decisions.record(
+                "retire-replica",
+                retire.key,
+                retire.daemon,
+                f"idle {retire.idle_s:.0f}s, {retire.copies - 1} other copies loaded",
+                idle_s=round(retire.idle_s, 3),
+                copies=retire.copies,
+            )
+            r.loader.spawn(self._hooks.unload_model(retire.key, retire.daemon, "retire-replica"))
 
     async def health_loop(self) -> None:
         while True:
