@@ -182,9 +182,9 @@ class Settings(BaseSettings):
     #: Load a copy of a hot model on another daemon when its expected queue wait is
     #: longer than a load (``bridge.policy.replicas``); requests spread over the copies.
     replication: bool = True
-    #: Copies of one model at most, and per model ``model=N,model2=M`` (names as clients
-    #: send them) where they differ.
-    replica_max: int = Field(4, ge=1, le=64)
+    #: Copies of one model at most (0: as many as there are daemons, the value rules
+    #: alone decide), and per model ``model=N,model2=M`` (names as clients send them).
+    replica_max: int = Field(0, ge=0, le=1024)
     replica_caps: str = ""
     #: A copy made by replication that stays idle this long while another copy of the
     #: model is loaded is unloaded (seconds).
@@ -373,7 +373,8 @@ class Settings(BaseSettings):
         return tuple(out)
 
     def replica_cap(self, key: str) -> int:
-        """Copies of model ``key`` allowed at most (``replica_caps``, else ``replica_max``)."""
+        """Copies of model ``key`` allowed at most (``replica_caps``, else ``replica_max``;
+        0: no cap but the number of daemons)."""
         return _parse_caps(self.replica_caps).get(key, self.replica_max)
 
     def bucket_list(self) -> tuple[int, ...]:

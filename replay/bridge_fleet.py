@@ -423,7 +423,9 @@ class BridgeFleet:
                 return plan_room(self.view(d), key, size, self._value_fn(d))
 
             for op in plan_load(want, cooldown=None, info=info, target=target, room=room):
-                if isinstance(op, Refuse):
+                if isinstance(op, Refuse) and (d.cfg.name, key) in self.replicas:
+                    self._abandon_copy(d, key)
+                elif isinstance(op, Refuse):
                     self._refuse(d, op)
                 elif isinstance(op, Execute):
                     self._execute(d, op)
@@ -603,7 +605,7 @@ class BridgeFleet:
             size_of=lambda v: self.target(info, self.daemons[v.name], [need]).size,
             oracle=self.oracle,
             load_s=self.load_seconds(key, info.file_size),
-            max_copies=sim.knobs.replica_max,
+            max_copies=sim.knobs.replica_max or len(self.daemons),
         )
         if decision is None:
             return
@@ -612,6 +614,22 @@ class BridgeFleet:
         self.record("replicate", key, decision.daemon, "replicate")
         d.gates.setdefault(key, deque()).append(ReplicaJob(key, need, sim.now))
         self._drive(d)
+
+    def _abandon_copy(self, d: _Daemon, key: str) -> None:
+        """``Driver._abandon_copy``: the copy cannot be loaded; its waiters go elsewhere."""
+        self.replicas.discard((d.cfg.name, key))
+        self.record("replicate", key, d.cfg.name, "abandoned")
+        q = d.gates[key]
+        r = d.runners.get(key)
+        moved = [
+            w for w in q if isinstance(w, Job) and (r is None or not w.need.fits(r.ctx, r.auto))
+        ]
+        for w in [w for w in q if not isinstance(w, Job)] + moved:
+            q.remove(w)
+        d.hold.discard(key)
+        self._dispatch(d, key)
+        for job in moved:
+            self.submit(job)
 
     def _rebalance(self, key: str, ready: str) -> None:
         """A copy is ready: the waiters of the copies whose queue is longer than their

@@ -84,8 +84,8 @@ class BridgeKnobs:
     prefetch_rate: float = 0.5
     prefetch_burst: int = 3
     prefetch_budget: float = 0.5
-    #: ``ALB_REPLICA_MAX`` and ``ALB_REPLICA_IDLE``.
-    replica_max: int = 4
+    #: ``ALB_REPLICA_MAX`` (0: as many as there are daemons) and ``ALB_REPLICA_IDLE``.
+    replica_max: int = 0
     replica_idle_s: float = 60.0
 
 

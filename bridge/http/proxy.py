@@ -52,7 +52,7 @@ _SSE_TYPE = b"text/event-stream"
 #: Placements one request may go through (failovers and re-placements included).
 _MAX_PLACEMENTS = 6
 #: Times a queued request may be moved to a new copy of its model without it counting
-#: as a placement (one per copy; ``ALB_REPLICA_MAX`` is 4 by default).
+#: as a placement (at most one per new copy).
 _MAX_MOVES = 16
 
 

@@ -133,6 +133,8 @@ class Driver:
                     self._cooling(d, key, gate, op.left_s, op.error, op.reload)
                 elif isinstance(op, step.Undescribed):
                     gate.fail(LoadFailed(f"no daemon can describe {key} (/api/show failed)"))
+                elif isinstance(op, step.Refuse) and (d.name, key) in r.replicas:
+                    self._abandon_copy(d, key, gate, op.target)
                 elif isinstance(op, step.Refuse):
                     self._refuse(d, key, gate, op.target, op.which)
                 elif isinstance(op, step.Execute):
@@ -180,7 +182,9 @@ class Driver:
         if target.reason == "openai-surface-needs-default-context":
             why += f". {openai_default_hint(r.daemon_default(d))}"
         r.decisions.record("reject", key, d.name, why, size=target.size, num_ctx=target.ctx)
-        err = BadRequest(why)
+        # Never here, but maybe elsewhere (the room changed since they were placed: a pin
+        # arrived, a copy grew): placed again; where it fits nowhere, admission says 400.
+        err: BridgeError = Replaced(why, retry_after=1) if r.elsewhere(d, key) else BadRequest(why)
         if which == "all":
             gate.fail(err)
             return
@@ -296,6 +300,21 @@ class Driver:
                 r.ops.discard((d.name, v))
             r.ops.discard((d.name, key))
             r.targets.pop((d.name, key), None)
+
+    def _abandon_copy(self, d: DaemonState, key: str, gate: Gate, target: Target) -> None:
+        """A copy that cannot be loaded after all (the requests routed to it need more
+        than fits there): no client is refused for it; its waiters are placed again."""
+        r = self._r
+        r.replicas.discard((d.name, key))
+        r.metrics.replicas.labels(action="replicate-failed").inc()
+        r.decisions.record(
+            "replicate", key, d.name, "abandoned", size=target.size, num_ctx=target.ctx
+        )
+        if gate.ready:
+            gate.hand_back(Replaced(f"the copy of {key} on {d.name} cannot grow", retry_after=1))
+            gate.open()
+        else:
+            gate.fail(Replaced(f"the copy of {key} on {d.name} cannot be loaded", retry_after=1))
 
     def _rebalance(self, key: str, ready: str) -> None:
         """A copy of ``key`` is ready on ``ready``: the longest queues of the other

@@ -188,7 +188,7 @@ class Scheduler(Residency):
             size_of=size_of,
             oracle=self.oracle,
             load_s=self.loader.load_seconds(key, info.file_size),
-            max_copies=self._settings.replica_cap(key),
+            max_copies=self._settings.replica_cap(key) or len(self.fleet.daemons),
         )
         if decision is None:
             return
