@@ -56,7 +56,7 @@ from bridge.policy.placement import (
     plan_room,
     route,
 )
-from bridge.policy.prefetch import ACCEPTED, TokenBucket, judge
+from bridge.policy.prefetch import ACCEPTED, PrefetchOracle, TokenBucket, judge
 from bridge.policy.queueing import retry_after
 from bridge.policy.replicas import Backlog, rebalance, replicate, retirements
 from bridge.policy.reuse import PredictedReuse
@@ -135,19 +135,16 @@ class _TimeRecency:
         return self._inner.reuse(daemon, runner)
 
 
-class _PrefetchAware:
-    """``bridge.events.prefetch_consumer.PrefetchOracle``: an unused prefetched runner is
-    worth at most its confidence, so real traffic that needs the room evicts it first."""
+class _Confidences:
+    """``bridge.events.prefetch_consumer.PrefetchBook`` over the simulated runners: the
+    confidence of an unused prefetched runner."""
 
-    def __init__(self, inner: ReuseOracle, fleet: BridgeFleet) -> None:
-        self._inner = inner
+    def __init__(self, fleet: BridgeFleet) -> None:
         self._fleet = fleet
 
-    def reuse(self, daemon: str, runner: RunnerView) -> float:
-        base = self._inner.reuse(daemon, runner)
-        r = self._fleet.daemons[daemon].runners.get(runner.key)
-        conf = None if r is None else r.prefetch_conf
-        return base if conf is None else min(base, conf)
+    def confidence(self, daemon: str, key: str) -> float | None:
+        r = self._fleet.daemons[daemon].runners.get(key)
+        return None if r is None else r.prefetch_conf
 
 
 class BridgeFleet:
@@ -190,7 +187,7 @@ class BridgeFleet:
             if sim.policy.oracle == "predictor"
             else _TimeRecency()
         )
-        self.oracle: ReuseOracle = _PrefetchAware(base, self)
+        self.oracle: ReuseOracle = PrefetchOracle(base, _Confidences(self))
         self.bucket = TokenBucket(k.prefetch_rate, k.prefetch_burst, clock=lambda: sim.now)
         self._needs: dict[tuple[int, int | None, bool, int], Need] = {}
 
@@ -613,6 +610,7 @@ class BridgeFleet:
         self.replicas.add((decision.daemon, key))
         self.record("replicate", key, decision.daemon, "replicate")
         d.gates.setdefault(key, deque()).append(ReplicaJob(key, need, sim.now))
+        self._cancel_prefetches(d, key)  # a copy is demand: prefetches give way
         self._drive(d)
 
     def _abandon_copy(self, d: _Daemon, key: str) -> None:

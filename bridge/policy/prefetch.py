@@ -3,10 +3,13 @@ is worth to eviction.
 
 ``judge`` runs a prefetch's acceptance checks on ``placement.route``'s answer (the
 room, what it would evict against the prefetch's value, the share of memory unused
-prefetched runners may hold); ``TokenBucket`` paces them; ``PrefetchOracle`` values an
-unused prefetched runner at most at its confidence, so real traffic that needs the room
-evicts it first (ModelMesh's rule). The live consumer (``bridge.events.prefetch_consumer``)
-and the replay (``replay.bridge_fleet``) both call these.
+prefetched runners may hold); ``TokenBucket`` paces them; ``PrefetchOracle`` ranks an
+unused prefetched runner as the least recently used, so any load that needs the room
+evicts it first (ModelMesh's rule). A prefetch also never takes what a client waits for:
+the driver serves gates where a client (or a replica) waits first
+(``step.drive_order``), and a prefetch not yet started gives way when one does. The
+live consumer (``bridge.events.prefetch_consumer``) and the replay
+(``replay.bridge_fleet``) both call these.
 """
 
 from __future__ import annotations
@@ -35,15 +38,17 @@ class Confidences(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class PrefetchOracle:
-    """Reuse for eviction: a prefetched runner no request used yet is worth its confidence."""
+    """Reuse for eviction: a prefetched runner no request used yet counts as the least
+    recently used of all (ModelMesh's rule: a guess never outranks what traffic used),
+    so any load that needs the room evicts it first; once used, it is like any other."""
 
     inner: ReuseOracle
     book: Confidences
 
     def reuse(self, daemon: str, runner: RunnerView) -> float:
-        base = self.inner.reuse(daemon, runner)
-        confidence = self.book.confidence(daemon, runner.key)
-        return base if confidence is None else min(base, confidence)
+        if self.book.confidence(daemon, runner.key) is not None:
+            return 0.0
+        return self.inner.reuse(daemon, runner)
 
 
 class TokenBucket:
