@@ -23,7 +23,7 @@ from bridge.events.predictor import (
 )
 from bridge.policy.placement import RecencyOracle, RunnerView
 from bridge.policy.prefetch import PrefetchOracle
-from bridge.policy.reuse import RECENCY_WEIGHT, PredictedReuse
+from bridge.policy.reuse import PredictedReuse
 from bridge.settings import SettingsError, load_settings
 from ollamasim.testing import RunningDaemon, RunningFleet, serve_in_thread
 from predictor.core.config import PredictorConfig
@@ -60,16 +60,23 @@ class _Fixed:
         return self.p.get(model)
 
 
-def test_predicted_reuse_ranks_by_prediction_then_recency() -> None:
-    oracle = PredictedReuse(_Fixed({"hot:latest": 0.6, "cold:latest": 0.1, "x:latest": 0.0}))
-    hot_but_idle = oracle.reuse("a", _runner("hot:latest", idle_s=3000))
-    cold_but_recent = oracle.reuse("a", _runner("cold:latest", idle_s=0))
-    assert hot_but_idle > cold_but_recent
-    # Equal predictions: recency decides, scaled down to a tie-break.
-    oracle = PredictedReuse(_Fixed({"x:latest": 0.2, "y:latest": 0.2}))
-    recent = oracle.reuse("a", _runner("x:latest", idle_s=1))
-    stale = oracle.reuse("a", _runner("y:latest", idle_s=900))
-    assert 0.2 + RECENCY_WEIGHT >= recent > stale > 0.2
+def test_predicted_reuse_scales_recency_by_the_prediction() -> None:
+    oracle = PredictedReuse(_Fixed({"hot:latest": 0.6, "cold:latest": 0.1, "x:latest": 1.0}))
+    # Equally recent: the prediction orders them.
+    hot = oracle.reuse("a", _runner("hot:latest", idle_s=60))
+    cold = oracle.reuse("a", _runner("cold:latest", idle_s=60))
+    assert hot > cold
+    # Equal predictions: recency orders them.
+    recent = oracle.reuse("a", _runner("hot:latest", idle_s=1))
+    stale = oracle.reuse("a", _runner("hot:latest", idle_s=900))
+    assert recent > stale
+    # The prediction scales recency between 0.5x and 1.5x: a sure reuse idle for long
+    # still loses to an unlikely one just used.
+    base = RecencyOracle().reuse("a", _runner("x:latest", idle_s=60))
+    assert oracle.reuse("a", _runner("x:latest", idle_s=60)) == pytest.approx(1.5 * base)
+    assert oracle.reuse("a", _runner("x:latest", idle_s=3000)) < oracle.reuse(
+        "a", _runner("cold:latest", idle_s=0)
+    )
     # No evidence yet: recency alone (the bridge's default oracle).
     unknown = _runner("new:latest", idle_s=10)
     assert oracle.reuse("a", unknown) == RecencyOracle().reuse("a", unknown)

@@ -81,9 +81,9 @@ def test_the_eviction_value_reads_the_hint_and_recency_without_one() -> None:
             reload_s=1.0,
         )
 
-    likely = oracle.reuse("d", view("likely:latest", 600))
-    unlikely = oracle.reuse("d", view("unlikely:latest", 0))
-    assert likely > unlikely  # the prediction, not recency, orders them
+    likely = oracle.reuse("d", view("likely:latest", 60))
+    unlikely = oracle.reuse("d", view("unlikely:latest", 60))
+    assert likely > unlikely  # equally recent: the hint orders them
     fresh = oracle.reuse("d", view("unknown:latest", 0))
     stale = oracle.reuse("d", view("unknown:latest", 600))
     assert fresh > stale  # without evidence, recency alone
