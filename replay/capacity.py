@@ -40,6 +40,7 @@ __all__ = [
     "LEVELS",
     "CapacityRun",
     "Summary",
+    "frontier",
     "pareto_grid",
     "run_capacity",
     "smallest_fleet",
@@ -320,17 +321,47 @@ def _plot_sweep(summaries: Sequence[Summary], out: Path, slo_s: float) -> Path:
     return path
 
 
+def frontier(points: Sequence[tuple[str, ReplayReport]]) -> list[tuple[str, ReplayReport]]:
+    """The points no other point beats on both cold starts and idle memory (identical
+    points once, the first name kept), by cold-start rate."""
+    seen: dict[tuple[float, float], tuple[str, ReplayReport]] = {}
+    for name, rep in points:
+        seen.setdefault((rep.cold_start_rate, rep.idle_gb_h), (name, rep))
+    keep = [
+        (name, rep)
+        for (cold, idle), (name, rep) in seen.items()
+        if not any(c <= cold and i <= idle and (c, i) != (cold, idle) for c, i in seen)
+    ]
+    return sorted(keep, key=lambda p: p[1].cold_start_rate)
+
+
 def _plot_pareto(points: Sequence[tuple[str, ReplayReport]], out: Path, note: str) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, rep in points:
-        marker = "*" if "reclaim" not in name else "o"
-        ax.scatter(100 * rep.cold_start_rate, rep.idle_gb_h, marker=marker, s=60)
-        ax.annotate(name.split(" ", 1)[-1], (100 * rep.cold_start_rate, rep.idle_gb_h), fontsize=6)
+    ax.scatter(
+        [100 * r.cold_start_rate for _, r in points],
+        [r.idle_gb_h for _, r in points],
+        color="0.6",
+        s=25,
+        label="reclaim grid (keep-alive cap x unload_below)",
+    )
+    best = frontier(points)
+    ax.plot(
+        [100 * r.cold_start_rate for _, r in best],
+        [r.idle_gb_h for _, r in best],
+        marker="o",
+        color="C0",
+        label="Pareto frontier",
+    )
+    for name, rep in best:
+        label = name.split(" ", 1)[-1] if " " in name else name
+        ax.annotate(label, (100 * rep.cold_start_rate, rep.idle_gb_h), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
     ax.set_xlabel("cold starts (% of requests)")
     ax.set_ylabel("idle memory (GB·h)")
     ax.set_title(note, fontsize=8)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / "pareto.png"
     fig.savefig(path, dpi=120)
