@@ -225,7 +225,8 @@ def test_embed_model_load_and_embed(fresh: Target) -> None:
         assert body["embeddings"] == [], "EmbedResponse.Embeddings has no omitempty"
         assert ps_entry(t, t.embed_model) is not None
 
-    res = ollama.Client(host=t.base_url).embed(model=t.embed_model, input=["hello", "world"])
+    with ollama.Client(host=t.base_url) as c:
+        res = c.embed(model=t.embed_model, input=["hello", "world"])
     assert len(res.embeddings) == 2
     for vec in res.embeddings:
         assert len(vec) > 0

@@ -115,14 +115,15 @@ def test_num_predict_gives_length(target: Target) -> None:
 
 def test_chat_stream_via_official_client(target: Target) -> None:
     """The official ollama client streams /api/chat and sees done + timings."""
-    chunks = list(
-        ollama.Client(host=target.base_url).chat(
-            model=target.model,
-            messages=[{"role": "user", "content": "Say hi."}],
-            stream=True,
-            options=OPTS,
+    with ollama.Client(host=target.base_url) as c:
+        chunks = list(
+            c.chat(
+                model=target.model,
+                messages=[{"role": "user", "content": "Say hi."}],
+                stream=True,
+                options=OPTS,
+            )
         )
-    )
     assert chunks[-1].done is True
     assert chunks[-1].done_reason in {"stop", "length"}
     assert (chunks[-1].eval_count or 0) > 0
@@ -202,15 +203,15 @@ def test_v1_sse_include_usage(target: Target) -> None:
 
 def test_v1_stream_via_openai_client(target: Target) -> None:
     """The official openai client consumes the SSE stream to the end."""
-    client = openai.OpenAI(base_url=f"{target.base_url}/v1", api_key="ollama")
-    stream = client.chat.completions.create(
-        model=target.model,
-        messages=[{"role": "user", "content": "Say hi."}],
-        stream=True,
-        max_tokens=8,
-        temperature=0,
-    )
-    chunks = list(stream)
+    with openai.OpenAI(base_url=f"{target.base_url}/v1", api_key="ollama") as client:
+        stream = client.chat.completions.create(
+            model=target.model,
+            messages=[{"role": "user", "content": "Say hi."}],
+            stream=True,
+            max_tokens=8,
+            temperature=0,
+        )
+        chunks = list(stream)
     assert chunks
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text

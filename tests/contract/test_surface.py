@@ -73,7 +73,8 @@ def test_tags_fields_and_names(target: Target) -> None:
 
 def test_tags_via_official_client(target: Target) -> None:
     """The official ``ollama`` Python client parses /api/tags."""
-    listed = ollama.Client(host=target.base_url).list()
+    with ollama.Client(host=target.base_url) as c:
+        listed = c.list()
     names = {norm(m.model or "") for m in listed.models}
     assert norm(target.model) in names
 

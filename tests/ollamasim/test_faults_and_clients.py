@@ -155,41 +155,45 @@ def test_crash_drops_waiting_connections(fleet: RunningFleet) -> None:
 
 def test_official_ollama_client(fleet: RunningFleet) -> None:
     d = fleet.daemon("a")
-    c = ollama.Client(host=d.base_url)
-    names = [m.model for m in c.list().models]
-    assert names == ["chatty:latest", "vec:latest"]
-    loaded = c.generate(model="chatty", prompt="")
-    assert loaded.done_reason == "load"
-    parts = list(c.chat(model="chatty", messages=[{"role": "user", "content": "hi"}], stream=True))
-    assert parts[-1].done
-    assert parts[-1].eval_count == 8
-    assert "".join(p.message.content or "" for p in parts)
-    emb = c.embed(model="vec", input=["a", "b"])
-    assert len(emb.embeddings) == 2
-    assert len(emb.embeddings[0]) == 8
-    assert {m.model for m in c.ps().models} == {"chatty:latest", "vec:latest"}
-    with pytest.raises(ollama.ResponseError) as exc:
-        c.chat(model="missing", messages=[{"role": "user", "content": "x"}])
-    assert exc.value.status_code == 404
+    with ollama.Client(host=d.base_url) as c:
+        names = [m.model for m in c.list().models]
+        assert names == ["chatty:latest", "vec:latest"]
+        loaded = c.generate(model="chatty", prompt="")
+        assert loaded.done_reason == "load"
+        parts = list(
+            c.chat(model="chatty", messages=[{"role": "user", "content": "hi"}], stream=True)
+        )
+        assert parts[-1].done
+        assert parts[-1].eval_count == 8
+        assert "".join(p.message.content or "" for p in parts)
+        emb = c.embed(model="vec", input=["a", "b"])
+        assert len(emb.embeddings) == 2
+        assert len(emb.embeddings[0]) == 8
+        assert {m.model for m in c.ps().models} == {"chatty:latest", "vec:latest"}
+        with pytest.raises(ollama.ResponseError) as exc:
+            c.chat(model="missing", messages=[{"role": "user", "content": "x"}])
+        assert exc.value.status_code == 404
 
 
 def test_official_openai_client(fleet: RunningFleet) -> None:
     d = fleet.daemon("a")
-    c = openai.OpenAI(base_url=d.base_url + "/v1", api_key="ollama")
-    out = c.chat.completions.create(model="chatty", messages=[{"role": "user", "content": "hi"}])
-    assert out.choices[0].finish_reason == "stop"
-    assert out.usage is not None
-    chunks = list(
-        c.chat.completions.create(
-            model="chatty", messages=[{"role": "user", "content": "hi"}], stream=True
+    with openai.OpenAI(base_url=d.base_url + "/v1", api_key="ollama") as c:
+        out = c.chat.completions.create(
+            model="chatty", messages=[{"role": "user", "content": "hi"}]
         )
-    )
-    assert chunks[-1].choices[0].finish_reason == "stop"
-    emb = c.embeddings.create(model="vec", input="hello")
-    assert len(emb.data[0].embedding) == 8
-    assert [m.id for m in c.models.list().data] == ["chatty:latest", "vec:latest"]
-    with pytest.raises(openai.NotFoundError):
-        c.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+        assert out.choices[0].finish_reason == "stop"
+        assert out.usage is not None
+        chunks = list(
+            c.chat.completions.create(
+                model="chatty", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+        )
+        assert chunks[-1].choices[0].finish_reason == "stop"
+        emb = c.embeddings.create(model="vec", input="hello")
+        assert len(emb.data[0].embedding) == 8
+        assert [m.id for m in c.models.list().data] == ["chatty:latest", "vec:latest"]
+        with pytest.raises(openai.NotFoundError):
+            c.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
 
 
 def test_alb_sim_cli_serves_example_fleet(tmp_path: Path) -> None:
@@ -201,34 +205,39 @@ def test_alb_sim_cli_serves_example_fleet(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg))
     alb = Path(sys.executable).parent / "alb"
     cmd = [str(alb)] if alb.exists() else [sys.executable, "-m", "alb.cli"]
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [*cmd, "sim", "--config", str(path)],
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert proc.stdout is not None
-        urls = {}
-        deadline = time.monotonic() + 20
-        while len(urls) < 2 and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            m = re.match(r"daemon (\S+) listening on (http://\S+)", line)
-            if m:
-                urls[m.group(1)] = m.group(2)
-        assert set(urls) == {"gpu0", "gpu1"}
-        c = ollama.Client(host=urls["gpu1"])
-        assert [m.model for m in c.list().models] == ["llama3.2:3b", "nomic-embed-text:latest"]
-        assert c.generate(model="llama3.2:3b", prompt="").done_reason == "load"
-        text = "".join(
-            p.message.content or ""
-            for p in c.chat(
-                model="llama3.2:3b", messages=[{"role": "user", "content": "hi"}], stream=True
-            )
-        )
-        assert text
-        assert len(c.embed(model="nomic-embed-text", input="x").embeddings[0]) == 768
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            urls = {}
+            deadline = time.monotonic() + 20
+            while len(urls) < 2 and time.monotonic() < deadline:
+                line = proc.stdout.readline()
+                m = re.match(r"daemon (\S+) listening on (http://\S+)", line)
+                if m:
+                    urls[m.group(1)] = m.group(2)
+            assert set(urls) == {"gpu0", "gpu1"}
+            with ollama.Client(host=urls["gpu1"]) as c:
+                assert [m.model for m in c.list().models] == [
+                    "llama3.2:3b",
+                    "nomic-embed-text:latest",
+                ]
+                assert c.generate(model="llama3.2:3b", prompt="").done_reason == "load"
+                text = "".join(
+                    p.message.content or ""
+                    for p in c.chat(
+                        model="llama3.2:3b",
+                        messages=[{"role": "user", "content": "hi"}],
+                        stream=True,
+                    )
+                )
+                assert text
+                assert len(c.embed(model="nomic-embed-text", input="x").embeddings[0]) == 768
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0

@@ -12,6 +12,7 @@ Where the broker comes from, first match wins:
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Iterator
 
@@ -27,8 +28,25 @@ from tests.services._report import note
 _IMAGE = os.environ.get("ALB_KAFKA_IMAGE", "confluentinc/cp-kafka:8.0.0")
 
 
+def _unix_socket_answers(host: str) -> bool:
+    """For a ``unix://`` Docker host (the default), whether its socket takes a connection.
+    Asked before the SDK is: docker 7's ``UnixHTTPConnection.connect`` leaves its socket
+    open when the connect fails (a ResourceWarning at garbage collection)."""
+    if not host.startswith("unix://"):
+        return True  # tcp/ssh: the SDK's own connects close what fails
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(2)
+            sock.connect(host.removeprefix("unix://"))
+    except OSError:
+        return False
+    return True
+
+
 def _docker_answers() -> bool:
     """A quick ping of the Docker engine; False on any trouble (no daemon, no SDK, ...)."""
+    if not _unix_socket_answers(os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")):
+        return False
     try:
         import docker  # type: ignore[import-untyped]  # noqa: PLC0415
 

@@ -20,6 +20,7 @@ import pytest
 from bridge.http.limits import BIG_BODY, BodyBudget, Reclaimer, body_too_slow
 from ollamasim.testing import RunningFleet
 from tests.bridge._edge_support import (
+    Answer,
     closed_within,
     exchange,
     port_of,
@@ -329,6 +330,19 @@ def test_reclaimer_coalesces_and_hurries_when_much_is_waiting() -> None:
     asyncio.run(main())
 
 
+async def _answered_before_its_body(
+    port: int,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Answer]:
+    """A connection whose first request (a refused store change, 403) was answered
+    before its 10-byte body was sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = f"POST /api/copy HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 10\r\n\r\n"
+    writer.write(head.encode())
+    first = await read_answer(reader)
+    assert first.status == 403
+    return reader, writer, first
+
+
 async def test_an_early_answer_to_a_small_body_keeps_the_connection(
     tight: RunningBridge,
 ) -> None:
@@ -336,12 +350,8 @@ async def test_an_early_answer_to_a_small_body_keeps_the_connection(
     refused store change), the body arriving after the head. The connection stays usable:
     the client was told nothing else, and its next request on it is answered."""
     port = port_of(tight)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer, first = await _answered_before_its_body(port)
     try:
-        head = f"POST /api/copy HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 10\r\n\r\n"
-        writer.write(head.encode())
-        first = await read_answer(reader)
-        assert first.status == 403
         assert first.header("connection") != "close"
         writer.write(b'{"a": 12}\n')
         writer.write(f"GET /api/version HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
@@ -365,6 +375,27 @@ async def test_a_head_the_parser_refuses_is_a_400_in_the_routes_shape(
     else:
         assert isinstance(body["error"], str)
     assert "invalid HTTP request" in str(body)
+
+
+async def test_a_refused_head_after_an_undrained_body_is_in_the_routes_shape(
+    tight: RunningBridge,
+) -> None:
+    """Found by the fuzzer: a route answers without reading a small body; the rest of that
+    body and the next head (a method the parser refuses) arrive in one read, the request
+    line after body bytes on one line. The 400 still takes the shape of its own path."""
+    port = port_of(tight)
+    reader, writer, _ = await _answered_before_its_body(port)
+    try:
+        brew = f"BREW /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+        writer.write(b'{"a": 1 }}' + brew.encode())
+        second = await read_answer(reader)
+        assert second.status == 400
+        body = second.json()
+        assert isinstance(body, dict)
+        assert set(body["error"]) == {"message", "type", "param", "code"}, body
+    finally:
+        writer.close()
+        await writer.wait_closed()
 
 
 def _samples(text: str, name: str) -> dict[str, float]:

@@ -92,25 +92,27 @@ async def _v1(c: openai.AsyncOpenAI, i: int) -> None:
 async def test_alternating_v1_and_large_native_requests_load_once(
     ctx_fleet: RunningFleet,
 ) -> None:
-    async with running_bridge(settings_for(ctx_fleet)) as b:
-        oai = openai.AsyncOpenAI(base_url=b.base_url + "/v1", api_key="unused", max_retries=0)
-        async with httpx.AsyncClient(base_url=b.base_url, timeout=30) as c:
-            for i in range(N):
-                if i % 2 == 0:  # the native request first: it sets the runner's context
-                    r = await c.post(
-                        "/api/chat",
-                        json={
-                            "model": "ctxm",
-                            "messages": [{"role": "user", "content": LARGE}],
-                            "stream": False,
-                        },
-                    )
-                    assert r.status_code == 200, r.text
-                    assert r.json()["done"] is True
-                else:
-                    await _v1(oai, i // 2)
-            metrics = (await c.get("/metrics")).text
-            ps = (await c.get("/api/ps")).json()
+    async with (
+        running_bridge(settings_for(ctx_fleet)) as b,
+        openai.AsyncOpenAI(base_url=b.base_url + "/v1", api_key="unused", max_retries=0) as oai,
+        httpx.AsyncClient(base_url=b.base_url, timeout=30) as c,
+    ):
+        for i in range(N):
+            if i % 2 == 0:  # the native request first: it sets the runner's context
+                r = await c.post(
+                    "/api/chat",
+                    json={
+                        "model": "ctxm",
+                        "messages": [{"role": "user", "content": LARGE}],
+                        "stream": False,
+                    },
+                )
+                assert r.status_code == 200, r.text
+                assert r.json()["done"] is True
+            else:
+                await _v1(oai, i // 2)
+        metrics = (await c.get("/metrics")).text
+        ps = (await c.get("/api/ps")).json()
     assert len(_events(ctx_fleet, "load-start")) == 1
     assert not _events(ctx_fleet, "unload")
     assert ps["models"][0]["context_length"] == 8192
@@ -124,8 +126,10 @@ async def test_alternating_v1_and_large_native_requests_load_once(
 
 
 async def test_without_a_bigger_runner_v1_passes_through(ctx_fleet: RunningFleet) -> None:
-    async with running_bridge(settings_for(ctx_fleet)) as b:
-        oai = openai.AsyncOpenAI(base_url=b.base_url + "/v1", api_key="unused", max_retries=0)
+    async with (
+        running_bridge(settings_for(ctx_fleet)) as b,
+        openai.AsyncOpenAI(base_url=b.base_url + "/v1", api_key="unused", max_retries=0) as oai,
+    ):
         for i in range(4):
             await _v1(oai, i)
     endpoints = [e.detail.get("endpoint") for e in _events(ctx_fleet, "request-start")]

@@ -49,13 +49,15 @@ class Proc:
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
 
     def _pump(self) -> None:
         assert self.p.stdout is not None
-        for line in self.p.stdout:
-            self.output.append(line)
-            self.lines.put(line)
+        with self.p.stdout:  # the pipe is closed at EOF: the process has ended
+            for line in self.p.stdout:
+                self.output.append(line)
+                self.lines.put(line)
 
     def wait_line(self, prefix: str, timeout: float = 20) -> str:
         deadline = time.monotonic() + timeout
@@ -71,9 +73,11 @@ class Proc:
         raise AssertionError(f"no line starting {prefix!r}; output:\n{''.join(self.output)}")
 
     def stop(self) -> None:
+        """Kill the process if it still runs, and wait for the pump to close its pipe."""
         if self.p.poll() is None:
             self.p.kill()
-            self.p.wait(5)
+        self.p.wait(5)
+        self._pump_thread.join(5)
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -103,9 +107,8 @@ def served(slow_fleet: RunningFleet) -> Iterator[tuple[Proc, str]]:
 
 def test_serve_answers_the_official_client(served: tuple[Proc, str]) -> None:
     proc, url = served
-    reply = ollama.Client(host=url).chat(
-        model="chatty", messages=[{"role": "user", "content": "x"}]
-    )
+    with ollama.Client(host=url) as c:
+        reply = c.chat(model="chatty", messages=[{"role": "user", "content": "x"}])
     assert reply.done
     assert "daemon a: http://127.0.0.1:" in "".join(proc.output)
 
@@ -136,7 +139,8 @@ def test_make_run_falls_back_to_a_simulated_fleet_and_says_so() -> None:
         banner = "".join(proc.output)
         assert "SIMULATED FLEET" in banner
         assert "examples/fleet.yaml" in banner
-        models = ollama.Client(host=f"http://127.0.0.1:{port}").list()
+        with ollama.Client(host=f"http://127.0.0.1:{port}") as c:
+            models = c.list()
         assert "llama3.2:3b" in {m.model for m in models.models}
         proc.p.send_signal(signal.SIGTERM)
         assert proc.p.wait(15) == 0
