@@ -211,6 +211,10 @@ class BridgeFleet:
         """``Scheduler.view`` over the simulated daemon."""
         now = self.sim.now
         runners: dict[str, RunnerView] = {}
+        held: dict[str, int] = {}
+        for o in self.daemons.values():
+            for k in o.runners:
+                held[k] = held.get(k, 0) + 1
         for key, r in d.runners.items():
             queued = bool(d.gates.get(key))
             runners[key] = RunnerView(
@@ -223,6 +227,7 @@ class BridgeFleet:
                 idle_s=now - self.last_used.get((d.cfg.name, key), now),
                 reload_s=self.load_seconds(key, r.size),
                 loading=not r.ready,
+                copies=held.get(key, 1),
             )
         pending = frozenset(
             k

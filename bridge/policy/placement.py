@@ -69,6 +69,8 @@ class RunnerView:
     reload_s: float
     #: A load or unload of it is in progress: not a candidate for anything.
     loading: bool = False
+    #: Daemons holding this model (this one included): a copy's reuse is shared.
+    copies: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +127,9 @@ class RecencyOracle:
 
 
 def eviction_value(oracle: ReuseOracle, daemon: str, runner: RunnerView) -> float:
-    return oracle.reuse(daemon, runner) * max(runner.reload_s, 0.001)
+    """Predicted reuse x reload seconds, shared among the model's copies: of n copies,
+    evicting one loses about 1/n of what evicting the only one would."""
+    return oracle.reuse(daemon, runner) * max(runner.reload_s, 0.001) / max(runner.copies, 1)
 
 
 class _Never:

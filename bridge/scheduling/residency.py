@@ -135,6 +135,14 @@ class Residency:
                 out.append((d, gate))
         return out
 
+    def _holders(self) -> dict[str, int]:
+        """Daemons holding each model (loaded), for the copies a runner has."""
+        out: dict[str, int] = {}
+        for d in self.fleet.daemons.values():
+            for key in d.loaded:
+                out[key] = out.get(key, 0) + 1
+        return out
+
     def available(self, d: DaemonState) -> bool:
         return d.up and self.breakers[d.name].allows_traffic(time.monotonic())
 
@@ -185,6 +193,7 @@ class Residency:
     def view(self, d: DaemonState, now: float | None = None) -> DaemonView:
         now = time.monotonic() if now is None else now
         runners: dict[str, RunnerView] = {}
+        held = self._holders()
         for key, row in d.loaded.items():
             gate = self.gates.get((d.name, key))
             size = int(row.get("size") or 0)
@@ -200,6 +209,7 @@ class Residency:
                 idle_s=now - self.used_at.get((d.name, key), now),
                 reload_s=self.loader.load_seconds(key, size),
                 loading=(d.name, key) in self.ops,
+                copies=held.get(key, 1),
             )
         for (name, key), t in self.targets.items():
             if name == d.name and key not in runners:

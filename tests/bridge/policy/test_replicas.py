@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from bridge.policy.placement import DaemonView, RecencyOracle, RunnerView
+from bridge.policy.placement import (
+    DaemonView,
+    RecencyOracle,
+    RoomPlan,
+    RunnerView,
+    eviction_value,
+    plan_room,
+)
 from bridge.policy.replicas import (
     Backlog,
     Replicate,
@@ -98,3 +105,15 @@ def test_an_idle_replica_retires_but_never_the_last_copy() -> None:
     }
     out = retirements(copies, idle_s=60.0)
     assert [(r.key, r.daemon, r.copies) for r in out] == [(HOT, "b", 3)]  # longest idle first
+
+
+def test_a_copy_is_worth_its_share_so_a_redundant_copy_is_evicted_first() -> None:
+    # Equal in all but copies: the model loaded on three daemons goes, the only one stays.
+    sole = RunnerView("sole:latest", 8 * GIB, 4096, False, False, False, 600.0, 5.0)
+    copy = RunnerView(HOT, 8 * GIB, 4096, False, False, False, 30.0, 5.0, copies=3)
+    view = DaemonView("a", True, frozenset(), {r.key: r for r in (sole, copy)}, 20 * GIB, 3)
+    oracle = RecencyOracle()
+    assert eviction_value(oracle, "a", copy) < eviction_value(oracle, "a", sole)
+    plan = plan_room(view, "new:latest", 8 * GIB, lambda r: eviction_value(oracle, "a", r))
+    assert isinstance(plan, RoomPlan)
+    assert plan.victims == (HOT,)  # although it was used more recently
