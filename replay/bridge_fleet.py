@@ -637,7 +637,12 @@ class BridgeFleet:
     def _rebalance(self, key: str, ready: str) -> None:
         """A copy is ready: the waiters of the copies whose queue is longer than their
         share are placed again (``submit``: they spread over the copies)."""
-        for name in rebalance(self._copies(key), ready):
+        serving = [
+            b
+            for b in self._copies(key)
+            if key in self.daemons[b.daemon].runners and self.daemons[b.daemon].runners[key].ready
+        ]
+        for name in rebalance(serving, ready):
             q = self.daemons[name].gates[key]
             moved = [w for w in q if isinstance(w, Job)]
             for job in moved:

@@ -320,7 +320,8 @@ class Driver:
         """A copy of ``key`` is ready on ``ready``: the longest queues of the other
         copies are placed again (``replicas.rebalance``), so they spread over the copies."""
         r = self._r
-        copies = r.copies(key)
+        # Serving copies only: the queue of a copy still loading waits for that load.
+        copies = [(d, g) for d, g in r.copies(key) if g.ready]
         backlogs = [Backlog(d.name, g.depth, g.slots, g.service_s) for d, g in copies]
         gates = {d.name: g for d, g in copies}
         for name in rebalance(backlogs, ready):

@@ -21,7 +21,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
-from bridge.errors import BadRequest, BridgeError, ModelNotFound, Overloaded, Replaced, Unavailable
+from bridge.errors import (
+    BadRequest,
+    BridgeError,
+    ModelNotFound,
+    Moved,
+    Overloaded,
+    Replaced,
+    Unavailable,
+)
 from bridge.metrics import Metrics
 from bridge.policy.numctx import Need, openai_default_hint
 from bridge.policy.placement import DaemonView, Load, Reject, ReuseOracle, route
@@ -212,8 +220,15 @@ class Scheduler(Residency):
         """The copy's load: a waiter at its gate (like a client's, so the driver loads
         it in turn), given back as soon as the copy is ready."""
         try:
-            got = self.admit(key, need, info, only=daemon)
-            lease = got if isinstance(got, Lease) else await self.wait(got, "alb-replica")
+            for _ in range(_MAX_PLACEMENTS):
+                got = self.admit(key, need, info, only=daemon)
+                try:
+                    lease = got if isinstance(got, Lease) else await self.wait(got, "alb-replica")
+                    break
+                except Moved:  # its queue was handed back to be placed again: wait on
+                    continue
+            else:
+                raise Unavailable(f"the copy of {key} on {daemon} kept being moved")
         except BridgeError as exc:
             self.replicas.discard((daemon, key))
             self._metrics.replicas.labels(action="replicate-failed").inc()
