@@ -58,7 +58,7 @@ from bridge.policy.placement import (
 )
 from bridge.policy.prefetch import ACCEPTED, PrefetchOracle, TokenBucket, judge
 from bridge.policy.queueing import retry_after
-from bridge.policy.replicas import Backlog, rebalance, replicate, retirements
+from bridge.policy.replicas import Backlog, rebalance, replicate, retirements, worth_a_copy
 from bridge.policy.reuse import PredictedReuse
 from bridge.policy.sizing import ModelInfo, SizeBook
 from bridge.policy.step import (
@@ -596,9 +596,11 @@ class BridgeFleet:
     def _replicate(self, key: str, need: Need) -> None:
         sim = self.sim
         backlogs = self._copies(key)
-        if not backlogs:
-            return
         info = self.infos[key]
+        load_s = self.load_seconds(key, info.file_size)
+        cap = sim.knobs.replica_max or len(self.daemons)
+        if not worth_a_copy(backlogs, load_s=load_s, max_copies=cap):
+            return
         views = [self.view(d) for d in self.daemons.values()]
         decision = replicate(
             views,
@@ -606,8 +608,8 @@ class BridgeFleet:
             backlogs,
             size_of=lambda v: self.target(info, self.daemons[v.name], [need]).size,
             oracle=self.oracle,
-            load_s=self.load_seconds(key, info.file_size),
-            max_copies=sim.knobs.replica_max or len(self.daemons),
+            load_s=load_s,
+            max_copies=cap,
         )
         if decision is None:
             return

@@ -33,6 +33,7 @@ __all__ = [
     "rebalance",
     "replicate",
     "retirements",
+    "worth_a_copy",
 ]
 
 
@@ -79,6 +80,13 @@ def expected_wait(backlogs: Sequence[Backlog]) -> float:
     return queued / rate if rate else 0.0
 
 
+def worth_a_copy(backlogs: Sequence[Backlog], *, load_s: float, max_copies: int) -> bool:
+    """Whether one more copy could be worth it: below the cap, and the expected wait
+    over the copies there are is longer than a load (the cheap half of ``replicate``,
+    checked before any daemon is looked at)."""
+    return 0 < len(backlogs) < max_copies and expected_wait(backlogs) > load_s
+
+
 def replicate(
     views: Sequence[DaemonView],
     key: str,
@@ -91,12 +99,10 @@ def replicate(
 ) -> Replicate | None:
     """Whether (and where) to load one more copy of ``key`` (see the module doc).
     ``backlogs``: the copies there are (loaded or being loaded), one per daemon."""
+    if not worth_a_copy(backlogs, load_s=load_s, max_copies=max_copies):
+        return None
     copies = len(backlogs)
-    if not copies or copies >= max_copies:
-        return None
     wait = expected_wait(backlogs)
-    if wait <= load_s:
-        return None
     gain = wait - load_s
     held = {b.daemon for b in backlogs}
     best: tuple[tuple[float, ...], Replicate] | None = None

@@ -34,7 +34,7 @@ from bridge.metrics import Metrics
 from bridge.policy.numctx import Need, openai_default_hint
 from bridge.policy.placement import DaemonView, Load, Reject, ReuseOracle, route
 from bridge.policy.queueing import retry_after
-from bridge.policy.replicas import Backlog, replicate
+from bridge.policy.replicas import Backlog, replicate, worth_a_copy
 from bridge.policy.sizing import ModelInfo
 from bridge.scheduling.decisions import DecisionLog
 from bridge.scheduling.driver import Driver
@@ -181,9 +181,11 @@ class Scheduler(Residency):
         """A request waits for ``key``: load a copy elsewhere when the expected wait is
         longer than a load (``bridge.policy.replicas.replicate``)."""
         copies = self.copies(key)
-        if not copies:
-            return
         backlogs = [Backlog(d.name, g.depth, g.slots, g.service_s) for d, g in copies]
+        load_s = self.loader.load_seconds(key, info.file_size)
+        cap = self._settings.replica_cap(key) or len(self.fleet.daemons)
+        if not worth_a_copy(backlogs, load_s=load_s, max_copies=cap):
+            return  # the usual case: no daemon needs to be looked at
         views = [self.view(d, now) for d in self.fleet.daemons.values()]
 
         def size_of(v: DaemonView) -> int:
@@ -195,8 +197,8 @@ class Scheduler(Residency):
             backlogs,
             size_of=size_of,
             oracle=self.oracle,
-            load_s=self.loader.load_seconds(key, info.file_size),
-            max_copies=self._settings.replica_cap(key) or len(self.fleet.daemons),
+            load_s=load_s,
+            max_copies=cap,
         )
         if decision is None:
             return
