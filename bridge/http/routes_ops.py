@@ -99,6 +99,8 @@ def routes(bridge: Bridge) -> list[BaseRoute]:
                         "num_ctx": gate.ctx if gate and gate.ready else ps.get("context_length"),
                         "num_ctx_auto": bool(gate and gate.auto),
                         "pinned": rt.scheduler.pinned(d.name, key),
+                        # A copy made by replication (retired once the burst is over).
+                        "replica": (d.name, key) in rt.scheduler.replicas,
                         "accepting": bool(gate and gate.ready and not gate.hold),
                         "draining": bool(gate and gate.hold),
                         "size": ps.get("size"),

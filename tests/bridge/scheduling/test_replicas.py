@@ -53,8 +53,23 @@ async def _burst(fleet: RunningFleet, *, replication: bool) -> tuple[list[float]
             assert r.status_code == 200, r.text
             return time.monotonic() - t0, r.headers["x-alb-daemon"]
 
-        results = await asyncio.gather(*(one() for _ in range(BURST)))
+        burst = asyncio.gather(*(one() for _ in range(BURST)))
+        seen: set[str] = set()
+        while replication and not burst.done() and not seen:
+            # While the burst runs, the copies show as replicas in /alb/v1/models.
+            state = (await c.get("/alb/v1/models")).json()["daemons"]
+            seen = {
+                d["name"]
+                for d in state
+                for m in d["models"]
+                if m["replica"] and m["state"] == "loaded"
+            }
+            await asyncio.sleep(0.01)
+        results = await burst
         served = {name for _, name in results}
+        if replication:
+            assert seen, "no copy showed as a replica"
+            assert "a" not in seen  # the first copy is not a replica
 
         def holders() -> set[str]:
             loaded = {d.name for d in fleet.daemons if "loaded" in kinds(d.events())}
