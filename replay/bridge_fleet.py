@@ -664,12 +664,12 @@ class BridgeFleet:
             if r.model in o.runners
         ]
         for retire in retirements({r.model: held}, idle_s=self.sim.knobs.replica_idle_s):
+            assert retire.daemon == r.daemon  # the only copy offered as a replica is r
             self.replicas.discard((r.daemon, r.model))
             self.record("retire-replica", r.model, r.daemon, "retire-replica")
             self.record("unload", r.model, r.daemon, "retire-replica")
             self._unload(d, r)
             self._drive(d)
-            assert retire.daemon == r.daemon
 
     def _arm(self, r: Runner) -> None:
         """``ALB_RECLAIM=idle``: unload ``r`` after its keep-alive; ``demand``: never
