@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 from bridge.errors import BadRequest
 from bridge.policy.numctx import Limits, Need, Target, choose_target, daemon_default, need_for
 from bridge.policy.placement import (
+    DEFAULT_LOAD_S,
     DaemonView,
     Load,
     RecencyOracle,
@@ -174,6 +175,8 @@ class BridgeFleet:
         self.decisions: list[Decision] = []
         #: When each load in progress ends (``Loader.remaining_s``).
         self._load_done: dict[tuple[str, str], float] = {}
+        #: When each load started (``Loader._started``: the bridge's estimate runs from it).
+        self._load_started: dict[tuple[str, str], float] = {}
         #: Copies made by replication, and each gate's smoothed service seconds
         #: (``Gate.service_s``: 1 s until a request was served).
         self.replicas: set[tuple[str, str]] = set()
@@ -207,6 +210,15 @@ class BridgeFleet:
         learned = self.load_learned.get(key)
         return learned if learned is not None else 1.0 + size / (2 * 1024**3)
 
+    def remaining_s(self, daemon: str, key: str, size: int) -> float:
+        """``Loader.remaining_s``: what the bridge expects is left of a load in progress
+        (its estimate, not the simulated truth), at least 0.5 s."""
+        started = self._load_started.get((daemon, key))
+        if started is None:  # not started yet: a whole load (``Residency._backlog``)
+            return self.load_seconds(key, size)
+        estimate = self.load_learned.get(key, DEFAULT_LOAD_S)
+        return max(estimate - (self.sim.now - started), 0.5)
+
     def view(self, d: _Daemon) -> DaemonView:
         """``Scheduler.view`` over the simulated daemon."""
         now = self.sim.now
@@ -216,7 +228,8 @@ class BridgeFleet:
             for k in o.runners:
                 held[k] = held.get(k, 0) + 1
         for key, r in d.runners.items():
-            queued = bool(d.gates.get(key))
+            q = d.gates.get(key) or ()
+            queued = bool(q)
             runners[key] = RunnerView(
                 key=key,
                 size=r.size,
@@ -228,6 +241,10 @@ class BridgeFleet:
                 reload_s=self.load_seconds(key, r.size),
                 loading=not r.ready,
                 copies=held.get(key, 1),
+                outstanding=r.active + len(q),
+                slots=r.parallel,
+                service_s=self.service.get((d.cfg.name, key), 1.0),
+                load_left_s=0.0 if r.ready else self.remaining_s(d.cfg.name, key, r.size),
             )
         pending = frozenset(
             k
@@ -499,6 +516,7 @@ class BridgeFleet:
             sim.tally.demand_loads += 1
         seconds = d.cfg.load_fixed_s + model.size / d.cfg.load_bandwidth
         self._load_done[(name, key)] = sim.now + seconds
+        self._load_started[(name, key)] = sim.now
         sim.at(sim.now + seconds, self._loaded, d, r, target, ctx, seconds, prefetch_only)
 
     def _loaded(  # noqa: PLR0917
@@ -512,6 +530,7 @@ class BridgeFleet:
     ) -> None:
         key = r.model
         r.ready = True
+        self._load_started.pop((d.cfg.name, key), None)
         d.op = None
         d.hold.discard(key)
         # ``Driver._learn``: what the daemon reports (``/api/ps``'s context and size).

@@ -8,7 +8,10 @@ flight or queued for them, pins, idle time and reload cost) and asks:
 
 1. A daemon whose runner of the model fits the request (enough context; for the
    OpenAI surface: loaded without num_ctx), or whose pending load will fit it:
-   the one with the fewest outstanding requests. No load. A daemon where loading the
+   the one where a newcomer would get a slot soonest (``wait_s``: what is left of a
+   copy's load, then the requests ahead drained at its slots per service time; a ready
+   copy with a long queue loses to a copy that is nearly loaded, and the other way
+   round), then the fewest outstanding requests. No load. A daemon where loading the
    model failed lately (``DaemonView.failing``, a cooldown) gets no load of it while
    another daemon can take the request.
 2. Else the daemon where loading costs least: a load that fits in free memory
@@ -51,6 +54,10 @@ from typing import Final, Protocol
 
 from bridge.policy.numctx import Need
 
+#: Seconds a load in progress is expected to take before any load of its model was
+#: measured (``Loader.remaining_s``; the replay's mirror of it).
+DEFAULT_LOAD_S: Final = 10.0
+
 
 @dataclass(frozen=True, slots=True)
 class RunnerView:
@@ -71,6 +78,20 @@ class RunnerView:
     loading: bool = False
     #: Daemons holding this model (this one included): a copy's reuse is shared.
     copies: int = 1
+    #: Requests in flight or queued for it, its slots, and the smoothed seconds a
+    #: request holds a slot: how long a newcomer would wait here (``wait_s``).
+    outstanding: int = 0
+    slots: int = 1
+    service_s: float = 1.0
+    #: Seconds until its load in progress ends (0 when it is ready).
+    load_left_s: float = 0.0
+
+
+def wait_s(r: RunnerView) -> float:
+    """Seconds a newcomer would wait for a slot of ``r``: what is left of its load,
+    then the requests ahead of it drained at its slots per service time."""
+    ahead = max(r.outstanding + 1 - r.slots, 0)
+    return r.load_left_s + ahead * r.service_s / max(r.slots, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,8 +285,12 @@ def route(
         or (key in v.pending and key not in v.failing)
     ]
     if warm:
-        best = min(warm, key=lambda v: (key not in v.runners, v.outstanding, v.name))
-        return Serve(best.name)
+
+        def soonest(v: DaemonView) -> tuple[bool, float, int, str]:
+            r = v.runners.get(key)
+            return (r is None, 0.0 if r is None else wait_s(r), v.outstanding, v.name)
+
+        return Serve(min(warm, key=soonest).name)
     options: list[tuple[tuple[float, ...], Load]] = []
     waits: list[DaemonView] = []
     sizes: dict[str, int] = {}

@@ -30,11 +30,11 @@ from typing import Any, Literal
 
 from bridge.errors import BridgeError, LoadFailed, UpstreamStatus, UpstreamTimeout
 from bridge.metrics import Metrics
+from bridge.policy.placement import DEFAULT_LOAD_S
 from bridge.scheduling.fleet import DaemonState, Fleet
 from bridge.upstream import Upstream
 from bridge.wire import durations
 
-_DEFAULT_LOAD_ESTIMATE_S = 10.0
 _UNLOAD_POLL_S = 0.02
 _UNLOAD_CONFIRM_S = 30.0
 
@@ -91,7 +91,7 @@ class Loader:
         started = self._started.get((daemon, key))
         if started is None:
             return 0.0
-        estimate = self.estimate.get(key, _DEFAULT_LOAD_ESTIMATE_S)
+        estimate = self.estimate.get(key, DEFAULT_LOAD_S)
         return max(estimate - (time.monotonic() - started), 0.5)
 
     def load_seconds(self, key: str, size: int) -> float:

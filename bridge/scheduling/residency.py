@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from bridge.errors import Replaced
 from bridge.metrics import Metrics
@@ -190,6 +190,21 @@ class Residency:
             room=self.room(d, info.key),
         )
 
+    def _backlog(self, daemon: str, key: str, size: int, gate: Gate | None) -> dict[str, Any]:
+        """A runner's queue for ``placement.wait_s``: outstanding, slots, service time
+        and what is left of its load (a whole load when none has started yet)."""
+        if gate is None:
+            return {}
+        left = 0.0
+        if not gate.ready:
+            left = self.loader.remaining_s(daemon, key) or self.loader.load_seconds(key, size)
+        return {
+            "outstanding": gate.outstanding,
+            "slots": gate.slots,
+            "service_s": gate.service_s,
+            "load_left_s": left,
+        }
+
     def view(self, d: DaemonState, now: float | None = None) -> DaemonView:
         now = time.monotonic() if now is None else now
         runners: dict[str, RunnerView] = {}
@@ -210,10 +225,23 @@ class Residency:
                 reload_s=self.loader.load_seconds(key, size),
                 loading=(d.name, key) in self.ops,
                 copies=held.get(key, 1),
+                **self._backlog(d.name, key, size, gate),
             )
         for (name, key), t in self.targets.items():
             if name == d.name and key not in runners:
-                runners[key] = RunnerView(key, t.size, t.ctx, t.auto, True, False, 0.0, 1.0, True)
+                gate = self.gates.get((d.name, key))
+                runners[key] = RunnerView(
+                    key,
+                    t.size,
+                    t.ctx,
+                    t.auto,
+                    True,
+                    False,
+                    0.0,
+                    1.0,
+                    True,
+                    **self._backlog(d.name, key, t.size, gate),
+                )
         gates = [(k, g) for (n, k), g in self.gates.items() if n == d.name]
         pending = frozenset(
             k for k, g in gates if not g.ready and g.depth and (d.name, k) not in self.ops

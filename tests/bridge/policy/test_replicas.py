@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from bridge.policy.numctx import Need
 from bridge.policy.placement import (
     DaemonView,
     RecencyOracle,
     RoomPlan,
     RunnerView,
+    Serve,
     eviction_value,
     plan_room,
+    route,
+    wait_s,
 )
 from bridge.policy.replicas import (
     Backlog,
@@ -117,3 +121,39 @@ def test_a_copy_is_worth_its_share_so_a_redundant_copy_is_evicted_first() -> Non
     plan = plan_room(view, "new:latest", 8 * GIB, lambda r: eviction_value(oracle, "a", r))
     assert isinstance(plan, RoomPlan)
     assert plan.victims == (HOT,)  # although it was used more recently
+
+
+def _copy(outstanding: int, *, load_left_s: float = 0.0, service_s: float = 2.0) -> RunnerView:
+    return RunnerView(
+        HOT,
+        8 * GIB,
+        4096,
+        False,
+        True,
+        False,
+        0.0,
+        5.0,
+        loading=load_left_s > 0,
+        copies=2,
+        outstanding=outstanding,
+        slots=2,
+        service_s=service_s,
+        load_left_s=load_left_s,
+    )
+
+
+def test_a_request_goes_to_the_copy_where_it_gets_a_slot_soonest() -> None:
+    # 2 slots, 2 s a request: 20 ahead on the ready copy is ~20 s; the copy still
+    # loading is ready in 3 s with nobody ahead.
+    assert wait_s(_copy(20)) == 19 * 2.0 / 2
+    assert wait_s(_copy(0, load_left_s=3.0)) == 3.0
+    assert wait_s(_copy(1)) == 0.0  # a free slot
+    busy_ready = _view("a", _copy(20))
+    loading = _view("b", _copy(0, load_left_s=3.0))
+    assert route([busy_ready, loading], HOT, Need(100), lambda v: 0, RecencyOracle()) == Serve("b")
+    # ... but a copy with a long load left loses to a short queue on a ready one.
+    short_queue = _view("a", _copy(3))
+    slow_load = _view("b", _copy(0, load_left_s=30.0))
+    assert route([short_queue, slow_load], HOT, Need(100), lambda v: 0, RecencyOracle()) == Serve(
+        "a"
+    )
