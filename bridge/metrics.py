@@ -242,6 +242,36 @@ class Metrics:
             r,
         )
 
+        # --- several replicas (bridge.coord) -------------------------------------------------
+        self.coord_mode = Gauge(
+            "alb_coordination_mode",
+            "1 for this replica's coordination mode: solo, shared (Redis) or degraded "
+            "(Redis unreachable: serving on its own state).",
+            ["mode"],
+            registry=r,
+        )
+        self.coord_replicas = Gauge(
+            "alb_coordination_replicas", "Live bridge replicas this one last saw.", registry=r
+        )
+        self.daemon_owned = Gauge(
+            "alb_daemon_owned",
+            "1 while this replica holds the daemon's lease (it runs its loads and unloads).",
+            ["daemon"],
+            registry=r,
+        )
+        self.leases = Counter(
+            "alb_leases",
+            "Daemon leases: taken, lost (expired or taken over), released (handed back).",
+            ["action"],
+            registry=r,
+        )
+        self.coord_errors = Counter(
+            "alb_coordination_errors",
+            "Redis calls of the coordination that failed or timed out, by operation.",
+            ["op"],
+            registry=r,
+        )
+
         # Cached children of the collectors every request touches (see the module doc).
         self.requests_by = Children(self.requests)
         self.latency_by = Children(self.latency)

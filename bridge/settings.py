@@ -274,8 +274,18 @@ class Settings(BaseSettings):
     events_shipper: bool = True
     #: Seconds the sender gets at shutdown to hand its queue to the bus (the rest is spooled).
     events_close_timeout: float = Field(5.0, ge=0)
-    #: ``redis://`` URL of the system-prompt registry shared by replicas; unset: in memory.
+    #: ``redis://`` URL shared by replicas: the daemons' leases, the cold-load claims and
+    #: the system-prompt registry (``bridge.coord.shared``); unset: one replica, in memory.
     redis_url: SecretStr | None = None
+    #: Seconds a daemon's lease lasts unless its owner renews it (every third of it): how
+    #: long a dead owner's daemons wait for a new owner.
+    lease_ttl: float = Field(5.0, ge=0.3, le=600)
+    #: Seconds every Redis call of the coordination may take before it counts as failed.
+    redis_timeout: float = Field(0.1, gt=0, le=10)
+    #: Prefix of the coordination's Redis keys (replicas of one fleet share it).
+    coord_namespace: str = Field("alb", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    #: This replica's name in leases and records; empty: ``host-pid-random``.
+    replica_id: str = Field("", max_length=128, pattern=r"^[A-Za-z0-9_.:-]*$")
     #: ``producer`` of every event; empty: ``alb-bridge/<version> <hostname>:<port>``.
     producer_id: str = ""
     #: The consumer group reading prefetch and warm-cache events.

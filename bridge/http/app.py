@@ -26,6 +26,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from bridge.coord.factory import open_coordinator
 from bridge.events.hints import HintBook, HintConsumer, HintEstimate, HintKeepAlive, HintMetrics
 from bridge.events.pipeline import Events, open_events
 from bridge.events.predictor import (
@@ -103,6 +104,7 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> Starlet
                     bridge.decisions,
                     oracle=PrefetchOracle(reuse, book),
                     keep_alive=keep_alive,
+                    coord=open_coordinator(settings, bridge.metrics),
                 )
                 _wire(bridge, scheduler, events, book, sink)
                 consumer: Consumer | None = None

@@ -31,6 +31,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from bridge.coord import Want
 from bridge.errors import (
     BadRequest,
     BridgeError,
@@ -98,6 +99,9 @@ class Driver:
         r = self._r
         if not r.available(d):
             return False
+        if not r.coord.owns(d.name):
+            self._ask_owner(d)
+            return False
         gates = r.gates_of.get(d.name, {})
         states = [_state(key, g) for key, g in gates.items() if (d.name, key) not in r.ops]
         for state in step.drive_order(states):
@@ -141,6 +145,24 @@ class Driver:
                     await self._execute(d, gate, op)
                     return True
         return False
+
+    def _ask_owner(self, d: DaemonState) -> None:
+        """Another replica owns ``d``: ask it for the loads this one's requests wait
+        for (the largest need of each gate; asked again while they wait). Its gates
+        open when the owner's load shows in ``/api/ps``."""
+        for key, gate in self._r.gates_of.get(d.name, {}).items():
+            state = _state(key, gate)
+            want = step.wanted(state)
+            if isinstance(want, step.Reopen):
+                gate.open()
+            if not isinstance(want, step.Wanted | step.Drain) or not state.needs:
+                continue
+            big = max(state.needs, key=lambda n: n.tokens)
+            auto = all(n.auto for n in state.needs)
+            copy = (d.name, key) in self._r.replicas
+            self._r.coord.want(
+                Want(d.name, key, big.tokens, auto, big.client_num_ctx, replica=copy)
+            )
 
     def _cooling(  # noqa: PLR0917
         self, d: DaemonState, key: str, gate: Gate, left_s: float, error: str, reload: bool

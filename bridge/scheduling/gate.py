@@ -141,6 +141,12 @@ class Gate:
         self.ready, self.error, self.hold = True, None, False
         self._dispatch()
 
+    def resize(self, slots: int) -> None:
+        """This replica's share of the daemon's slots changed (``bridge.coord``); a
+        smaller share takes effect as requests in flight finish."""
+        self.slots = max(slots, 1)
+        self._dispatch()
+
     def close(self) -> None:
         """The model is gone from the daemon; queued requests wait for a new load."""
         self.ready = False

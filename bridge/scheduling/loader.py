@@ -81,6 +81,9 @@ class Loader:
         self._loaded_at: dict[tuple[str, str], float] = {}
         #: Told of every load, failed load and unload (the events pipeline).
         self.on_state: Callable[[StateChange], None] | None = None
+        #: Told the daemon's name after every load and unload (``Coordinator.changed``:
+        #: the other replicas read its ``/api/ps``).
+        self.on_changed: Callable[[str], None] | None = None
 
     # --- queries ---------------------------------------------------------------
     def loading(self, daemon: str, key: str) -> bool:
@@ -197,6 +200,8 @@ class Loader:
     def _tell(self, change: StateChange) -> None:
         if self.on_state is not None:
             self.on_state(change)
+        if self.on_changed is not None and change.state != "load_failed":
+            self.on_changed(change.daemon)
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the loader owns (cancelled by ``aclose``)."""

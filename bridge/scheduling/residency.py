@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from bridge.coord import Coordinator, Solo
 from bridge.errors import Replaced
 from bridge.metrics import Metrics
 from bridge.policy.health import Breaker, LoadBook
@@ -37,6 +38,7 @@ from bridge.policy.placement import (
     RunnerView,
     eviction_value,
 )
+from bridge.policy.shares import slot_share
 from bridge.policy.sizing import ModelInfo, SizeBook
 from bridge.scheduling.decisions import DecisionLog
 from bridge.scheduling.fleet import DaemonState, Fleet
@@ -68,8 +70,11 @@ class Residency:
         decisions: DecisionLog,
         oracle: ReuseOracle | None = None,
         keep_alive: KeepAlive | None = None,
+        coord: Coordinator | None = None,
     ) -> None:
         self._settings = settings
+        #: The other replicas (``bridge.coord``): who owns which daemon.
+        self.coord: Coordinator = coord or Solo()
         #: Per-model idle timeout (the embedded predictor's); None: ``idle_unload_after``.
         self.keep_alive = keep_alive
         self.fleet = fleet
@@ -115,7 +120,9 @@ class Residency:
         gate = self.gates.get((daemon, key))
         if gate is None:
             d = self.fleet.get(daemon)
-            gate = self.gates[(daemon, key)] = Gate(d.spec.parallel)
+            gate = self.gates[(daemon, key)] = Gate(
+                slot_share(d.spec.parallel, self.coord.replicas)
+            )
             self.gates_of.setdefault(daemon, {})[key] = gate
             row = d.loaded.get(key)
             if row is not None and (daemon, key) not in self.ops:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
+from bridge.coord import Coordinator, Failure
 from bridge.errors import (
     BadRequest,
     BridgeError,
@@ -41,6 +42,7 @@ from bridge.scheduling.driver import Driver
 from bridge.scheduling.fleet import DaemonState, Fleet
 from bridge.scheduling.gate import Gate
 from bridge.scheduling.loader import LoadSpec
+from bridge.scheduling.peers import Peers
 from bridge.scheduling.residency import KeepAlive, Residency
 from bridge.scheduling.upkeep import Upkeep
 from bridge.settings import Settings
@@ -74,6 +76,10 @@ class Ticket:
     cold: bool
     started_at: float
     need: Need | None = None
+    info: ModelInfo | None = None
+    #: Placed by ``route`` over every daemon (not ``only`` one): a cold load's place
+    #: may still be the first claimer's (``bridge.coord``).
+    routed: bool = False
 
 
 class Scheduler(Residency):
@@ -88,15 +94,19 @@ class Scheduler(Residency):
         decisions: DecisionLog,
         oracle: ReuseOracle | None = None,
         keep_alive: KeepAlive | None = None,
+        coord: Coordinator | None = None,
     ) -> None:
-        super().__init__(settings, fleet, upstream, metrics, decisions, oracle, keep_alive)
+        super().__init__(settings, fleet, upstream, metrics, decisions, oracle, keep_alive, coord)
         self.driver = Driver(self)
         self.upkeep = Upkeep(self, self)
+        self.peers = Peers(self.coord, self)
+        self.loader.on_changed = self.coord.changed
 
     # --- lifecycle ---------------------------------------------------------------
     async def start(self) -> None:
         await self.fleet.refresh_all(force=True)
         await self.fleet.read_local_memory()
+        await self.coord.start(self.peers)
         self.upkeep.reconcile()
         self.upkeep.start()
         for model, daemon in self._settings.pins():
@@ -105,6 +115,7 @@ class Scheduler(Residency):
             self.loader.spawn(self._pin_quietly(model, daemon))
 
     async def aclose(self) -> None:
+        await self.coord.aclose()  # hands this replica's daemons to the others first
         await self.upkeep.aclose()
         await self.loader.aclose()
 
@@ -162,7 +173,10 @@ class Scheduler(Residency):
             self._metrics.num_ctx_choices.labels(choice=choice).inc()
         elif gate.ready and gate.fits(need):
             self._metrics.num_ctx_choices.labels(choice="fits-loaded").inc()
-        ticket = Ticket(d, key, gate, not (gate.ready and gate.fits(need)), t0, need)
+        cold = not (gate.ready and gate.fits(need))
+        ticket = Ticket(
+            d, key, gate, cold, t0, need, info, isinstance(where, Load) and only is None
+        )
         if only is None and info is not None and self._settings.replication:
             self._replicate(key, need, info, t0)
         return ticket
@@ -294,6 +308,11 @@ class Scheduler(Residency):
     ) -> Lease:
         """Queue at the ticket's gate (fairly, by session) until a slot is free;
         ``background``: a prefetch, whose load comes after those clients wait for."""
+        if ticket.routed and not background:
+            got = await self._follow_claim(ticket)
+            if isinstance(got, Lease):
+                return got
+            ticket = got
         d, key, gate = ticket.daemon, ticket.key, ticket.gate
         depth = self._metrics.queue_depth.labels(daemon=d.name, model=key)
         depth.inc()
@@ -310,6 +329,20 @@ class Scheduler(Residency):
         self.used_at[(d.name, key)] = now
         ms = waited * 1000
         return Lease(d, key, gate, cold, ms, ms if cold else 0.0, now)
+
+    async def _follow_claim(self, ticket: Ticket) -> Lease | Ticket:
+        """A load here was chosen for a model no daemon holds: with other replicas, it
+        goes where the first one to claim the model put it (one load, not one per
+        replica). The claimed daemon must still be up and serve the model."""
+        key, here = ticket.key, ticket.daemon.name
+        winner = await self.coord.claim(key, here)
+        if winner == here or winner not in self.fleet.daemons:
+            return ticket
+        there = self.fleet.get(winner)
+        if not self.available(there) or (key not in there.catalog and key not in there.loaded):
+            return ticket
+        self.decisions.record("route", key, winner, "claimed-by-another-replica", chosen=here)
+        return self.admit(key, ticket.need, ticket.info, only=winner)
 
     async def acquire(
         self, key: str, session: str, need: Need | None = None, info: ModelInfo | None = None
@@ -346,6 +379,35 @@ class Scheduler(Residency):
         await self.fleet.refresh_ps(d)
         self.upkeep.reconcile()
 
+    # --- the other replicas (bridge.scheduling.peers) -----------------------------------
+    async def recheck(self, daemon: str) -> None:
+        """Read ``daemon``'s ``/api/ps`` and follow it (another replica changed it)."""
+        d = self.fleet.get(daemon)
+        try:
+            await self._recheck(d)
+        except BridgeError:
+            return  # a daemon being down is recorded on its state
+        self.kick(daemon)
+
+    def spawn_task(self, coro: object) -> None:
+        self.loader.spawn(coro)
+
+    def fail_waiters(self, failure: Failure) -> None:
+        """The owner could not load what this replica's requests wait for there."""
+        gate = self.gates.get((failure.daemon, failure.model))
+        if gate is None or gate.ready or not gate.depth:
+            return
+        d = self.fleet.get(failure.daemon)
+        why = f"{failure.daemon}'s owner: {failure.message}"
+        err: BridgeError
+        if failure.status == 400:
+            err = BadRequest(why)
+        elif self.elsewhere(d, failure.model):
+            err = Replaced(why, retry_after=1)
+        else:
+            err = Unavailable(why, retry_after=failure.retry_after or 5)
+        gate.fail(err)
+
     # --- the driver -----------------------------------------------------------------------
     def kick(self, daemon: str) -> None:
         """Ask ``daemon``'s driver to look for work (starts it when idle)."""
@@ -370,11 +432,15 @@ class Scheduler(Residency):
 
     async def load_model(self, key: str, daemon: str | None, num_ctx: int | None) -> str:
         """Make sure ``key`` is loaded (on ``daemon``) with at least ``num_ctx``."""
+        tokens = num_ctx or self.limits.num_ctx_min
+        return await self.load_for(key, daemon, Need(tokens, client_num_ctx=num_ctx))
+
+    async def load_for(self, key: str, daemon: str | None, need: Need) -> str:
+        """Make sure ``key`` is loaded (on ``daemon``) for ``need``: an admin load, or a
+        load another replica wants on a daemon this one owns (``bridge.coord``)."""
         if not await self.fleet.ensure_known(key):
             raise ModelNotFound(f"model '{key}' not found")
         info = await self.fleet.model_info(key)
-        tokens = num_ctx or self.limits.num_ctx_min
-        need = Need(tokens, client_num_ctx=num_ctx)
         for attempt in range(_MAX_PLACEMENTS):
             got = self.admit(key, need, info, only=daemon)
             try:

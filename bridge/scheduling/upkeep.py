@@ -67,6 +67,7 @@ class Upkeep:
                 self.reconcile()
                 self.unload_idle()
                 self.retire_replicas()
+                self.ask_owners()
             except BridgeError:  # a daemon being down is recorded on its state
                 continue
 
@@ -129,6 +130,14 @@ class Upkeep:
         d.loaded = {}
         self._r.replace_waiters(d, f"daemon {d.name} stopped answering: {d.error}")
 
+    def ask_owners(self) -> None:
+        """Requests waiting on a daemon another replica owns: its driver asks the owner
+        again (a want can be lost with an owner that died)."""
+        r = self._r
+        for name, gates in r.gates_of.items():
+            if not r.coord.owns(name) and any(g.depth for g in gates.values()):
+                self._hooks.kick(name)
+
     def unload_idle(self) -> None:
         """``ALB_RECLAIM=idle``: unload runners idle for longer than their keep-alive
         (``Residency.idle_after``: the embedded predictor's per model, else
@@ -138,7 +147,7 @@ class Upkeep:
             return
         now = time.monotonic()
         for (name, key), gate in list(self._r.gates.items()):
-            if not gate.ready or gate.outstanding:
+            if not gate.ready or gate.outstanding or not self._r.coord.owns(name):
                 continue
             idle_after = self._r.idle_after(name, key)
             last = self._r.last_used(name, key) or now
@@ -160,6 +169,7 @@ class Upkeep:
             for key in d.loaded:
                 gate = r.gates.get((d.name, key))
                 busy = gate is None or gate.outstanding > 0 or r.busy_op(d.name, key)
+                busy = busy or not r.coord.owns(d.name)  # its owner retires it
                 idle = -1.0 if busy else now - (r.last_used(d.name, key) or now)
                 replica = (d.name, key) in r.replicas and not r.pinned(d.name, key)
                 copies.setdefault(key, []).append((d.name, idle, replica))

@@ -1,0 +1,154 @@
+"""Coordination between bridge replicas: one seam, two implementations.
+
+``Solo`` (no ``ALB_REDIS_URL``): this process is the only replica and owns every
+daemon. ``Shared`` (``bridge.coord.shared``, ``ALB_REDIS_URL`` set): the replicas share
+the fleet through Redis. Each daemon has one owner, holding a renewed lease with an
+epoch; the owner carries out every load, eviction, unload and replica decision for
+that daemon. The other replicas hand it their needs (``want``) and follow what it did
+through the daemon's own ``/api/ps`` (the ground truth), prompted by its ``changed``
+notices. The first load of a cold model goes where the first replica to ``claim`` it
+put it, so replicas that would each place it elsewhere load it once.
+
+Nothing here is on the warm request path: ``owns``, ``mode`` and ``replicas`` are
+local reads; ``want`` and ``changed`` are fire-and-forget; ``claim`` is awaited only by
+a request that waits for a load anyway. When Redis stops answering, ``Shared`` is
+``degraded``: it owns every daemon (at most one load per model per replica, as the
+scheduler's own gates make it) and keeps the membership it last saw for the slot
+shares; it goes back to shared by itself when Redis answers again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+__all__ = ["Coordinator", "Failure", "Listener", "Mode", "Solo", "Want"]
+
+
+class Mode(StrEnum):
+    SOLO = "solo"
+    SHARED = "shared"
+    DEGRADED = "degraded"
+
+
+@dataclass(frozen=True, slots=True)
+class Want:
+    """A replica's request that ``daemon``'s owner load ``model`` for a request needing
+    ``tokens`` of context (``auto``: the OpenAI surface's default context)."""
+
+    daemon: str
+    model: str
+    tokens: int
+    auto: bool = False
+    client_num_ctx: int | None = None
+    sender: str = ""
+    #: A copy of a hot model (``bridge.policy.replicas``): its owner retires it.
+    replica: bool = False
+
+
+class Listener(Protocol):
+    """What a coordinator tells the scheduler."""
+
+    def owner_changed(self, daemon: str, owned: bool) -> None:
+        """This replica took (``owned``) or lost ``daemon``."""
+
+    def replicas_changed(self, replicas: int) -> None:
+        """The number of live replicas changed (the slot shares follow it)."""
+
+    def wanted(self, want: Want) -> None:
+        """Another replica needs a load on a daemon this replica owns."""
+
+    def changed(self, daemon: str) -> None:
+        """``daemon``'s owner loaded or unloaded something there: look at ``/api/ps``."""
+
+    def load_failed(self, failure: Failure) -> None:
+        """The owner could not carry out a load this replica (or another) wanted."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A wanted load that failed on its owner, as the owner's error said it."""
+
+    daemon: str
+    model: str
+    status: int
+    message: str
+    retry_after: float | None = None
+
+
+class Coordinator(Protocol):
+    """The seam (``Solo``, ``bridge.coord.shared.Shared``)."""
+
+    @property
+    def replica(self) -> str: ...
+
+    @property
+    def mode(self) -> Mode: ...
+
+    @property
+    def replicas(self) -> int: ...
+
+    def owns(self, daemon: str) -> bool: ...
+
+    def owner(self, daemon: str) -> str | None: ...
+
+    def epoch(self, daemon: str) -> int: ...
+
+    async def start(self, listener: Listener) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def claim(self, model: str, daemon: str) -> str: ...
+
+    def want(self, want: Want) -> None: ...
+
+    def changed(self, daemon: str) -> None: ...
+
+    def failed(self, failure: Failure) -> None: ...
+
+
+class Solo:
+    """The only replica: owns every daemon, claims always win, nothing to tell."""
+
+    def __init__(self, replica: str = "solo") -> None:
+        self._replica = replica
+
+    @property
+    def replica(self) -> str:
+        return self._replica
+
+    @property
+    def mode(self) -> Mode:
+        return Mode.SOLO
+
+    @property
+    def replicas(self) -> int:
+        return 1
+
+    def owns(self, daemon: str) -> bool:
+        return True
+
+    def owner(self, daemon: str) -> str | None:
+        return self._replica
+
+    def epoch(self, daemon: str) -> int:
+        return 0
+
+    async def start(self, listener: Listener) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+    async def claim(self, model: str, daemon: str) -> str:
+        return daemon
+
+    def want(self, want: Want) -> None:
+        pass
+
+    def changed(self, daemon: str) -> None:
+        pass
+
+    def failed(self, failure: Failure) -> None:
+        pass

@@ -1,0 +1,127 @@
+"""What the other replicas mean to this one's scheduler (``bridge.coord.Listener``).
+
+* A daemon this replica now owns: read its ``/api/ps`` and kick its driver, which
+  carries out the loads its requests wait for (and any a dead owner left undone: the
+  other replicas keep asking while their requests wait).
+* A daemon it no longer owns: kick its driver, which from now on asks the owner.
+* Another replica wants a load on a daemon this one owns: load it as an admin load is
+  loaded (a waiter at the gate, so the driver loads it in turn, with its evictions),
+  once per (daemon, model) at a time; if it fails, say so, and the asking replicas
+  give their waiters the error.
+* The owner changed a daemon: read its ``/api/ps`` (the ground truth), which opens or
+  closes this replica's gates there (``Upkeep.reconcile``).
+* The number of replicas changed: every gate's slots become this replica's share.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from bridge.coord import Coordinator, Failure, Want
+from bridge.errors import BridgeError
+from bridge.policy.numctx import Need
+from bridge.policy.shares import slot_share
+from bridge.scheduling.fleet import Fleet
+from bridge.scheduling.gate import Gate
+
+log = logging.getLogger("alb.peers")
+
+__all__ = ["Peers"]
+
+
+class PeerHooks(Protocol):
+    """What ``Peers`` asks of the scheduler."""
+
+    fleet: Fleet
+    gates: dict[tuple[str, str], Gate]
+    replicas: set[tuple[str, str]]
+
+    def kick(self, daemon: str) -> None: ...
+
+    def spawn_task(self, coro: object) -> None: ...
+
+    async def recheck(self, daemon: str) -> None: ...
+
+    async def load_for(self, key: str, daemon: str, need: Need) -> str: ...
+
+    def fail_waiters(self, failure: Failure) -> None: ...
+
+
+class Peers:
+    """The scheduler's ``Listener`` (module doc)."""
+
+    def __init__(self, coord: Coordinator, hooks: PeerHooks) -> None:
+        self._coord = coord
+        self._hooks = hooks
+        self._loading: set[tuple[str, str]] = set()
+        self._rechecking: set[str] = set()
+        self._again: set[str] = set()
+
+    def owner_changed(self, daemon: str, owned: bool) -> None:
+        if daemon not in self._hooks.fleet.daemons:
+            return
+        if owned:
+            self.changed(daemon)
+        self._hooks.kick(daemon)
+
+    def replicas_changed(self, replicas: int) -> None:
+        for (name, _key), gate in self._hooks.gates.items():
+            d = self._hooks.fleet.daemons.get(name)
+            if d is not None:
+                gate.resize(slot_share(d.spec.parallel, replicas))
+
+    def wanted(self, want: Want) -> None:
+        pair = (want.daemon, want.model)
+        if want.daemon not in self._hooks.fleet.daemons or pair in self._loading:
+            return
+        self._loading.add(pair)
+        self._hooks.spawn_task(self._load(want))
+
+    async def _load(self, want: Want) -> None:
+        need = Need(
+            want.tokens,
+            auto=want.auto,
+            client_num_ctx=want.client_num_ctx,
+            translate=want.auto,
+        )
+        try:
+            if want.replica:
+                self._hooks.replicas.add((want.daemon, want.model))
+            await self._hooks.load_for(want.model, want.daemon, need)
+        except BridgeError as exc:
+            self._hooks.replicas.discard((want.daemon, want.model))
+            log.info(
+                "load of %s on %s for %s failed: %s", want.model, want.daemon, want.sender, exc
+            )
+            self._coord.failed(
+                Failure(want.daemon, want.model, exc.status, exc.message, exc.retry_after)
+            )
+        finally:
+            self._loading.discard((want.daemon, want.model))
+            self._coord.changed(want.daemon)
+
+    def load_failed(self, failure: Failure) -> None:
+        if failure.daemon in self._hooks.fleet.daemons and not self._coord.owns(failure.daemon):
+            self._hooks.fail_waiters(failure)
+
+    def changed(self, daemon: str) -> None:
+        """Read ``daemon``'s ``/api/ps`` now (one read at a time; one more if asked
+        again meanwhile)."""
+        if daemon not in self._hooks.fleet.daemons:
+            return
+        if daemon in self._rechecking:
+            self._again.add(daemon)
+            return
+        self._rechecking.add(daemon)
+        self._hooks.spawn_task(self._recheck(daemon))
+
+    async def _recheck(self, daemon: str) -> None:
+        try:
+            while True:
+                self._again.discard(daemon)
+                await self._hooks.recheck(daemon)
+                if daemon not in self._again:
+                    return
+        finally:
+            self._rechecking.discard(daemon)
