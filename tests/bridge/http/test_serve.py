@@ -130,6 +130,33 @@ def test_sigterm_lets_in_flight_streams_finish(served: tuple[Proc, str]) -> None
     assert proc.p.wait(15) == 0
 
 
+def test_the_banner_masks_a_daemon_urls_credentials(fleet: RunningFleet) -> None:
+    """Issue #12, finding 9: ``http://alice:hunter2@127.0.0.1:PORT`` was mangled into
+    ``…:PORT:11434`` and the password shown in the banner. The banner shows the URL as
+    ``http://***@127.0.0.1:PORT``, and the daemon is reached at that port."""
+    sim = fleet.daemon("a").base_url  # http://127.0.0.1:PORT
+    secret = sim.replace("http://", "http://alice:hunter2@", 1)
+    port = _free_port()
+    proc = Proc(
+        [ALB, "serve", "--host", "127.0.0.1", "--port", str(port)], _env(ALB_DAEMONS=f"a={secret}")
+    )
+    try:
+        proc.wait_line("bridge listening on")
+        banner = "".join(proc.output)
+        daemon_lines = [line.strip() for line in proc.output if "daemon a:" in line]
+        masked = sim.replace("http://", "http://***@", 1)
+        assert "hunter2" not in banner
+        assert "alice" not in banner
+        assert len(daemon_lines) == 1, banner
+        assert daemon_lines[0].startswith(f"daemon a: {masked} ("), banner
+        with ollama.Client(host=f"http://127.0.0.1:{port}") as c:
+            reply = c.generate(model="chatty", prompt="x")
+        assert reply.done
+        assert "hunter2" not in "".join(proc.output)
+    finally:
+        proc.stop()
+
+
 def test_make_run_falls_back_to_a_simulated_fleet_and_says_so() -> None:
     port = _free_port()
     nobody = f"http://127.0.0.1:{_free_port()}"
