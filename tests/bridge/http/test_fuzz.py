@@ -54,6 +54,13 @@ OTHER_POST = [
     "/alb/v1/models/other/unpin",
     "/alb/v1/models/chatty/explode",
 ]
+#: ``/api/blobs/{digest}`` answers HEAD (is the blob there?) and POST (upload one): a
+#: digest, one that is not, and a path that tries to climb out.
+BLOBS = [
+    "/api/blobs/sha256-" + "0" * 64,
+    "/api/blobs/sha256-xyz",
+    "/api/blobs/..%2f..%2fetc%2fpasswd",
+]
 GETS = [
     "/",
     "/api/version",
@@ -168,8 +175,9 @@ def requests(draw: st.DrawFn) -> tuple[str, str, bytes]:
     if kind < 6:
         return "POST", draw(st.sampled_from(INFERENCE)), draw(bodies)
     if kind < 8:
-        return "POST", draw(st.sampled_from(OTHER_POST)), draw(bodies)
-    return draw(st.sampled_from(METHODS)), draw(st.sampled_from(GETS + INFERENCE)), draw(bodies)
+        return "POST", draw(st.sampled_from(OTHER_POST + BLOBS)), draw(bodies)
+    paths = GETS + INFERENCE + BLOBS
+    return draw(st.sampled_from(METHODS)), draw(st.sampled_from(paths)), draw(bodies)
 
 
 def _shape_ok(path: str, response: httpx.Response) -> bool:
