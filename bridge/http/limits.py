@@ -95,7 +95,9 @@ class Reclaimer:
         self.pending = 0
         self.last = -1e18
         self.runs = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        #: When ``_timer`` fires (uvloop's handle for a time already past has no ``when``).
+        self._at = 0.0
 
     def due(self, now: float) -> float:
         """When the next collection should run, given ``pending`` bytes (pure)."""
@@ -111,10 +113,10 @@ class Reclaimer:
         loop = asyncio.get_running_loop()
         at = self.due(loop.time())
         if self._timer is not None:
-            if at >= self._timer.when():
+            if at >= self._at:
                 return
             self._timer.cancel()
-        self._timer = loop.call_at(at, self.run)
+        self._timer, self._at = loop.call_at(at, self.run), at
 
     def run(self) -> None:
         self._timer = None

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import uvloop
 
 from bench.exhaustion import MIB, RSS_TARGET, body_of, burst, post, rss
 from bench.procs import HOST, Service, free_port
@@ -500,3 +501,20 @@ async def test_refusals_and_connections_are_counted(tight: RunningBridge) -> Non
     assert _samples(text, "alb_client_connections")[""] >= 1  # the /metrics request itself
     budget = _samples(text, "alb_body_budget_bytes")
     assert budget == {'{kind="in_use"}': 0.0, '{kind="capacity"}': 100_000.0}
+
+
+def test_reclaimer_under_uvloop_when_much_is_waiting() -> None:
+    """The bridge runs on uvloop, whose ``call_at`` for a time already past returns a
+    plain ``Handle`` (no ``when``): a second large body while an urgent collection is
+    pending raised AttributeError in the ASGI app (found by the RSS test's runs)."""
+    runs: list[int] = []
+
+    async def main() -> None:
+        r = Reclaimer(urgent=2 * BIG_BODY, collect=lambda: runs.append(1), trim=lambda: None)
+        r.released(2 * BIG_BODY)  # urgent: scheduled for now
+        r.released(BIG_BODY)  # must compare with the pending run, not ask its handle
+        await asyncio.sleep(0.01)
+        assert runs == [1]
+        r.close()
+
+    uvloop.run(main())
