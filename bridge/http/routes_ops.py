@@ -141,10 +141,20 @@ def routes(bridge: Bridge) -> list[BaseRoute]:
                         "held_most": rt.scheduler.book.held.get(d.name),
                     },
                     "circuit": rt.scheduler.breakers[d.name].state,
+                    # Whether this replica runs its loads and unloads (``bridge.coord``),
+                    # and which replica does (its id names the host: operators only).
+                    "owned_here": rt.scheduler.coord.owns(d.name),
+                    **({"owner": rt.scheduler.coord.owner(d.name)} if operator else {}),
                     "models": rows,
                 }
             )
+        coord = rt.scheduler.coord
         extra = {
+            "coordination": {
+                "mode": coord.mode.value,
+                "replicas": coord.replicas,
+                **({"replica": coord.replica} if operator else {}),
+            },
             "sizes_learned": rt.scheduler.sizes.as_dict(),
             "chars_per_token": rt.scheduler.calibrator.as_dict(),
         }

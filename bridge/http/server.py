@@ -117,6 +117,14 @@ def _banner(settings: Settings, out: TextIO, sim_note: str, port: int) -> None:
         f"  keep_alive policy: {settings.keep_alive_policy}; queue {settings.queue_capacity} "
         f"per model (503 from {settings.high_water_depth}); drain {settings.drain_timeout:g}s"
     )
+    if settings.redis_url is not None:
+        who = settings.replica_id or "host-pid-random"
+        lines.append(
+            f"  coordination: shared through Redis as {who} (namespace "
+            f"{settings.coord_namespace}, lease {settings.lease_ttl:g}s)"
+        )
+    else:
+        lines.append("  coordination: solo (no ALB_REDIS_URL: the only replica)")
     lines.append(f"bridge listening on http://{settings.host}:{port}")
     print("\n".join(lines), file=out, flush=True)
 

@@ -99,9 +99,10 @@ class Upkeep:
                 continue
             row = d.loaded.get(key)
             if row is not None and not gate.ready:
-                self._r.decisions.record(
-                    "load", key, name, "appeared-behind-the-bridge", ps=_ps(row)
+                why = (
+                    "appeared-behind-the-bridge" if self._r.coord.owns(name) else "loaded-by-owner"
                 )
+                self._r.decisions.record("load", key, name, why, ps=_ps(row))
                 gate.auto = False
                 gate.open(ctx=int(row.get("context_length") or 0))
             elif row is None and gate.ready:

@@ -236,7 +236,7 @@ async def test_a_hung_redis_degrades_every_replica_and_shared_mode_comes_back(
     admin = Redis.from_url(redis_url)
     try:
         # CLIENT PAUSE: every command hangs, as a Redis that stopped answering does.
-        await admin.execute_command("CLIENT", "PAUSE", "3000", "ALL")
+        await admin.client_pause(3000, all=True)
         t0 = time.monotonic()
         await until(lambda: all(c.mode is Mode.DEGRADED for c in coords), 3.0, *recs)
         assert time.monotonic() - t0 < 1.0  # a round and its 100 ms timeouts
@@ -245,11 +245,11 @@ async def test_a_hung_redis_degrades_every_replica_and_shared_mode_comes_back(
         t1 = time.monotonic()
         assert await coords[0].claim("x:latest", "gpu2") == "gpu2"  # no wait on Redis
         assert time.monotonic() - t1 < 0.05
-        await admin.execute_command("CLIENT", "UNPAUSE")
+        await admin.client_unpause()
         await until(_one_each(coords), 5.0, *recs)
         assert all(c.mode is Mode.SHARED for c in coords)
     finally:
-        await admin.execute_command("CLIENT", "UNPAUSE")
+        await admin.client_unpause()
         await admin.aclose()
 
 

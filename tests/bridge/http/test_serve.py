@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import queue
 import signal
-import socket
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import ollama
 import pytest
 
 from ollamasim.testing import RunningFleet, serve_in_thread
+from tests.bridge._procs import ALB, Proc, clean_env, free_port
 from tests.bridge._support import SIM_CONFIG
 
-ROOT = Path(__file__).resolve().parents[3]
-ALB = str(Path(sys.executable).parent / "alb")
 SLOW_CONFIG = {
     **SIM_CONFIG,
     "models": [
@@ -29,61 +22,6 @@ SLOW_CONFIG = {
         {"name": "slowgen", "size": 2**30, "response_tokens": 60, "gen_tokens_per_s": 1},
     ],
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Proc:
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.p = subprocess.Popen(
-            args,
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.output: list[str] = []
-        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
-        self._pump_thread.start()
-
-    def _pump(self) -> None:
-        assert self.p.stdout is not None
-        with self.p.stdout:  # the pipe is closed at EOF: the process has ended
-            for line in self.p.stdout:
-                self.output.append(line)
-                self.lines.put(line)
-
-    def wait_line(self, prefix: str, timeout: float = 20) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.1)
-            except queue.Empty:
-                if self.p.poll() is not None:
-                    break
-                continue
-            if line.startswith(prefix):
-                return line.strip()
-        raise AssertionError(f"no line starting {prefix!r}; output:\n{''.join(self.output)}")
-
-    def stop(self) -> None:
-        """Kill the process if it still runs, and wait for the pump to close its pipe."""
-        if self.p.poll() is None:
-            self.p.kill()
-        self.p.wait(5)
-        self._pump_thread.join(5)
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALB_", "OLLAMA_"))}
-    env.update(extra)
-    return env
 
 
 @pytest.fixture
@@ -94,8 +32,8 @@ def slow_fleet() -> Iterator[RunningFleet]:
 
 @pytest.fixture
 def served(slow_fleet: RunningFleet) -> Iterator[tuple[Proc, str]]:
-    port = _free_port()
-    env = _env(ALB_DAEMONS=f"a={slow_fleet.daemon('a').base_url}", ALB_DRAIN_TIMEOUT="10")
+    port = free_port()
+    env = clean_env(ALB_DAEMONS=f"a={slow_fleet.daemon('a').base_url}", ALB_DRAIN_TIMEOUT="10")
     proc = Proc([ALB, "serve", "--host", "127.0.0.1", "--port", str(port)], env)
     try:
         line = proc.wait_line("bridge listening on")
@@ -136,9 +74,10 @@ def test_the_banner_masks_a_daemon_urls_credentials(fleet: RunningFleet) -> None
     ``http://***@127.0.0.1:PORT``, and the daemon is reached at that port."""
     sim = fleet.daemon("a").base_url  # http://127.0.0.1:PORT
     secret = sim.replace("http://", "http://alice:hunter2@", 1)
-    port = _free_port()
+    port = free_port()
     proc = Proc(
-        [ALB, "serve", "--host", "127.0.0.1", "--port", str(port)], _env(ALB_DAEMONS=f"a={secret}")
+        [ALB, "serve", "--host", "127.0.0.1", "--port", str(port)],
+        clean_env(ALB_DAEMONS=f"a={secret}"),
     )
     try:
         proc.wait_line("bridge listening on")
@@ -158,9 +97,11 @@ def test_the_banner_masks_a_daemon_urls_credentials(fleet: RunningFleet) -> None
 
 
 def test_make_run_falls_back_to_a_simulated_fleet_and_says_so() -> None:
-    port = _free_port()
-    nobody = f"http://127.0.0.1:{_free_port()}"
-    proc = Proc([ALB, "serve", "--sim-fallback", "--port", str(port)], _env(ALB_OLLAMA_HOST=nobody))
+    port = free_port()
+    nobody = f"http://127.0.0.1:{free_port()}"
+    proc = Proc(
+        [ALB, "serve", "--sim-fallback", "--port", str(port)], clean_env(ALB_OLLAMA_HOST=nobody)
+    )
     try:
         proc.wait_line("bridge listening on")
         banner = "".join(proc.output)
@@ -178,7 +119,7 @@ def test_make_run_falls_back_to_a_simulated_fleet_and_says_so() -> None:
 def test_a_bad_setting_fails_fast_naming_it() -> None:
     out = subprocess.run(
         [ALB, "serve"],
-        env=_env(ALB_PORT="eighty"),
+        env=clean_env(ALB_PORT="eighty"),
         capture_output=True,
         text=True,
         timeout=30,

@@ -1,0 +1,153 @@
+"""Three ``alb serve`` processes in front of one simulated fleet, sharing it through a
+real Redis (issue #15's "done when", cold burst).
+
+Each replica is told a different story about memory: its own daemon is large, the other
+two hold the filler model and no more. So, alone, replica i would load a cold model on
+gpu-i (the others would need an eviction): three replicas, three different places. With
+the claims, the first replica to claim the model decides for all, and its owner loads it
+once."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import httpx
+import pytest
+
+from ollamasim.testing import RunningFleet, serve_in_thread
+from tests.bridge._procs import ALB, Proc, clean_env, free_port
+from tests.bridge._support import kinds
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(120)]
+
+GIB = 1024**3
+NAMES = ("gpu0", "gpu1", "gpu2")
+BURST = 300
+
+FLEET: dict[str, Any] = {
+    "time_scale": 0.02,
+    "gen_tokens_per_s": 200,
+    "prefill_tokens_per_s": 100000,
+    "models": [
+        {"name": "filler", "size": GIB, "response_tokens": 4},
+        {"name": "cold", "size": 2 * GIB, "response_tokens": 8},
+    ],
+    "daemons": [
+        {
+            "name": n,
+            "memory": 24 * GIB,
+            "num_parallel": 2,
+            "load_fixed_s": 4.0,
+            "context_length": 4096,
+        }
+        for n in NAMES
+    ],
+}
+
+
+class Cluster:
+    def __init__(self, fleet: RunningFleet, procs: list[Proc], urls: list[str]) -> None:
+        self.fleet = fleet
+        self.procs = procs
+        self.urls = urls
+
+
+def _daemons(fleet: RunningFleet, own: int) -> str:
+    """ALB_DAEMONS for replica ``own``: its daemon large, the others just big enough for
+    one of the two models (filler 1 GiB, cold 2 GiB, each with 1 GiB of KV cache)."""
+    parts = []
+    for i, n in enumerate(NAMES):
+        memory = 64 * GIB if i == own else 5 * GIB
+        url = fleet.daemon(n).base_url
+        parts.append(f"{n}={url}?parallel=2&memory={memory}&default_ctx=4096")
+    return ",".join(parts)
+
+
+@pytest.fixture
+def cluster(redis_url: str) -> Iterator[Cluster]:
+    namespace = f"alb-cluster-{uuid.uuid4().hex[:8]}"
+    with serve_in_thread(FLEET) as fleet, ExitStack() as stack:
+        procs, urls = [], []
+        for i in range(3):
+            port = free_port()
+            env = clean_env(
+                ALB_DAEMONS=_daemons(fleet, i),
+                ALB_REDIS_URL=redis_url,
+                ALB_COORD_NAMESPACE=namespace,
+                ALB_REPLICA_ID=f"r{i}",
+                ALB_LEASE_TTL="1.5",
+                ALB_REFRESH_INTERVAL="0.2",
+                ALB_REPLICATION="false",
+                ALB_QUEUE_CAPACITY="1024",
+            )
+            proc = Proc([ALB, "serve", "--host", "127.0.0.1", "--port", str(port)], env)
+            stack.callback(proc.stop)
+            procs.append(proc)
+            urls.append(f"http://127.0.0.1:{port}")
+        for proc in procs:
+            proc.wait_line("bridge listening on", timeout=30)
+        yield Cluster(fleet, procs, urls)
+
+
+async def _owners_settled(c: httpx.AsyncClient, urls: list[str]) -> dict[str, str]:
+    """Wait until every replica names one owner per daemon, the same on each, and each
+    replica owns one daemon; returns daemon -> owner."""
+    for _ in range(200):
+        views = [(await c.get(u + "/alb/v1/models")).json() for u in urls]
+        owners = [{d["name"]: d["owner"] for d in v["daemons"]} for v in views]
+        if (
+            all(o == owners[0] for o in owners)
+            and None not in owners[0].values()
+            and sorted(owners[0].values()) == ["r0", "r1", "r2"]
+            and all(v["coordination"]["mode"] == "shared" for v in views)
+        ):
+            return owners[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"owners never settled: {owners}")
+
+
+def _loads(fleet: RunningFleet, model: str) -> dict[str, int]:
+    return {d.name: kinds(d.events(), model).count("loaded") for d in fleet.daemons}
+
+
+async def test_a_cold_burst_over_three_replicas_loads_the_model_once(cluster: Cluster) -> None:
+    urls = cluster.urls
+    limits = httpx.Limits(max_connections=BURST + 10)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as c:
+        owners = await _owners_settled(c, urls)
+        # The filler on every daemon, each asked of a replica that does not own it.
+        for n in NAMES:
+            asker = next(u for u, r in zip(urls, ("r0", "r1", "r2"), strict=True) if r != owners[n])
+            r = await c.post(f"{asker}/alb/v1/models/filler/load", json={"daemon": n})
+            assert r.status_code == 200, r.text
+            assert r.json()["daemon"] == n
+        assert _loads(cluster.fleet, "filler:latest") == dict.fromkeys(NAMES, 1)
+
+        async def one(i: int) -> httpx.Response:
+            body = {"model": "cold", "prompt": f"hi {i}", "stream": False}
+            return await c.post(urls[i % 3] + "/api/generate", json=body)
+
+        answers = await asyncio.gather(*(one(i) for i in range(BURST)))
+        statuses = [a.status_code for a in answers]
+        assert statuses == [200] * BURST, {s: statuses.count(s) for s in set(statuses)}
+        loads = _loads(cluster.fleet, "cold:latest")
+        assert sum(loads.values()) == 1, loads
+        (where,) = [n for n, k in loads.items() if k]
+        assert {a.headers["x-alb-daemon"] for a in answers} == {where}
+        # Alone, the others would have loaded it on their own daemon: their records say so.
+        moved = []
+        for u in urls:
+            records = (await c.get(u + "/alb/v1/decisions", params={"limit": 1000})).json()
+            moved += [
+                r
+                for r in records.get("decisions", records)
+                if isinstance(r, dict) and r.get("reason") == "claimed-by-another-replica"
+            ]
+        chosen = {r.get("chosen") for r in moved}
+        assert chosen, "no replica followed another's claim"
+        assert where not in chosen
+        assert len(chosen | {where}) >= 2
