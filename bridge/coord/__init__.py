@@ -65,6 +65,9 @@ class Listener(Protocol):
     def load_failed(self, failure: Failure) -> None:
         """The owner could not carry out a load this replica (or another) wanted."""
 
+    def mode_changed(self, mode: Mode) -> None:
+        """Redis stopped answering (``DEGRADED``) or answers again (``SHARED``)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Failure:

@@ -283,6 +283,8 @@ class Shared:
         was_degraded = self._mode is Mode.DEGRADED
         self._mode = Mode.SHARED
         self._gauge_mode()
+        if was_degraded and self._listener is not None:
+            self._listener.mode_changed(Mode.SHARED)
         # Renew what is held; what is not (expired, or taken while Redis was away) is lost.
         for daemon, epoch in list(self._held.items()):
             ok = await self._renew(
@@ -343,6 +345,8 @@ class Shared:
         log.warning("coordination: Redis does not answer; degraded (serving on own state)")
         self._mode = Mode.DEGRADED
         self._gauge_mode()
+        if self._listener is not None:
+            self._listener.mode_changed(Mode.DEGRADED)
         for daemon in self._daemons:
             if daemon not in self._held:
                 self._notify_owner(daemon, owned=True)

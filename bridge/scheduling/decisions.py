@@ -28,6 +28,7 @@ Kind = Literal[
     "warm",
     "replicate",
     "retire-replica",
+    "coordination",
 ]
 
 

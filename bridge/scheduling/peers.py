@@ -18,10 +18,11 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from bridge.coord import Coordinator, Failure, Want
+from bridge.coord import Coordinator, Failure, Mode, Want
 from bridge.errors import BridgeError
 from bridge.policy.numctx import Need
 from bridge.policy.shares import slot_share
+from bridge.scheduling.decisions import DecisionLog
 from bridge.scheduling.fleet import Fleet
 from bridge.scheduling.gate import Gate
 
@@ -34,6 +35,7 @@ class PeerHooks(Protocol):
     """What ``Peers`` asks of the scheduler."""
 
     fleet: Fleet
+    decisions: DecisionLog
     gates: dict[tuple[str, str], Gate]
     replicas: set[tuple[str, str]]
 
@@ -61,9 +63,26 @@ class Peers:
     def owner_changed(self, daemon: str, owned: bool) -> None:
         if daemon not in self._hooks.fleet.daemons:
             return
+        mode = self._coord.mode
+        why = ("owns" if mode is Mode.DEGRADED else "took-lease") if owned else "gave-up-lease"
+        self._hooks.decisions.record(
+            "coordination",
+            "",
+            daemon,
+            why,
+            replica=self._coord.replica,
+            epoch=self._coord.epoch(daemon),
+            mode=mode.value,
+        )
         if owned:
             self.changed(daemon)
         self._hooks.kick(daemon)
+
+    def mode_changed(self, mode: Mode) -> None:
+        reason = "degraded" if mode is Mode.DEGRADED else "shared-again"
+        self._hooks.decisions.record(
+            "coordination", "", "", reason, replica=self._coord.replica, mode=mode.value
+        )
 
     def replicas_changed(self, replicas: int) -> None:
         for (name, _key), gate in self._hooks.gates.items():

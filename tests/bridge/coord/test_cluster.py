@@ -10,6 +10,7 @@ once."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -19,6 +20,7 @@ import httpx
 import pytest
 
 from ollamasim.testing import RunningFleet, serve_in_thread
+from tests.bridge._events import wait_for
 from tests.bridge._procs import ALB, Proc, clean_env, free_port
 from tests.bridge._support import kinds
 
@@ -27,6 +29,7 @@ pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(120)]
 GIB = 1024**3
 NAMES = ("gpu0", "gpu1", "gpu2")
 BURST = 300
+LEASE_S = 1.5
 
 FLEET: dict[str, Any] = {
     "time_scale": 0.02,
@@ -69,8 +72,12 @@ def _daemons(fleet: RunningFleet, own: int) -> str:
 
 @pytest.fixture
 def cluster(redis_url: str) -> Iterator[Cluster]:
+    yield from _cluster(redis_url, FLEET)
+
+
+def _cluster(redis_url: str, config: dict[str, Any]) -> Iterator[Cluster]:
     namespace = f"alb-cluster-{uuid.uuid4().hex[:8]}"
-    with serve_in_thread(FLEET) as fleet, ExitStack() as stack:
+    with serve_in_thread(config) as fleet, ExitStack() as stack:
         procs, urls = [], []
         for i in range(3):
             port = free_port()
@@ -79,7 +86,7 @@ def cluster(redis_url: str) -> Iterator[Cluster]:
                 ALB_REDIS_URL=redis_url,
                 ALB_COORD_NAMESPACE=namespace,
                 ALB_REPLICA_ID=f"r{i}",
-                ALB_LEASE_TTL="1.5",
+                ALB_LEASE_TTL=str(LEASE_S),
                 ALB_REFRESH_INTERVAL="0.2",
                 ALB_REPLICATION="false",
                 ALB_QUEUE_CAPACITY="1024",
@@ -151,3 +158,57 @@ async def test_a_cold_burst_over_three_replicas_loads_the_model_once(cluster: Cl
         assert chosen, "no replica followed another's claim"
         assert where not in chosen
         assert len(chosen | {where}) >= 2
+
+
+SLOW_LOAD: dict[str, Any] = {
+    **FLEET,
+    "daemons": [{**d, "load_fixed_s": 100.0} for d in FLEET["daemons"]],  # 2 s of wall time
+}
+LOAD_S = 100.0 * 0.02
+
+
+@pytest.fixture
+def slow_cluster(redis_url: str) -> Iterator[Cluster]:
+    yield from _cluster(redis_url, SLOW_LOAD)
+
+
+async def test_killing_the_owner_mid_load_the_load_completes_through_the_new_owner(
+    slow_cluster: Cluster,
+) -> None:
+    cluster, urls = slow_cluster, slow_cluster.urls
+    async with httpx.AsyncClient(timeout=60) as c:
+        owners = await _owners_settled(c, urls)
+        target = "gpu0"
+        victim = int(owners[target][1:])
+        asker = urls[(victim + 1) % 3]  # survives; not the owner of gpu0
+        load = asyncio.ensure_future(
+            c.post(f"{asker}/alb/v1/models/cold/load", json={"daemon": target})
+        )
+        await wait_for(
+            lambda: "load-start" in kinds(cluster.fleet.daemon(target).events(), "cold:latest"),
+            what="the load under way",
+        )
+        body = {"model": "cold", "prompt": "hi", "stream": False}
+        waiting = [
+            asyncio.ensure_future(c.post(asker + "/api/generate", json=body)) for _ in range(20)
+        ]
+        await asyncio.sleep(0.1)  # the requests are queued behind the load on the asker
+        killed_at = time.monotonic()
+        cluster.procs[victim].p.kill()  # SIGKILL: no hand-over, the lease must expire
+        answers = await asyncio.gather(load, *waiting)
+        took = time.monotonic() - killed_at
+        statuses = [a.status_code for a in answers]
+        assert all(s in {200, 503} for s in statuses), statuses
+        assert all("retry-after" in a.headers for a in answers if a.status_code == 503)
+        assert statuses[0] == 200, answers[0].text  # the load itself went through
+        events = kinds(cluster.fleet.daemon(target).events(), "cold:latest")
+        # The dead owner's connection carried the first load: the daemon gave it up
+        # (as Ollama does when the loading client goes) and the new owner loaded again.
+        assert events.count("load-aborted") == 1, events
+        assert events.count("load-start") == 2, events
+        assert events.count("loaded") == 1, events
+        print(f"owner killed mid-load: loaded through the new owner {took:.2f}s later")
+        assert took <= LEASE_S + LOAD_S + 2.0  # expiry, a round and a refresh, the load
+        after = (await c.get(asker + "/alb/v1/models")).json()
+        owner = {d["name"]: d["owner"] for d in after["daemons"]}[target]
+        assert owner not in {None, f"r{victim}"}

@@ -32,6 +32,7 @@ class Recorder:
         self.changes: list[str] = []
         self.failures: list[Failure] = []
         self.replicas: list[int] = []
+        self.modes: list[Mode] = []
         self.event = asyncio.Event()
 
     def owner_changed(self, daemon: str, owned: bool) -> None:
@@ -52,6 +53,10 @@ class Recorder:
 
     def load_failed(self, failure: Failure) -> None:
         self.failures.append(failure)
+        self.event.set()
+
+    def mode_changed(self, mode: Mode) -> None:
+        self.modes.append(mode)
         self.event.set()
 
 
@@ -248,6 +253,7 @@ async def test_a_hung_redis_degrades_every_replica_and_shared_mode_comes_back(
         await admin.client_unpause()
         await until(_one_each(coords), 5.0, *recs)
         assert all(c.mode is Mode.SHARED for c in coords)
+        assert all(r.modes == [Mode.DEGRADED, Mode.SHARED] for r in recs)
     finally:
         await admin.client_unpause()
         await admin.aclose()
