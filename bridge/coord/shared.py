@@ -285,6 +285,11 @@ class Shared:
         self._gauge_mode()
         if was_degraded and self._listener is not None:
             self._listener.mode_changed(Mode.SHARED)
+        if was_degraded:
+            log.warning("coordination: Redis answers again; shared mode")
+            for daemon in self._daemons:
+                if daemon not in self._held:  # owned only while degraded
+                    self._notify_owner(daemon, owned=False)
         # Renew what is held; what is not (expired, or taken while Redis was away) is lost.
         for daemon, epoch in list(self._held.items()):
             ok = await self._renew(
@@ -293,11 +298,6 @@ class Shared:
             )
             if not ok:
                 self._lose(daemon)
-        if was_degraded:
-            log.warning("coordination: Redis answers again; shared mode")
-            for daemon in self._daemons:
-                if daemon not in self._held:
-                    self._notify_owner(daemon, owned=False)
         free = [d for d in self._daemons if d not in owners and d not in self._held]
         n = len(self._daemons)
         for daemon in shares.to_take(

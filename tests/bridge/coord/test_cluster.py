@@ -10,6 +10,11 @@ once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -212,3 +217,121 @@ async def test_killing_the_owner_mid_load_the_load_completes_through_the_new_own
         after = (await c.get(asker + "/alb/v1/models")).json()
         owner = {d["name"]: d["owner"] for d in after["daemons"]}[target]
         assert owner not in {None, f"r{victim}"}
+
+
+OUTAGE_S = 30.0
+
+
+class StoppableRedis:
+    """A redis-server of the test's own on a fixed port, stopped and started again."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary is not None, "redis-server is not installed (scripts/redis install)"
+        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--appendonly", "no", "--dir", tempfile.gettempdir()]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.5) as s,
+            ):
+                s.sendall(b"PING\r\n")
+                if s.recv(64).startswith(b"+PONG"):
+                    return
+            assert time.monotonic() < deadline, "redis-server did not answer"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+
+@pytest.fixture
+def own_redis() -> Iterator[StoppableRedis]:
+    r = StoppableRedis()
+    r.start()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+@pytest.mark.timeout(150)
+async def test_redis_stopped_under_steady_load_fails_nothing_and_shared_mode_comes_back(
+    own_redis: StoppableRedis,
+) -> None:
+    gen = _cluster(own_redis.url, FLEET)
+    cluster = next(gen)
+    try:
+        await _steady_load_through_an_outage(cluster, own_redis)
+    finally:
+        gen.close()
+
+
+async def _steady_load_through_an_outage(cluster: Cluster, redis: StoppableRedis) -> None:
+    urls = cluster.urls
+    statuses: list[int] = []
+    stop = asyncio.Event()
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64)) as c:
+        await _owners_settled(c, urls)
+
+        async def client(i: int) -> None:
+            model = ("filler", "cold")[i % 2]
+            n = 0
+            while not stop.is_set():
+                body = {"model": model, "prompt": f"{i} {n}", "stream": False}
+                r = await c.post(urls[(i + n) % 3] + "/api/generate", json=body)
+                statuses.append(r.status_code)
+                n += 1
+
+        clients = [asyncio.ensure_future(client(i)) for i in range(4)]
+        await wait_for(lambda: len(statuses) > 200, 20, "traffic before the outage")
+        before = {m: _loads(cluster.fleet, m) for m in ("filler:latest", "cold:latest")}
+        redis.stop()
+        stopped_at = time.monotonic()
+        served_before = len(statuses)
+        await asyncio.sleep(OUTAGE_S)  # the outage's length is the test's subject
+        during = len(statuses) - served_before
+        redis.start()
+        back = await _until_shared(c, urls)
+        stop.set()
+        await asyncio.gather(*clients)
+        outage_loads = {
+            m: sum(_loads(cluster.fleet, m).values()) - sum(before[m].values()) for m in before
+        }
+        print(
+            f"Redis stopped {OUTAGE_S:.0f}s: {during} requests served meanwhile, "
+            f"{len(statuses)} in all, statuses {sorted(set(statuses))}; "
+            f"shared again {back:.2f}s after Redis returned; loads meanwhile {outage_loads}"
+        )
+        assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+        assert during > 100
+        assert all(n <= 3 for n in outage_loads.values())  # at most one per replica
+        assert back < 5.0
+        assert time.monotonic() - stopped_at < OUTAGE_S + 10
+        for u in urls:
+            query = {"kind": "coordination", "limit": 1000}
+            records = (await c.get(u + "/alb/v1/decisions", params=query)).json()
+            reasons = [r["reason"] for r in reversed(records["decisions"])]  # oldest first
+            assert "degraded" in reasons
+            assert "shared-again" in reasons
+            assert reasons.index("degraded") < reasons.index("shared-again")
+
+
+async def _until_shared(c: httpx.AsyncClient, urls: list[str]) -> float:
+    t0 = time.monotonic()
+    while True:
+        modes = [(await c.get(u + "/alb/v1/models")).json()["coordination"]["mode"] for u in urls]
+        if modes == ["shared"] * 3:
+            return time.monotonic() - t0
+        assert time.monotonic() - t0 < 10, modes
+        await asyncio.sleep(0.05)
