@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import ExitStack
 from typing import Any
 
@@ -80,7 +80,7 @@ def cluster(redis_url: str) -> Iterator[Cluster]:
     yield from _cluster(redis_url, FLEET)
 
 
-def _cluster(redis_url: str, config: dict[str, Any]) -> Iterator[Cluster]:
+def _cluster(redis_url: str, config: dict[str, Any]) -> Generator[Cluster]:
     namespace = f"alb-cluster-{uuid.uuid4().hex[:8]}"
     with serve_in_thread(config) as fleet, ExitStack() as stack:
         procs, urls = [], []
@@ -319,7 +319,7 @@ async def _steady_load_through_an_outage(cluster: Cluster, redis: StoppableRedis
         assert back < 5.0
         assert time.monotonic() - stopped_at < OUTAGE_S + 10
         for u in urls:
-            query = {"kind": "coordination", "limit": 1000}
+            query: dict[str, str | int] = {"kind": "coordination", "limit": 1000}
             records = (await c.get(u + "/alb/v1/decisions", params=query)).json()
             reasons = [r["reason"] for r in reversed(records["decisions"])]  # oldest first
             assert "degraded" in reasons
