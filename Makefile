@@ -7,10 +7,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export ALB_CACHE_DIR ?= $(HOME)/.cache/alb
 
-.PHONY: help venv services test check lint fmt run sim demo lock clean
+.PHONY: help venv services test check lint fmt run run-cluster sim demo lock clean
 
 help:
 	@echo "make run     start the bridge on 127.0.0.1:8080 (simulated fleet if no Ollama answers)"
+	@echo "make run-cluster  a local Redis and alb serve --workers 2 on 127.0.0.1:8080 (replicas)"
 	@echo "make test    create .venv, install, provision Kafka and Redis, run the whole suite"
 	@echo "make check   ruff + mypy --strict on the packages + the layering contracts (import-linter)"
 	@echo "make sim     run the simulated Ollama fleet from examples/fleet.yaml"
@@ -55,6 +56,9 @@ fmt: venv
 # served instead, and the start-up banner says so.
 run: venv
 	$(BIN)/alb serve --host 127.0.0.1 --port 8080 --sim-fallback
+
+run-cluster: venv
+	scripts/run-cluster
 
 sim: venv
 	$(BIN)/alb sim --config examples/fleet.yaml

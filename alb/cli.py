@@ -57,6 +57,13 @@ def serve(
             "and nothing answers at the default Ollama address.",
         ),
     ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Worker processes on one port (default ALB_WORKERS or 1); more than one "
+            "needs ALB_REDIS_URL: the workers coordinate as replicas.",
+        ),
+    ] = None,
 ) -> None:
     """Run the bridge in front of the Ollama daemons (ALB_DAEMONS or OLLAMA_HOST)."""
     import os
@@ -66,10 +73,29 @@ def serve(
     from bridge.settings import SettingsError, load_settings
 
     try:
-        settings = load_settings(host=host, port=port, sim_fallback=True if sim_fallback else None)
+        settings = load_settings(
+            host=host,
+            port=port,
+            sim_fallback=True if sim_fallback else None,
+            workers=workers,
+        )
     except SettingsError as exc:
         typer.echo(f"alb serve: {exc}", err=True)
         raise typer.Exit(2) from None
+    if settings.workers > 1 and settings.worker_index < 0:
+        if settings.redis_url is None:
+            typer.echo(
+                "alb serve: --workers needs ALB_REDIS_URL (the workers share the daemons "
+                "through it; `make run-cluster` starts a local Redis)",
+                err=True,
+            )
+            raise typer.Exit(2)
+        if settings.port == 0:
+            typer.echo("alb serve: --workers needs a fixed --port (they share it)", err=True)
+            raise typer.Exit(2)
+        from alb.workers import supervise
+
+        raise typer.Exit(supervise(settings, sim_fallback=sim_fallback))
     explicit = bool(settings.daemons) or "OLLAMA_HOST" in os.environ
     run_server(serve_fleet_or_daemons(settings, explicit_upstream=explicit))
 

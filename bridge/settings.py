@@ -147,6 +147,12 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    #: Worker processes of ``alb serve`` on one port (SO_REUSEPORT), each a replica;
+    #: more than one needs ``ALB_REDIS_URL``.
+    workers: int = Field(1, ge=1, le=64)
+    #: Set by ``alb serve --workers`` for each worker: its index, and that it binds
+    #: the port with SO_REUSEPORT beside the others.
+    worker_index: int = Field(-1, ge=-1, le=63)
     #: ``name=url[?parallel=N&max_loaded=M]`` comma-separated; empty: OLLAMA_HOST.
     daemons: str = ""
     #: Where ``daemons`` fell back to when ALB_DAEMONS is empty (set by load_settings).

@@ -24,6 +24,7 @@ import contextlib
 import gc
 import math
 import signal
+import socket
 import sys
 from collections.abc import Coroutine, Generator
 from typing import Any, TextIO
@@ -58,7 +59,8 @@ async def run(settings: Settings, *, note: str = "", out: TextIO = sys.stdout) -
     so no one misses it) and the ready line."""
     app = create_app(settings)
     server = _Server(uvicorn_config(app, settings))
-    task = asyncio.get_running_loop().create_task(server.serve())
+    sockets = [shared_socket(settings.host, settings.port)] if settings.worker_index >= 0 else None
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=sockets))
     while not server.started:
         if task.done():
             task.result()
@@ -66,8 +68,24 @@ async def run(settings: Settings, *, note: str = "", out: TextIO = sys.stdout) -
         await asyncio.sleep(0.01)
     freeze_heap()
     port = server.servers[0].sockets[0].getsockname()[1] if server.servers else settings.port
-    _banner(settings, out, note, port)
+    if settings.worker_index > 0:  # worker 0 prints the banner for all of them
+        print(f"worker {settings.worker_index} ready", file=out, flush=True)
+    else:
+        _banner(settings, out, note, port)
     await task
+
+
+def shared_socket(host: str, port: int) -> socket.socket:
+    """A listening socket bound with SO_REUSEPORT: the kernel spreads connections over
+    every worker's socket on the port (``alb serve --workers``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvicorn.Config:
@@ -125,6 +143,8 @@ def _banner(settings: Settings, out: TextIO, sim_note: str, port: int) -> None:
         )
     else:
         lines.append("  coordination: solo (no ALB_REDIS_URL: the only replica)")
+    if settings.workers > 1:
+        lines.append(f"  workers: {settings.workers} processes on this port (SO_REUSEPORT)")
     lines.append(f"bridge listening on http://{settings.host}:{port}")
     print("\n".join(lines), file=out, flush=True)
 
