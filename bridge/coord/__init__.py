@@ -9,6 +9,13 @@ through the daemon's own ``/api/ps`` (the ground truth), prompted by its ``chang
 notices. The first load of a cold model goes where the first replica to ``claim`` it
 put it, so replicas that would each place it elsewhere load it once.
 
+Before an owner unloads a model (an eviction, a reload, an idle unload, a retired
+copy) it ``quiesce``s it: the other replicas stop sending requests for it there and
+say ``closed`` once theirs in flight have finished, and they open it again only from a
+``/api/ps`` read made after the owner's next ``changed`` (a read from before could
+show the runner that is going away). So a request never reaches a daemon for a model
+that is not loaded, and Ollama never has to choose an eviction.
+
 Nothing here is on the warm request path: ``owns``, ``mode`` and ``replicas`` are
 local reads; ``want`` and ``changed`` are fire-and-forget; ``claim`` is awaited only by
 a request that waits for a load anyway. When Redis stops answering, ``Shared`` is
@@ -59,14 +66,20 @@ class Listener(Protocol):
     def wanted(self, want: Want) -> None:
         """Another replica needs a load on a daemon this replica owns."""
 
-    def changed(self, daemon: str) -> None:
-        """``daemon``'s owner loaded or unloaded something there: look at ``/api/ps``."""
+    def changed(self, daemon: str, model: str | None) -> None:
+        """``daemon``'s owner loaded or unloaded ``model`` there (None: something; ``*``:
+        it took the daemon over, forget its predecessor's unloads): look at ``/api/ps``."""
 
     def load_failed(self, failure: Failure) -> None:
         """The owner could not carry out a load this replica (or another) wanted."""
 
     def mode_changed(self, mode: Mode) -> None:
         """Redis stopped answering (``DEGRADED``) or answers again (``SHARED``)."""
+
+    def closing(self, daemon: str, model: str, token: str) -> None:
+        """``daemon``'s owner is about to unload ``model``: stop sending it requests
+        there, and answer ``Coordinator.closed(daemon, model, token)`` once none of
+        this replica's is in flight."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +119,13 @@ class Coordinator(Protocol):
 
     def want(self, want: Want) -> None: ...
 
-    def changed(self, daemon: str) -> None: ...
+    def changed(self, daemon: str, model: str | None = None) -> None: ...
 
     def failed(self, failure: Failure) -> None: ...
+
+    async def quiesce(self, daemon: str, model: str) -> None: ...
+
+    def closed(self, daemon: str, model: str, token: str) -> None: ...
 
 
 class Solo:
@@ -150,8 +167,14 @@ class Solo:
     def want(self, want: Want) -> None:
         pass
 
-    def changed(self, daemon: str) -> None:
+    def changed(self, daemon: str, model: str | None = None) -> None:
         pass
 
     def failed(self, failure: Failure) -> None:
+        pass
+
+    async def quiesce(self, daemon: str, model: str) -> None:
+        pass
+
+    def closed(self, daemon: str, model: str, token: str) -> None:
         pass

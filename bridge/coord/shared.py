@@ -11,7 +11,9 @@ What Redis holds, under ``{ns}:`` (``ALB_COORD_NAMESPACE``):
 * ``claim:{model}`` = the daemon the first cold load of ``model`` goes to (``SET NX``
   with a TTL): replicas that would place it elsewhere follow it, so it loads once.
 * the channel ``coord``: ``want`` (load this on your daemon), ``changed`` (look at the
-  daemon's ``/api/ps``), ``released`` (a lease is free: take it now). These are hints:
+  daemon's ``/api/ps``), ``released`` (a lease is free: take it now), ``failed`` (a
+  wanted load failed), ``closing`` / ``closed`` (an unload ahead: stop sending it
+  requests / none of mine in flight). These are hints:
   a lost one costs time, never correctness (wants are sent again while requests wait;
   every replica polls ``/api/ps`` anyway).
 
@@ -91,6 +93,7 @@ class Shared:
         lease_ttl: float = 5.0,
         timeout: float = 0.1,
         claim_ttl: float = 60.0,
+        quiesce_s: float = 10.0,
         namespace: str = "alb",
         metrics: Metrics | None = None,
     ) -> None:
@@ -127,6 +130,10 @@ class Shared:
         self._claims: dict[str, tuple[float, str]] = {}
         self._subscribed = asyncio.Event()
         self._closing = False
+        #: ``quiesce`` tokens waiting for the others' ``closed``: who answered, a wake-up.
+        self._acks: dict[str, tuple[set[str], asyncio.Event]] = {}
+        #: The longest an owner waits for the others before an unload.
+        self._quiesce_s = quiesce_s
 
     # --- the seam --------------------------------------------------------------------
     @property
@@ -222,10 +229,11 @@ class Shared:
         }
         self._publish(msg)
 
-    def changed(self, daemon: str) -> None:
-        """Tell the others to look at ``daemon``'s ``/api/ps`` (this replica changed it)."""
+    def changed(self, daemon: str, model: str | None = None) -> None:
+        """Tell the others to look at ``daemon``'s ``/api/ps`` (this replica changed
+        ``model`` there; None: something)."""
         if self._mode is Mode.SHARED:
-            self._publish({"k": "changed", "d": daemon})
+            self._publish({"k": "changed", "d": daemon, "m": model})
 
     def failed(self, failure: Failure) -> None:
         """Tell the replicas waiting for a load on a daemon this one owns that it failed."""
@@ -240,6 +248,31 @@ class Shared:
                     "r": failure.retry_after,
                 }
             )
+
+    async def quiesce(self, daemon: str, model: str) -> None:
+        """Before unloading ``model`` from ``daemon``: tell the others, and wait until
+        each replica of the last round said ``closed`` (at most ``quiesce_s``)."""
+        others = self._replicas - 1
+        if self._mode is not Mode.SHARED or others < 1:
+            return
+        token = uuid.uuid4().hex
+        acks: set[str] = set()
+        woken = asyncio.Event()
+        self._acks[token] = (acks, woken)
+        self._publish({"k": "closing", "d": daemon, "m": model, "x": token})
+        try:
+            async with asyncio.timeout(self._quiesce_s):
+                while len(acks) < others:
+                    await woken.wait()
+                    woken.clear()
+        except TimeoutError:
+            self._failed("quiesce", TimeoutError(f"{len(acks)} of {others} replicas closed"))
+        finally:
+            self._acks.pop(token, None)
+
+    def closed(self, daemon: str, model: str, token: str) -> None:
+        """This replica sends ``daemon`` no more requests for ``model`` (none in flight)."""
+        self._publish({"k": "closed", "d": daemon, "m": model, "x": token})
 
     # --- rounds ----------------------------------------------------------------------
     async def _rounds(self) -> None:
@@ -385,7 +418,8 @@ class Shared:
                 )
             )
         elif kind == "changed":
-            self._listener.changed(daemon)
+            model = msg.get("m")
+            self._listener.changed(daemon, None if model is None else str(model))
         elif kind == "failed":
             r = msg.get("r")
             self._listener.load_failed(
@@ -399,6 +433,13 @@ class Shared:
             )
         elif kind == "released":
             self._wake.set()
+        elif kind == "closing":
+            self._listener.closing(daemon, str(msg["m"]), str(msg["x"]))
+        elif kind == "closed":
+            ack = self._acks.get(str(msg.get("x")))
+            if ack is not None:
+                ack[0].add(str(msg.get("from")))
+                ack[1].set()
 
     def _publish(self, msg: dict[str, Any]) -> None:
         if not self._breaker.allows_traffic(time.monotonic()):

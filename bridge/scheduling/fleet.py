@@ -35,6 +35,8 @@ class DaemonState:
     error: str = ""
     catalog: dict[str, dict[str, Any]] = field(default_factory=dict)
     catalog_at: float = -1e18
+    #: When the ``/api/ps`` read that ``loaded`` comes from was asked (monotonic).
+    ps_at: float = -1e18
     loaded: dict[str, dict[str, Any]] = field(default_factory=dict)
     capabilities: dict[str, tuple[str, ...]] = field(default_factory=dict)
     loading: set[str] = field(default_factory=set)
@@ -128,6 +130,7 @@ class Fleet:
 
     # --- refreshing ------------------------------------------------------------
     async def refresh_ps(self, d: DaemonState) -> None:
+        asked = time.monotonic()
         try:
             status, body = await self._upstream.call_json(d.url, "GET", "/api/ps", read_timeout=10)
         except BridgeError as exc:
@@ -136,12 +139,15 @@ class Fleet:
         if status != 200 or not isinstance(body, dict):
             self._down(d, f"/api/ps answered {status}")
             return
+        if asked < d.ps_at:
+            return  # a read asked later has already been applied: this one is older
         rows = body.get("models") or []
         d.loaded = {
             names.key(str(r.get("model") or r.get("name") or "")): r
             for r in rows
             if isinstance(r, dict)
         }
+        d.ps_at = asked
         d.up, d.error = True, ""
 
     async def refresh_tags(self, d: DaemonState, *, force: bool = False) -> None:

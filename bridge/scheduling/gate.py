@@ -46,6 +46,7 @@ class Gate:
     """Slots and the waiting queue of one model on one daemon."""
 
     __slots__ = (
+        "_idle",
         "auto",
         "busy",
         "ctx",
@@ -73,6 +74,7 @@ class Gate:
         self.auto = False
         #: Draining for a reload: no new slots are handed out.
         self.hold = False
+        self._idle: list[asyncio.Future[None]] = []
 
     @property
     def depth(self) -> int:
@@ -131,6 +133,19 @@ class Gate:
         if held_s is not None:
             self.service_s = 0.8 * self.service_s + 0.2 * held_s
         self._dispatch()
+        if not self.busy:
+            for fut in self._idle:
+                if not fut.done():
+                    fut.set_result(None)
+            self._idle.clear()
+
+    async def until_idle(self) -> None:
+        """Return once no request holds a slot (at once when none does)."""
+        if not self.busy:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._idle.append(fut)
+        await fut
 
     def open(self, ctx: int | None = None, auto: bool | None = None) -> None:
         """The model is loaded (with ``ctx``/``auto`` when given): hand out slots."""

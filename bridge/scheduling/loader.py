@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -83,7 +83,10 @@ class Loader:
         self.on_state: Callable[[StateChange], None] | None = None
         #: Told the daemon's name after every load and unload (``Coordinator.changed``:
         #: the other replicas read its ``/api/ps``).
-        self.on_changed: Callable[[str], None] | None = None
+        self.on_changed: Callable[[str, str], None] | None = None
+        #: Awaited before every unload (``Coordinator.quiesce``: the other replicas stop
+        #: sending the model's requests there and let theirs in flight finish).
+        self.quiesce: Callable[[str, str], Awaitable[None]] | None = None
 
     # --- queries ---------------------------------------------------------------
     def loading(self, daemon: str, key: str) -> bool:
@@ -174,6 +177,8 @@ class Loader:
         name = self._fleet.display_name(d, key)
         outcome = "failed"
         row = d.loaded.get(key) or {}
+        if self.quiesce is not None:
+            await self.quiesce(d.name, key)
         try:
             status, _ = await self._upstream.call(
                 d.url, "POST", "/api/generate", {"model": name, "keep_alive": 0}, read_timeout=30
@@ -201,7 +206,7 @@ class Loader:
         if self.on_state is not None:
             self.on_state(change)
         if self.on_changed is not None and change.state != "load_failed":
-            self.on_changed(change.daemon)
+            self.on_changed(change.daemon, change.model)
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the loader owns (cancelled by ``aclose``)."""

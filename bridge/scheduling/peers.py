@@ -15,8 +15,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from typing import Protocol
+import time
+from typing import Final, Protocol
 
 from bridge.coord import Coordinator, Failure, Mode, Want
 from bridge.errors import BridgeError
@@ -30,6 +33,9 @@ log = logging.getLogger("alb.peers")
 
 __all__ = ["Peers"]
 
+#: The longest a replica keeps the owner waiting for its requests in flight to finish.
+_IDLE_WAIT_S: Final = 30.0
+
 
 class PeerHooks(Protocol):
     """What ``Peers`` asks of the scheduler."""
@@ -37,6 +43,7 @@ class PeerHooks(Protocol):
     fleet: Fleet
     decisions: DecisionLog
     gates: dict[tuple[str, str], Gate]
+    fences: dict[tuple[str, str], float | None]
     replicas: set[tuple[str, str]]
 
     def kick(self, daemon: str) -> None: ...
@@ -75,10 +82,13 @@ class Peers:
             mode=mode.value,
         )
         if owned:
-            self.changed(daemon)
+            self.changed(daemon, "*")
+            self._coord.changed(daemon, "*")  # the others forget its predecessor's unloads
         self._hooks.kick(daemon)
 
     def mode_changed(self, mode: Mode) -> None:
+        if mode is Mode.DEGRADED:
+            self._hooks.fences.clear()  # it owns every daemon now: /api/ps is its truth
         reason = "degraded" if mode is Mode.DEGRADED else "shared-again"
         self._hooks.decisions.record(
             "coordination", "", "", reason, replica=self._coord.replica, mode=mode.value
@@ -124,11 +134,38 @@ class Peers:
         if failure.daemon in self._hooks.fleet.daemons and not self._coord.owns(failure.daemon):
             self._hooks.fail_waiters(failure)
 
-    def changed(self, daemon: str) -> None:
-        """Read ``daemon``'s ``/api/ps`` now (one read at a time; one more if asked
-        again meanwhile)."""
+    def closing(self, daemon: str, model: str, token: str) -> None:
+        """The owner is about to unload ``model`` there: close this replica's gate (new
+        requests wait, or go elsewhere), fence it until the owner's next change, and
+        say ``closed`` once this replica's requests in flight there have finished."""
         if daemon not in self._hooks.fleet.daemons:
             return
+        self._hooks.fences[(daemon, model)] = None
+        gate = self._hooks.gates.get((daemon, model))
+        if gate is not None:
+            gate.close()
+        self._hooks.spawn_task(self._closed_when_idle(daemon, model, token, gate))
+
+    async def _closed_when_idle(
+        self, daemon: str, model: str, token: str, gate: Gate | None
+    ) -> None:
+        if gate is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_IDLE_WAIT_S):
+                    await gate.until_idle()
+        self._coord.closed(daemon, model, token)
+
+    def changed(self, daemon: str, model: str | None = None) -> None:
+        """Read ``daemon``'s ``/api/ps`` now (one read at a time; one more if asked
+        again meanwhile). A change of a fenced model (its unload done, or it is loaded
+        again), or a new owner (``*``), lifts the fence for reads asked from now on."""
+        if daemon not in self._hooks.fleet.daemons:
+            return
+        now = time.monotonic()
+        fences = self._hooks.fences
+        for pair, fence in list(fences.items()):
+            if pair[0] == daemon and fence is None and model in {pair[1], "*"}:
+                fences[pair] = now
         if daemon in self._rechecking:
             self._again.add(daemon)
             return

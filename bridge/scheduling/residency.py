@@ -114,6 +114,10 @@ class Residency:
         #: Each daemon's default num_ctx as learned from /api/ps (unless configured).
         self.default_ctx: dict[str, int] = {}
         self._was_up: dict[str, bool] = {}
+        #: (daemon, model) another replica's owner is unloading (``Peers.closing``): its
+        #: gate opens again only from an ``/api/ps`` read asked after this time (None:
+        #: not before the owner's next ``changed``).
+        self.fences: dict[tuple[str, str], float | None] = {}
 
     # --- queries -------------------------------------------------------------------
     def gate(self, daemon: str, key: str) -> Gate:
@@ -125,11 +129,23 @@ class Residency:
             )
             self.gates_of.setdefault(daemon, {})[key] = gate
             row = d.loaded.get(key)
-            if row is not None and (daemon, key) not in self.ops:
+            if row is not None and (daemon, key) not in self.ops and not self.fenced(d, key):
                 gate.ready = True
                 gate.ctx = int(row.get("context_length") or 0)
             self.used_at.setdefault((daemon, key), time.monotonic())
         return gate
+
+    def fenced(self, d: DaemonState, key: str) -> bool:
+        """Whether ``key``'s runner on ``d`` must not be trusted from ``d.loaded``: its
+        owner (another replica) is unloading it, and no ``/api/ps`` read asked after
+        the owner's next change has come back yet (``Peers.closing``)."""
+        if (d.name, key) not in self.fences:
+            return False
+        fence = self.fences[(d.name, key)]
+        if fence is None or d.ps_at < fence:
+            return True
+        del self.fences[(d.name, key)]
+        return False
 
     def copies(self, key: str) -> list[tuple[DaemonState, Gate]]:
         """The daemons holding ``key``: loaded, being loaded, or with a load queued."""

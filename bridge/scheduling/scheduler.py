@@ -101,6 +101,7 @@ class Scheduler(Residency):
         self.upkeep = Upkeep(self, self)
         self.peers = Peers(self.coord, self)
         self.loader.on_changed = self.coord.changed
+        self.loader.quiesce = self.coord.quiesce
 
     # --- lifecycle ---------------------------------------------------------------
     async def start(self) -> None:

@@ -99,6 +99,8 @@ class Upkeep:
                 continue
             row = d.loaded.get(key)
             if row is not None and not gate.ready:
+                if self._r.fenced(d, key):
+                    continue  # its owner unloads it: a read from before may still show it
                 why = (
                     "appeared-behind-the-bridge" if self._r.coord.owns(name) else "loaded-by-owner"
                 )

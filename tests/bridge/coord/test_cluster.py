@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import ExitStack
 from typing import Any
 
@@ -80,14 +81,21 @@ def cluster(redis_url: str) -> Iterator[Cluster]:
     yield from _cluster(redis_url, FLEET)
 
 
-def _cluster(redis_url: str, config: dict[str, Any]) -> Generator[Cluster]:
+def _cluster(
+    redis_url: str,
+    config: dict[str, Any],
+    daemons: Callable[[RunningFleet, int], str] | None = None,
+) -> Generator[Cluster]:
+    """Three ``alb serve`` processes; ``daemons(fleet, i)``: replica i's ALB_DAEMONS
+    (default: each told its own daemon is the one with room, ``_daemons``)."""
+    daemons = daemons or _daemons
     namespace = f"alb-cluster-{uuid.uuid4().hex[:8]}"
     with serve_in_thread(config) as fleet, ExitStack() as stack:
         procs, urls = [], []
         for i in range(3):
             port = free_port()
             env = clean_env(
-                ALB_DAEMONS=_daemons(fleet, i),
+                ALB_DAEMONS=daemons(fleet, i),
                 ALB_REDIS_URL=redis_url,
                 ALB_COORD_NAMESPACE=namespace,
                 ALB_REPLICA_ID=f"r{i}",
@@ -335,3 +343,95 @@ async def _until_shared(c: httpx.AsyncClient, urls: list[str]) -> float:
             return time.monotonic() - t0
         assert time.monotonic() - t0 < 10, modes
         await asyncio.sleep(0.05)
+
+
+MIXED_MODELS = [f"m{i}" for i in range(8)]
+MIXED: dict[str, Any] = {
+    "time_scale": 0.02,
+    "gen_tokens_per_s": 10,  # 20 tokens: a request holds a slot 2 s (40 ms of wall time)
+    "prefill_tokens_per_s": 100000,
+    "seed": 3,
+    "models": [{"name": m, "size": 2 * GIB, "response_tokens": 20} for m in MIXED_MODELS],
+    "daemons": [
+        {
+            "name": n,
+            "memory": 7 * GIB,  # two runners of 3 GiB (2 GiB + 1 GiB of KV): six of eight
+            "num_parallel": 2,
+            "load_fixed_s": 2.0,
+            "context_length": 4096,
+        }
+        for n in NAMES
+    ],
+}
+
+
+def _uniform(fleet: RunningFleet) -> str:
+    return ",".join(
+        f"{n}={fleet.daemon(n).base_url}?parallel=2&memory={7 * GIB}&default_ctx=4096"
+        for n in NAMES
+    )
+
+
+@pytest.fixture
+def mixed_cluster(redis_url: str) -> Iterator[Cluster]:
+    yield from _cluster(redis_url, MIXED, daemons=lambda fleet, _i: _uniform(fleet))
+
+
+async def test_mixed_traffic_over_three_replicas_keeps_ollamas_limits(
+    mixed_cluster: Cluster,
+) -> None:
+    """Several simulated minutes of random traffic over eight models that do not all fit,
+    through three replicas: from the simulator's own event log, no daemon ever went over
+    its memory or max_loaded, Ollama never had to choose an eviction (the owners made
+    every one), and no (daemon, model) had more requests in flight than the replicas'
+    slot shares allow together (max(slots, replicas))."""
+    cluster, urls = mixed_cluster, mixed_cluster.urls
+    rng = random.Random(7)
+    statuses: list[int] = []
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as c:
+        await _owners_settled(c, urls)
+        sim_started = time.monotonic()
+
+        async def client(i: int) -> None:
+            for n in range(40):
+                model = rng.choice(MIXED_MODELS[:5] if rng.random() < 0.7 else MIXED_MODELS)
+                body = {"model": model, "prompt": f"{i} {n}", "stream": False}
+                r = await c.post(rng.choice(urls) + "/api/generate", json=body)
+                statuses.append(r.status_code)
+                await asyncio.sleep(rng.random() * 0.02)
+
+        await asyncio.gather(*(client(i) for i in range(12)))
+        simulated_s = (time.monotonic() - sim_started) / MIXED["time_scale"]
+    assert simulated_s > 120, simulated_s  # several minutes of simulated time
+    assert set(statuses) <= {200, 503}, {s: statuses.count(s) for s in set(statuses)}
+    assert statuses.count(200) >= 0.95 * len(statuses)
+    bound = max(2, 3)  # max(slots, replicas)
+    for d in cluster.fleet.daemons:
+        events = d.events()
+        chosen = [
+            e for e in events if e.kind == "unload" and (e.reason or "").startswith("evicted")
+        ]
+        assert chosen == [], f"{d.name}: Ollama chose evictions: {chosen[:3]}"
+        assert not [e for e in events if e.kind in {"load-failed", "rejected"}]
+        assert all(e.memory_used <= e.memory_capacity for e in events)
+        loaded: set[str] = set()
+        in_flight: dict[str, int] = {}
+        most: dict[str, int] = {}
+        for e in events:
+            if e.kind == "loaded":
+                loaded.add(str(e.model))
+                assert len(loaded) <= 3, f"{d.name}: over max_loaded: {loaded}"
+            elif e.kind == "unload":
+                loaded.discard(str(e.model))
+            elif e.kind == "request-start":
+                in_flight[str(e.model)] = in_flight.get(str(e.model), 0) + 1
+                most[str(e.model)] = max(most.get(str(e.model), 0), in_flight[str(e.model)])
+            elif e.kind in {"request-end", "request-interrupted"}:
+                in_flight[str(e.model)] -= 1
+        assert all(n <= bound for n in most.values()), f"{d.name}: in flight {most}"
+    evictions = sum(1 for d in cluster.fleet.daemons for e in d.events() if e.kind == "unload")
+    print(
+        f"mixed traffic: {len(statuses)} requests over {simulated_s:.0f} simulated s, "
+        f"{statuses.count(503)} answered 503, {evictions} unloads, all by the owners"
+    )
+    assert evictions > 0  # the eight models did not all fit: the test exercised eviction

@@ -33,6 +33,8 @@ class Recorder:
         self.failures: list[Failure] = []
         self.replicas: list[int] = []
         self.modes: list[Mode] = []
+        self.closings: list[tuple[str, str, str]] = []
+        self.changed_models: list[str | None] = []
         self.event = asyncio.Event()
 
     def owner_changed(self, daemon: str, owned: bool) -> None:
@@ -47,8 +49,9 @@ class Recorder:
         self.wants.append(want)
         self.event.set()
 
-    def changed(self, daemon: str) -> None:
+    def changed(self, daemon: str, model: str | None) -> None:
         self.changes.append(daemon)
+        self.changed_models.append(model)
         self.event.set()
 
     def load_failed(self, failure: Failure) -> None:
@@ -57,6 +60,10 @@ class Recorder:
 
     def mode_changed(self, mode: Mode) -> None:
         self.modes.append(mode)
+        self.event.set()
+
+    def closing(self, daemon: str, model: str, token: str) -> None:
+        self.closings.append((daemon, model, token))
         self.event.set()
 
 
@@ -212,12 +219,13 @@ async def test_wants_reach_the_owner_and_notices_reach_the_others(
     )
     assert got.sender == coords[asker_i].replica
     assert not any(recs[i].wants for i in range(3) if i != owner_i)  # only the owner acts
-    coords[owner_i].changed("gpu1")
+    coords[owner_i].changed("gpu1", "m:latest")
     coords[owner_i].failed(Failure("gpu1", "m:latest", 400, "too big", None))
     others = [r for i, r in enumerate(recs) if i != owner_i]
     await until(lambda: all(r.changes and r.failures for r in others), 2.0, *others)
     assert recs[owner_i].changes == []  # not told of its own change
     assert others[0].failures[0] == Failure("gpu1", "m:latest", 400, "too big", None)
+    assert others[0].changed_models == ["m:latest"]
 
 
 @pytest.mark.redis
