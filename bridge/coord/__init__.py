@@ -76,6 +76,10 @@ class Listener(Protocol):
     def mode_changed(self, mode: Mode) -> None:
         """Redis stopped answering (``DEGRADED``) or answers again (``SHARED``)."""
 
+    def admin(self, action: str, model: str, daemon: str | None) -> None:
+        """An operator's ``pin`` / ``unpin`` (every replica keeps the pins) or
+        ``unload`` (the daemon's owner carries it out) sent to another replica."""
+
     def closing(self, daemon: str, model: str, token: str) -> None:
         """``daemon``'s owner is about to unload ``model``: stop sending it requests
         there, and answer ``Coordinator.closed(daemon, model, token)`` once none of
@@ -124,6 +128,8 @@ class Coordinator(Protocol):
     def failed(self, failure: Failure) -> None: ...
 
     async def quiesce(self, daemon: str, model: str) -> None: ...
+
+    def admin(self, action: str, model: str, daemon: str | None) -> None: ...
 
     def closed(self, daemon: str, model: str, token: str) -> None: ...
 
@@ -177,4 +183,7 @@ class Solo:
         pass
 
     def closed(self, daemon: str, model: str, token: str) -> None:
+        pass
+
+    def admin(self, action: str, model: str, daemon: str | None) -> None:
         pass

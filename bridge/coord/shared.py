@@ -270,6 +270,11 @@ class Shared:
         finally:
             self._acks.pop(token, None)
 
+    def admin(self, action: str, model: str, daemon: str | None) -> None:
+        """Tell the others of an operator's pin, unpin or unload (``Listener.admin``)."""
+        if self._mode is Mode.SHARED:
+            self._publish({"k": "admin", "a": action, "m": model, "d": daemon})
+
     def closed(self, daemon: str, model: str, token: str) -> None:
         """This replica sends ``daemon`` no more requests for ``model`` (none in flight)."""
         self._publish({"k": "closed", "d": daemon, "m": model, "x": token})
@@ -433,6 +438,9 @@ class Shared:
             )
         elif kind == "released":
             self._wake.set()
+        elif kind == "admin":
+            d = msg.get("d")
+            self._listener.admin(str(msg["a"]), str(msg["m"]), None if d is None else str(d))
         elif kind == "closing":
             self._listener.closing(daemon, str(msg["m"]), str(msg["x"]))
         elif kind == "closed":

@@ -107,10 +107,7 @@ def routes(bridge: Bridge) -> list[BaseRoute]:
             out["daemon"] = await s.pin(key, daemon, num_ctx)
             out["pinned"] = True
         elif action == "unpin":
-            s.pins.discard((key, daemon))
-            if daemon is None:
-                s.pins -= {p for p in s.pins if p[0] == key}
-            s.decisions.record("pin", key, daemon or "", "unpinned")
+            s.unpin(key, daemon)
             out["pinned"] = False
         else:
             out["unloaded_from"] = await s.unload_model(key, daemon, "admin")

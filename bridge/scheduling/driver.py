@@ -51,6 +51,11 @@ from bridge.scheduling.gate import Gate
 from bridge.scheduling.loader import LoadSpec
 from bridge.scheduling.residency import GIB, Residency, Target
 
+#: How long an unload asked of a daemon's owner may take, and how often ``/api/ps`` is
+#: read meanwhile.
+_OWNER_UNLOAD_S = 30.0
+_OWNER_POLL_S = 0.05
+
 
 def _state(key: str, gate: Gate) -> step.GateState:
     """``gate`` for ``bridge.policy.step``: its waiters still waiting (not those already
@@ -145,6 +150,17 @@ class Driver:
                     await self._execute(d, gate, op)
                     return True
         return False
+
+    async def _unload_by_owner(self, d: DaemonState, key: str) -> bool:
+        """Another replica owns ``d``: ask it to unload ``key`` and wait (as long as an
+        unload is confirmed) for ``/api/ps`` to show it gone."""
+        r = self._r
+        r.coord.admin("unload", key, d.name)
+        deadline = time.monotonic() + _OWNER_UNLOAD_S
+        while key in d.loaded and time.monotonic() < deadline:
+            await asyncio.sleep(_OWNER_POLL_S)
+            await r.fleet.refresh_ps(d)
+        return key not in d.loaded
 
     def _ask_owner(self, d: DaemonState) -> None:
         """Another replica owns ``d``: ask it for the loads this one's requests wait
@@ -461,6 +477,10 @@ class Driver:
                     continue
                 raise Conflict(f"{key} is pinned on {d.name}: unpin it first")
             if (d.name, key) in r.ops:
+                continue
+            if not r.coord.owns(d.name):
+                if await self._unload_by_owner(d, key):
+                    done.append(d.name)
                 continue
             gate = r.gate(d.name, key)
             r.ops.add((d.name, key))

@@ -54,6 +54,12 @@ class PeerHooks(Protocol):
 
     async def load_for(self, key: str, daemon: str, need: Need) -> str: ...
 
+    async def unload_model(
+        self, key: str, daemon: str | None, reason: str, *, force: bool = False
+    ) -> list[str]: ...
+
+    pins: set[tuple[str, str | None]]
+
     def fail_waiters(self, failure: Failure) -> None: ...
 
 
@@ -133,6 +139,27 @@ class Peers:
     def load_failed(self, failure: Failure) -> None:
         if failure.daemon in self._hooks.fleet.daemons and not self._coord.owns(failure.daemon):
             self._hooks.fail_waiters(failure)
+
+    def admin(self, action: str, model: str, daemon: str | None) -> None:
+        """An operator's pin or unpin holds on every replica; an unload is carried out
+        by the daemon's owner (here, for the daemons this replica owns)."""
+        pins = self._hooks.pins
+        if action == "pin":
+            pins.add((model, daemon))
+        elif action == "unpin":
+            pins.discard((model, daemon))
+            if daemon is None:
+                pins.difference_update({p for p in pins if p[0] == model})
+        elif action == "unload":
+            for name in self._hooks.fleet.daemons:
+                if (daemon is None or name == daemon) and self._coord.owns(name):
+                    self._hooks.spawn_task(self._unload(model, name))
+
+    async def _unload(self, model: str, daemon: str) -> None:
+        try:
+            await self._hooks.unload_model(model, daemon, "admin")
+        except BridgeError as exc:  # pinned there: the asking replica said so already
+            log.info("unload of %s on %s for another replica: %s", model, daemon, exc)
 
     def closing(self, daemon: str, model: str, token: str) -> None:
         """The owner is about to unload ``model`` there: close this replica's gate (new

@@ -428,8 +428,17 @@ class Scheduler(Residency):
         (the pin stays: a later request or restart loads it)."""
         key = names.key(model)
         self.pins.add((key, daemon))
+        self.coord.admin("pin", key, daemon)  # every replica keeps the pins
         self.decisions.record("pin", key, daemon or "", "pinned", num_ctx=num_ctx)
         return await self.load_model(key, daemon, num_ctx)
+
+    def unpin(self, key: str, daemon: str | None) -> None:
+        """Drop the pin of ``key`` (on ``daemon``; None: every pin of it), everywhere."""
+        self.pins.discard((key, daemon))
+        if daemon is None:
+            self.pins -= {p for p in self.pins if p[0] == key}
+        self.coord.admin("unpin", key, daemon)
+        self.decisions.record("pin", key, daemon or "", "unpinned")
 
     async def load_model(self, key: str, daemon: str | None, num_ctx: int | None) -> str:
         """Make sure ``key`` is loaded (on ``daemon``) with at least ``num_ctx``."""

@@ -172,6 +172,41 @@ async def test_a_cold_burst_over_three_replicas_loads_the_model_once(cluster: Cl
         assert where not in chosen
         assert len(chosen | {where}) >= 2
 
+        # Admin actions sent to a replica that does not own the daemon: its owner acts.
+        others = [u for u, r in zip(urls, ("r0", "r1", "r2"), strict=True) if r != owners[where]]
+        asker = others[0]
+        gone = await c.post(f"{asker}/alb/v1/models/cold/unload", json={"daemon": where})
+        assert gone.status_code == 200, gone.text
+        assert gone.json()["unloaded_from"] == [where]
+        unloads = [e for e in cluster.fleet.daemon(where).events() if e.kind == "unload"]
+        assert [(e.model, e.reason) for e in unloads][-1] == ("cold:latest", "requested")
+        pin = await c.post(f"{asker}/alb/v1/models/filler/pin", json={"daemon": where})
+        assert pin.status_code == 200, pin.text
+        await _pinned_everywhere(c, urls, where, pinned=True)
+        refused = await c.post(f"{others[1]}/alb/v1/models/filler/unload", json={"daemon": where})
+        assert refused.status_code == 409  # pinned: every replica knows it
+        unpin = await c.post(f"{others[1]}/alb/v1/models/filler/unpin", json={"daemon": where})
+        assert unpin.status_code == 200, unpin.text
+        await _pinned_everywhere(c, urls, where, pinned=False)
+
+
+async def _pinned_everywhere(
+    c: httpx.AsyncClient, urls: list[str], daemon: str, *, pinned: bool
+) -> None:
+    """Wait until every replica shows filler pinned (or not) on ``daemon``."""
+
+    def shown(view: dict[str, Any]) -> bool:
+        rows = [m for d in view["daemons"] if d["name"] == daemon for m in d["models"]]
+        return any(m["model"] == "filler:latest" and m["pinned"] for m in rows)
+
+    for u in urls:
+        for _ in range(100):  # the notice reaches the others within milliseconds
+            if shown((await c.get(u + "/alb/v1/models")).json()) == pinned:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError(f"{u}: filler pinned is not {pinned}")
+
 
 SLOW_LOAD: dict[str, Any] = {
     **FLEET,

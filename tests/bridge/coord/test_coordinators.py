@@ -35,6 +35,7 @@ class Recorder:
         self.modes: list[Mode] = []
         self.closings: list[tuple[str, str, str]] = []
         self.changed_models: list[str | None] = []
+        self.admins: list[tuple[str, str, str | None]] = []
         self.event = asyncio.Event()
 
     def owner_changed(self, daemon: str, owned: bool) -> None:
@@ -64,6 +65,10 @@ class Recorder:
 
     def closing(self, daemon: str, model: str, token: str) -> None:
         self.closings.append((daemon, model, token))
+        self.event.set()
+
+    def admin(self, action: str, model: str, daemon: str | None) -> None:
+        self.admins.append((action, model, daemon))
         self.event.set()
 
 
