@@ -79,7 +79,9 @@ def shared_socket(host: str, port: int) -> socket.socket:
     """A listening socket bound with SO_REUSEPORT: the kernel spreads connections over
     every worker's socket on the port (``alb serve --workers``)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP (not 0), so asyncio sets TCP_NODELAY on the accepted sockets as on the
+    # ones uvicorn binds itself (without it large answers stall on delayed ACKs).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
