@@ -26,6 +26,7 @@ shares; it goes back to shared by itself when Redis answers again.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -61,7 +62,13 @@ class Listener(Protocol):
         """This replica took (``owned``) or lost ``daemon``."""
 
     def replicas_changed(self, replicas: int) -> None:
-        """The number of live replicas changed (the slot shares follow it)."""
+        """The number of live replicas changed."""
+
+    def shares_changed(self) -> None:
+        """A round read the replicas' demands: ``Coordinator.share`` may answer anew."""
+
+    def demand(self) -> Mapping[str, Mapping[str, int]]:
+        """This replica's requests in flight or queued, per daemon and model."""
 
     def wanted(self, want: Want) -> None:
         """Another replica needs a load on a daemon this replica owns."""
@@ -115,6 +122,8 @@ class Coordinator(Protocol):
 
     def epoch(self, daemon: str) -> int: ...
 
+    def share(self, daemon: str, model: str, slots: int) -> int: ...
+
     async def start(self, listener: Listener) -> None: ...
 
     async def aclose(self) -> None: ...
@@ -160,6 +169,9 @@ class Solo:
 
     def epoch(self, daemon: str) -> int:
         return 0
+
+    def share(self, daemon: str, model: str, slots: int) -> int:
+        return slots
 
     async def start(self, listener: Listener) -> None:
         pass

@@ -121,6 +121,9 @@ class Shared:
         self._held: dict[str, int] = {}
         #: Owners as last read (for display), replica ids.
         self._owners: dict[str, str] = {}
+        #: Each live replica's demand (requests in flight or queued) per daemon and
+        #: model, as the last round read it (``share``).
+        self._demands: dict[str, dict[str, dict[str, int]]] = {}
         self._listener: Listener | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -158,6 +161,14 @@ class Shared:
 
     def epoch(self, daemon: str) -> int:
         return self._held.get(daemon, 0)
+
+    def share(self, daemon: str, model: str, slots: int) -> int:
+        """This replica's share of ``model``'s ``slots`` on ``daemon``: by the demands
+        the last round read (``shares.apportion``); an even split while degraded."""
+        if self._mode is not Mode.SHARED:
+            return shares.slot_share(slots, self._replicas)
+        seen = self._demands.get(daemon, {})
+        return shares.apportion(slots, {r: m.get(model, 0) for r, m in seen.items()}, self._replica)
 
     async def start(self, listener: Listener) -> None:
         """Join: subscribe, then one round (a lone replica owns every daemon when this
@@ -306,13 +317,27 @@ class Shared:
         wall_ms = int(time.time() * 1000)
         members = self._key("members")
         leases = [self._key(f"lease:{d}") for d in self._daemons]
+        mine = {} if self._listener is None else self._listener.demand()
         pipe = self._redis.pipeline(transaction=False)
         pipe.zadd(members, {self._replica: wall_ms})
         pipe.zremrangebyscore(members, 0, wall_ms - self._ttl_ms)
-        pipe.zcard(members)
+        pipe.zrange(members, 0, -1)
         pipe.mget(leases)
-        _, _, count, values = await pipe.execute()
-        self._set_replicas(int(count))
+        for daemon in self._daemons:
+            key = self._key(f"demand:{daemon}")
+            pipe.hset(key, self._replica, orjson.dumps(dict(mine.get(daemon, {}))))
+            pipe.pexpire(key, self._ttl_ms)
+            pipe.hgetall(key)
+        got = await pipe.execute()
+        live, values = {m.decode() for m in got[2]}, got[3]
+        self._set_replicas(len(live))
+        demands: dict[str, dict[str, dict[str, int]]] = {}
+        for i, daemon in enumerate(self._daemons):
+            rows = got[4 + 3 * i + 2]
+            demands[daemon] = {
+                r.decode(): orjson.loads(v) for r, v in rows.items() if r.decode() in live
+            }
+        self._demands = demands
         owners: dict[str, str] = {}
         for daemon, value in zip(self._daemons, values, strict=True):
             if value is not None:
@@ -354,6 +379,8 @@ class Shared:
             self._replica, list(self._held), daemons=n, replicas=self._replicas
         ):
             await self._hand_back(daemon)
+        if self._listener is not None:
+            self._listener.shares_changed()
 
     async def _hand_back(self, daemon: str) -> None:
         epoch = self._held.pop(daemon, None)

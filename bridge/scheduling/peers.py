@@ -24,7 +24,6 @@ from typing import Final, Protocol
 from bridge.coord import Coordinator, Failure, Mode, Want
 from bridge.errors import BridgeError
 from bridge.policy.numctx import Need
-from bridge.policy.shares import slot_share
 from bridge.scheduling.decisions import DecisionLog
 from bridge.scheduling.fleet import Fleet
 from bridge.scheduling.gate import Gate
@@ -101,10 +100,21 @@ class Peers:
         )
 
     def replicas_changed(self, replicas: int) -> None:
-        for (name, _key), gate in self._hooks.gates.items():
+        self.shares_changed()
+
+    def shares_changed(self) -> None:
+        """Every gate hands out this replica's share of its daemon's slots."""
+        for (name, key), gate in self._hooks.gates.items():
             d = self._hooks.fleet.daemons.get(name)
             if d is not None:
-                gate.resize(slot_share(d.spec.parallel, replicas))
+                gate.resize(self._coord.share(name, key, d.spec.parallel))
+
+    def demand(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for (name, key), gate in self._hooks.gates.items():
+            if gate.outstanding:
+                out.setdefault(name, {})[key] = gate.outstanding
+        return out
 
     def wanted(self, want: Want) -> None:
         pair = (want.daemon, want.model)

@@ -38,7 +38,6 @@ from bridge.policy.placement import (
     RunnerView,
     eviction_value,
 )
-from bridge.policy.shares import slot_share
 from bridge.policy.sizing import ModelInfo, SizeBook
 from bridge.scheduling.decisions import DecisionLog
 from bridge.scheduling.fleet import DaemonState, Fleet
@@ -124,9 +123,7 @@ class Residency:
         gate = self.gates.get((daemon, key))
         if gate is None:
             d = self.fleet.get(daemon)
-            gate = self.gates[(daemon, key)] = Gate(
-                slot_share(d.spec.parallel, self.coord.replicas)
-            )
+            gate = self.gates[(daemon, key)] = Gate(self.coord.share(daemon, key, d.spec.parallel))
             self.gates_of.setdefault(daemon, {})[key] = gate
             row = d.loaded.get(key)
             if row is not None and (daemon, key) not in self.ops and not self.fenced(d, key):

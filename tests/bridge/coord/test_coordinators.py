@@ -36,6 +36,9 @@ class Recorder:
         self.closings: list[tuple[str, str, str]] = []
         self.changed_models: list[str | None] = []
         self.admins: list[tuple[str, str, str | None]] = []
+        #: What ``demand`` reports (the test sets it), and the rounds seen.
+        self.wanting: dict[str, dict[str, int]] = {}
+        self.rounds = 0
         self.event = asyncio.Event()
 
     def owner_changed(self, daemon: str, owned: bool) -> None:
@@ -70,6 +73,13 @@ class Recorder:
     def admin(self, action: str, model: str, daemon: str | None) -> None:
         self.admins.append((action, model, daemon))
         self.event.set()
+
+    def shares_changed(self) -> None:
+        self.rounds += 1
+        self.event.set()
+
+    def demand(self) -> dict[str, dict[str, int]]:
+        return self.wanting
 
 
 async def until(check: Callable[[], bool], within: float = 5.0, *recorders: Recorder) -> float:
@@ -231,6 +241,24 @@ async def test_wants_reach_the_owner_and_notices_reach_the_others(
     assert recs[owner_i].changes == []  # not told of its own change
     assert others[0].failures[0] == Failure("gpu1", "m:latest", 400, "too big", None)
     assert others[0].changed_models == ["m:latest"]
+
+
+@pytest.mark.redis
+async def test_slots_beyond_one_each_go_to_the_replica_with_the_demand(
+    trio: tuple[list[Shared], list[Recorder]],
+) -> None:
+    coords, recs = trio
+    await until(_one_each(coords), 5.0, *recs)
+    assert [c.share("gpu0", "m:latest", 6) for c in coords] == [2, 2, 2]  # no demand: even
+    recs[1].wanting = {"gpu0": {"m:latest": 12}}
+    start = [r.rounds for r in recs]
+    # Two rounds each: the demand written, then read by all.
+    await until(
+        lambda: all(r.rounds >= s + 2 for r, s in zip(recs, start, strict=True)), 3.0, *recs
+    )
+    assert [c.share("gpu0", "m:latest", 6) for c in coords] == [1, 4, 1]
+    assert [c.share("gpu0", "other:latest", 6) for c in coords] == [2, 2, 2]
+    assert [c.share("gpu0", "m:latest", 2) for c in coords] == [1, 1, 1]  # max(slots, 3)
 
 
 @pytest.mark.redis

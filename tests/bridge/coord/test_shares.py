@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from bridge.policy.shares import preference, quota, slot_share, to_release, to_take
+import random
+
+from bridge.policy.shares import apportion, preference, quota, slot_share, to_release, to_take
 
 DAEMONS = [f"gpu{i}" for i in range(6)]
 
@@ -39,3 +41,29 @@ def test_slot_shares_sum_to_at_most_the_slots_or_one_each() -> None:
             share = slot_share(slots, replicas)
             assert share >= 1
             assert share * replicas <= max(slots, replicas)
+
+
+def test_the_slots_beyond_one_each_follow_the_demand() -> None:
+    demands = {"a": 30, "b": 0, "c": 10}
+    shares = {r: apportion(8, demands, r) for r in demands}
+    assert shares == {"a": 5, "b": 1, "c": 2}  # 3 kept, 5 by demand: 3.75 / 0 / 1.25
+    assert sum(shares.values()) == 8
+    # No demand anywhere: evenly, the first by name getting the remainder.
+    idle = {r: apportion(8, dict.fromkeys("abc", 0), r) for r in "abc"}
+    assert idle == {"a": 3, "b": 3, "c": 2}
+    # Fewer slots than replicas: one each (the documented bound, max(slots, replicas)).
+    assert {r: apportion(2, demands, r) for r in demands} == dict.fromkeys(demands, 1)
+    # A replica not yet in the others' view still counts itself (one slot); until the
+    # next round "a" still takes all four: the transient the bound allows for.
+    assert apportion(4, {"a": 5}, "b") == 1
+    assert apportion(4, {"a": 5}, "a") == 4
+
+
+def test_the_shares_always_sum_to_max_of_slots_and_replicas() -> None:
+    rng = random.Random(5)
+    for _ in range(500):
+        n = rng.randint(1, 6)
+        demands = {f"r{i}": rng.choice([0, 0, 1, 3, 20]) for i in range(n)}
+        slots = rng.randint(1, 12)
+        total = sum(apportion(slots, demands, r) for r in demands)
+        assert total == max(slots, n)
