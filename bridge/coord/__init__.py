@@ -124,6 +124,8 @@ class Coordinator(Protocol):
 
     def share(self, daemon: str, model: str, slots: int) -> int: ...
 
+    def nudge(self) -> None: ...
+
     async def start(self, listener: Listener) -> None: ...
 
     async def aclose(self) -> None: ...
@@ -172,6 +174,9 @@ class Solo:
 
     def share(self, daemon: str, model: str, slots: int) -> int:
         return slots
+
+    def nudge(self) -> None:
+        pass
 
     async def start(self, listener: Listener) -> None:
         pass

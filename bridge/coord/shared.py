@@ -71,6 +71,8 @@ return 0
 """
 #: How often one (daemon, model) want is sent while its requests wait.
 _WANT_EVERY_S: Final = 0.5
+#: The soonest a round follows the last one when a request waits at a slot share.
+_NUDGE_S: Final = 0.1
 #: How long a claim's answer is kept locally (a burst asks once).
 _CLAIM_CACHE_S: Final = 1.0
 _FAILURES: Final = (RedisError, OSError, TimeoutError)
@@ -133,6 +135,7 @@ class Shared:
         self._claims: dict[str, tuple[float, str]] = {}
         self._subscribed = asyncio.Event()
         self._closing = False
+        self._nudged = 0.0
         #: ``quiesce`` tokens waiting for the others' ``closed``: who answered, a wake-up.
         self._acks: dict[str, tuple[set[str], asyncio.Event]] = {}
         #: The longest an owner waits for the others before an unload.
@@ -161,6 +164,14 @@ class Shared:
 
     def epoch(self, daemon: str) -> int:
         return self._held.get(daemon, 0)
+
+    def nudge(self) -> None:
+        """A request waits for a slot of this replica's share: run the next round soon
+        (at most every ``_NUDGE_S``), so the shares follow the demand within that."""
+        now = time.monotonic()
+        if now - self._nudged >= _NUDGE_S:
+            self._nudged = now
+            self._wake.set()
 
     def share(self, daemon: str, model: str, slots: int) -> int:
         """This replica's share of ``model``'s ``slots`` on ``daemon``: by the demands

@@ -53,6 +53,7 @@ class Gate:
         "error",
         "hold",
         "last_load_at",
+        "peak",
         "queue",
         "ready",
         "service_s",
@@ -75,6 +76,9 @@ class Gate:
         #: Draining for a reload: no new slots are handed out.
         self.hold = False
         self._idle: list[asyncio.Future[None]] = []
+        #: Most requests in flight or queued at once since ``take_peak`` last read it:
+        #: the replica's demand (``bridge.coord``), which one instant would understate.
+        self.peak = 0
 
     @property
     def depth(self) -> int:
@@ -102,8 +106,14 @@ class Gate:
         free = self.ready and not self.hold and self.busy < self.slots and not self.queue
         if free and self.fits(need):
             self.busy += 1
+            self.peak = max(self.peak, self.busy)
             return True
         return False
+
+    def take_peak(self) -> int:
+        """The peak since the last call (then it starts again from now)."""
+        peak, self.peak = max(self.peak, self.outstanding), self.outstanding
+        return peak
 
     async def wait(
         self,
@@ -118,6 +128,7 @@ class Gate:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         item = Waiter(fut, need, since, background)
         self.queue.push(session, item)
+        self.peak = max(self.peak, self.outstanding)
         # The gate may have opened between admission and now (the caller's task ran
         # later): hand out whatever is free, or this waiter would wait for nobody.
         self._dispatch()

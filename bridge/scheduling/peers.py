@@ -110,10 +110,13 @@ class Peers:
                 gate.resize(self._coord.share(name, key, d.spec.parallel))
 
     def demand(self) -> dict[str, dict[str, int]]:
+        """Per daemon and model, the most requests in flight or queued at once since the
+        last round (a snapshot would read a busy replica as idle between requests)."""
         out: dict[str, dict[str, int]] = {}
         for (name, key), gate in self._hooks.gates.items():
-            if gate.outstanding:
-                out.setdefault(name, {})[key] = gate.outstanding
+            peak = gate.take_peak()
+            if peak:
+                out.setdefault(name, {})[key] = peak
         return out
 
     def wanted(self, want: Want) -> None:

@@ -174,6 +174,8 @@ class Scheduler(Residency):
             self._metrics.num_ctx_choices.labels(choice=choice).inc()
         elif gate.ready and gate.fits(need):
             self._metrics.num_ctx_choices.labels(choice="fits-loaded").inc()
+            if gate.slots < d.spec.parallel:
+                self.coord.nudge()  # waits at this replica's share: re-divide soon
         cold = not (gate.ready and gate.fits(need))
         ticket = Ticket(
             d, key, gate, cold, t0, need, info, isinstance(where, Load) and only is None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 from bridge.policy.shares import apportion, preference, quota, slot_share, to_release, to_take
+from bridge.scheduling.gate import Gate
 
 DAEMONS = [f"gpu{i}" for i in range(6)]
 
@@ -67,3 +69,19 @@ def test_the_shares_always_sum_to_max_of_slots_and_replicas() -> None:
         slots = rng.randint(1, 12)
         total = sum(apportion(slots, demands, r) for r in demands)
         assert total == max(slots, n)
+
+
+async def test_a_gates_demand_is_its_peak_since_the_last_round() -> None:
+    gate = Gate(2)
+    gate.open(ctx=4096)
+    assert gate.try_acquire()
+    assert gate.try_acquire()
+    waiter = asyncio.ensure_future(gate.wait("s"))
+    await asyncio.sleep(0)  # queued: 2 in flight + 1 waiting
+    gate.release()  # the waiter takes the slot
+    await waiter
+    gate.release()
+    gate.release()
+    assert gate.outstanding == 0
+    assert gate.take_peak() == 3  # not the idle instant the round happens to see
+    assert gate.take_peak() == 0  # from now on
