@@ -136,6 +136,7 @@ def demo(
 
 def _mount_subcommands() -> None:
     # Sub-apps own their commands; their heavy imports happen inside the commands.
+    from alb.keys_cli import keys_app
     from ingest.cli import replay_app, topics_app
     from predictor.cli import trace_app
     from replay.cli import register_replay_eval_commands
@@ -145,6 +146,7 @@ def _mount_subcommands() -> None:
     app.add_typer(trace_app, name="trace")
     app.add_typer(topics_app, name="topics")
     app.add_typer(replay_app, name="replay")
+    app.add_typer(keys_app, name="keys")
 
 
 _mount_subcommands()

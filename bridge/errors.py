@@ -28,10 +28,18 @@ class BridgeError(Exception):
     status: int = 500
     retriable: bool = False
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        #: Extra response headers (a 429's ``x-ratelimit-*``).
+        self.headers = headers
 
 
 class BadRequest(BridgeError):
@@ -67,6 +75,8 @@ class BodyTooLarge(BridgeError):
 
 
 class RateLimited(BridgeError):
+    """Over one of a key's limits: 429 with Retry-After and ``x-ratelimit-*``."""
+
     status = 429
 
 
@@ -156,6 +166,7 @@ def render(err: BridgeError, api: Api) -> tuple[int, list[tuple[bytes, bytes]], 
     headers = [(b"content-type", JSON_TYPE)]
     if err.retry_after is not None:
         headers.append((b"retry-after", str(max(1, math.ceil(err.retry_after))).encode()))
+    headers.extend(err.headers)
     return status, headers, body
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import ipaddress
 import json
 import os
 import re
@@ -245,6 +246,27 @@ class Settings(BaseSettings):
     #: Admin routes (``/alb/v1/models/{m}/load|unload|pin|unpin``) need this bearer token;
     #: unset: they answer only loopback clients.
     admin_token: SecretStr | None = None
+    # --- keys, scopes and limits (issue #16) --------------------------------------------
+    #: ``keys``: every route but /healthz, /readyz and /metrics needs an API key (``alb
+    #: keys create``) with the route's scope; ``none``: no keys (loopback only, unless
+    #: ``ALB_ALLOW_OPEN``).
+    auth: Literal["none", "keys"] = "none"
+    #: Acknowledge a bridge without keys on a non-loopback address (else it refuses to start).
+    allow_open: bool = False
+    #: The embedded key store (SQLite); empty: ``$XDG_STATE_HOME/alb/keys.sqlite``. With
+    #: ``ALB_REDIS_URL`` the keys live in Redis instead.
+    keys_file: str = ""
+    #: The HMAC key of the stored key digests (the same on every replica and for ``alb
+    #: keys``); unset: a fixed domain key.
+    keys_pepper: SecretStr | None = None
+    #: Seconds between polls of the key store's version: the bound on how long a revoked
+    #: or rotated key still works on a replica.
+    keys_refresh: float = Field(1.0, gt=0, le=300)
+    #: Output tokens a request reserves against tokens-per-minute and the daily budget
+    #: when it names no smaller cap (``max_tokens``, ``num_predict``); settled afterwards.
+    keys_output_reserve: int = Field(256, ge=0)
+    #: Keys named in per-key metrics labels; later keys are counted as ``other``.
+    keys_metrics_max: int = Field(100, ge=0)
     #: Active health checks (a one-token generate on a loaded model, else /api/version).
     health_interval: float = Field(10.0, gt=0)
     health_timeout: float = Field(10.0, gt=0)
@@ -500,6 +522,12 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else "?"
         raise SettingsError(f"ALB_{field.upper()}: {err['msg']}") from None
+    if settings.auth == "none" and not settings.allow_open and not _loopback_host(settings.host):
+        raise SettingsError(
+            f"ALB_AUTH: listening on {settings.host} (not loopback) without keys would open the "
+            "bridge to the network: set ALB_AUTH=keys (and create keys with `alb keys create`), "
+            "or ALB_ALLOW_OPEN=true to accept an open bridge"
+        )
     if settings.keep_alive_min > settings.keep_alive_max:
         raise SettingsError("ALB_KEEP_ALIVE_MIN: must not exceed ALB_KEEP_ALIVE_MAX")
     if settings.num_ctx_min > settings.num_ctx_max:
@@ -511,6 +539,15 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         if daemon is not None and daemon not in names:
             raise SettingsError(f"ALB_PINNED: {model}@{daemon} names no configured daemon")
     return settings
+
+
+def _loopback_host(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _known(values: dict[str, object]) -> dict[str, object]:

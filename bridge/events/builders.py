@@ -78,23 +78,31 @@ def error_kind(class_name: str) -> str:
 
 
 def identify(
-    headers: Sequence[tuple[bytes, bytes]], doc: Mapping[str, Any] | None
+    headers: Sequence[tuple[bytes, bytes]],
+    doc: Mapping[str, Any] | None,
+    bridge_key: str | None = None,
 ) -> tuple[str | None, SessionSource | None, str | None]:
-    """``(session, session_source, api_key_id)`` as DESIGN.md defines the session."""
+    """``(session, session_source, api_key_id)`` as DESIGN.md defines the session.
+
+    ``api_key_id`` is the id of the bridge's API key that made the request
+    (``bridge_key``, ``ALB_AUTH=keys``), else None: a credential the bridge did not
+    issue (an OpenAI client's placeholder ``api_key``) identifies nobody, though its
+    hash still names the session when nothing else does."""
     header = auth = None
     for name, value in headers:
         if name == b"x-alb-session" and value:
             header = value.decode("latin-1")[:_NAME_MAX]
         elif name == b"authorization" and value:
             auth = value
-    key_id = None if auth is None else "key:" + hashlib.sha256(auth).hexdigest()[:12]
     if header:
-        return header, "header", key_id
+        return header, "header", bridge_key
     user = doc.get("user") if doc is not None else None
     if isinstance(user, str) and user:
-        return user[:_NAME_MAX], "openai_user", key_id
-    if key_id is not None:
-        return key_id, "api_key", key_id
+        return user[:_NAME_MAX], "openai_user", bridge_key
+    if bridge_key is not None:
+        return "key:" + bridge_key, "api_key", bridge_key
+    if auth is not None:
+        return "key:" + hashlib.sha256(auth).hexdigest()[:12], "api_key", None
     return None, None, None
 
 
@@ -180,7 +188,7 @@ def _access_log_fields(
     model's constraints by construction (an integer past 64 bits is clamped, and
     ``on_clamped`` told), and the system prompt to register (or None)."""
     doc = record.doc or {}
-    session, source, key_id = identify(record.headers, record.doc)
+    session, source, key_id = identify(record.headers, record.doc, record.key_id)
     system, pairs = conversation(record.endpoint, doc)
     prompt_tokens, output_tokens = token_counts(record.tail)
     status, kind = status_of(record)

@@ -48,6 +48,8 @@ class RequestRecord:
     headers: Sequence[tuple[bytes, bytes]] = ()
     #: The last upstream frame (or the whole body) relayed: the final statistics.
     tail: bytes = b""
+    #: The id of the bridge's API key that made the request (``ALB_AUTH=keys``).
+    key_id: str | None = None
 
 
 class RecordSink(Protocol):

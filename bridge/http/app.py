@@ -12,7 +12,9 @@ background tasks and loads, then the predictor, then the events pipeline (bounde
 drain, the rest stays spooled), the connection pool last. Plain Starlette
 routes; the inference routes are raw ASGI handlers. In front of them the edge
 (``bridge.http.edge``: Host and Origin checks, trusted proxies, the body cap and the
-bridge-wide body budget, whose ``BodyBudget`` and reclaimer the app owns).
+bridge-wide body budget, whose ``BodyBudget`` and reclaimer the app owns), then the
+gatekeeper (``bridge.http.gatekeeper``: API keys and scopes with ``ALB_AUTH=keys``,
+whose key ring and limits, ``bridge.tenancy``, the lifespan opens).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from bridge.events.prefetch_consumer import Consumer, PrefetchBook, PrefetchMetr
 from bridge.events.sink import RecordSink, RequestRecord
 from bridge.http import routes_admin, routes_native, routes_openai, routes_ops
 from bridge.http.edge import Edge, EdgePolicy
+from bridge.http.gatekeeper import Gatekeeper
 from bridge.http.limits import BodyBudget, Reclaimer
 from bridge.http.state import Bridge, Runtime
 from bridge.metrics import Metrics
@@ -49,6 +52,7 @@ from bridge.scheduling.loader import StateChange
 from bridge.scheduling.residency import KeepAlive
 from bridge.scheduling.scheduler import Scheduler
 from bridge.settings import Settings
+from bridge.tenancy import open_tenancy
 from bridge.upstream import Upstream
 
 if TYPE_CHECKING:
@@ -107,6 +111,16 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> Starlet
                     coord=open_coordinator(settings, bridge.metrics),
                 )
                 _wire(bridge, scheduler, events, book, sink)
+                if settings.auth == "keys":
+                    coord = scheduler.coord
+                    bridge.tenancy = await stack.enter_async_context(
+                        open_tenancy(
+                            settings,
+                            registry,
+                            replicas=lambda: coord.replicas,
+                            replica=coord.replica,
+                        )
+                    )
                 consumer: Consumer | None = None
                 try:
                     await scheduler.start()
@@ -160,7 +174,8 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> Starlet
                 budget=budget,
                 reclaimer=reclaimer,
                 refused=bridge.metrics.edge_refusals,
-            )
+            ),
+            Middleware(Gatekeeper, bridge=bridge),
         ],
     )
     bridge.metrics.body_budget.source = lambda: [

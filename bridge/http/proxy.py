@@ -30,6 +30,7 @@ from bridge.errors import (
     BadRequest,
     BridgeError,
     ClientGone,
+    Forbidden,
     ModelNotFound,
     Moved,
     Replaced,
@@ -38,12 +39,22 @@ from bridge.errors import (
     UpstreamUnreachable,
 )
 from bridge.events.sink import RequestRecord
+from bridge.http.gatekeeper import principal_of
 from bridge.http.relay import HEARTBEAT, Exchange, read_body, relay, watch_disconnect
 from bridge.http.responses import internal_error
 from bridge.http.state import Bridge, Runtime
-from bridge.policy.numctx import Need, PromptSize, need_for, prompt_eval_count, prompt_size
+from bridge.policy.keys import reserve_tokens
+from bridge.policy.numctx import (
+    Need,
+    PromptSize,
+    need_for,
+    output_eval_count,
+    prompt_eval_count,
+    prompt_size,
+)
 from bridge.policy.sizing import ModelInfo
 from bridge.scheduling.scheduler import Lease, Scheduler, Ticket
+from bridge.tenancy.quotas import Permit
 from bridge.wire.framing import End
 from bridge.wire.openai_native import NATIVE_PATH, Translator, to_native
 from bridge.wire.parsing import KEEP, Endpoint, Kind, Parsed, parse, rewrite
@@ -56,8 +67,11 @@ _MAX_PLACEMENTS = 6
 _MAX_MOVES = 16
 
 
-def session_of(headers: list[tuple[bytes, bytes]], user: str | None, client: Any) -> str:
-    """``X-ALB-Session``, else the OpenAI ``user``, else the API key's id, else the peer."""
+def session_of(
+    headers: list[tuple[bytes, bytes]], user: str | None, client: Any, key_id: str | None = None
+) -> str:
+    """``X-ALB-Session``, else the OpenAI ``user``, else the API key's id (the bridge's
+    key, else a hash of the ``Authorization`` header), else the peer."""
     auth = b""
     for name, value in headers:
         if name == b"x-alb-session" and value:
@@ -66,6 +80,8 @@ def session_of(headers: list[tuple[bytes, bytes]], user: str | None, client: Any
             auth = value
     if user:
         return "user:" + user
+    if key_id is not None:
+        return "key:" + key_id
     if auth:
         return "key:" + hashlib.sha256(auth).hexdigest()[:12]
     return "peer:" + (str(client[0]) if client else "-")
@@ -110,15 +126,29 @@ class InferenceRoute:
             parsed = parse(body, ep)
             state.parsed = parsed
             state.model = parsed.key
+            principal = principal_of(scope)
+            key = principal.key
+            if key is not None:
+                state.key_id = key.id
+                if not key.allows_model(parsed.key):
+                    self._refused("model")
+                    raise Forbidden(f"key {key.id} may not use model '{parsed.model}'")
             rt = bridge.rt()
             if not await rt.fleet.ensure_known(parsed.key):
                 state.model = "-"
                 if not any(d.up for d in rt.fleet.daemons.values()):
                     raise Unavailable("no daemon is answering", retry_after=5)
                 raise ModelNotFound(ep.not_found(parsed.model))
-            state.session = session_of(scope["headers"], parsed.user, scope.get("client"))
+            state.session = session_of(
+                scope["headers"], parsed.user, scope.get("client"), state.key_id
+            )
             try:
                 async with asyncio.timeout(bridge.settings.request_timeout):
+                    if key is not None and bridge.tenancy is not None:
+                        state.permit = await bridge.tenancy.quotas.admit(
+                            key, self._reserve(parsed.doc, bridge.tenancy.output_reserve)
+                        )
+                        ex.limit_headers = state.permit.headers
                     await self._serve(rt, ex, body, parsed, state)
             except TimeoutError:
                 raise UpstreamTimeout(
@@ -143,7 +173,40 @@ class InferenceRoute:
         finally:
             if watcher is not None:
                 watcher.cancel()
+            if state.permit is not None:
+                self._settle(ex, state)
             self._record(ex, state, t0, scope)
+
+    def _refused(self, reason: str) -> None:
+        if self._bridge.tenancy is not None:
+            self._bridge.tenancy.keyring.refused(reason)
+
+    @staticmethod
+    def _reserve(doc: dict[str, Any], output_reserve: int) -> int:
+        chars = prompt_size(doc).chars
+        value = doc.get("input")
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str):
+                chars += len(item)
+        cap = doc.get("max_completion_tokens", doc.get("max_tokens"))
+        options = doc.get("options")
+        if cap is None and isinstance(options, dict):
+            cap = options.get("num_predict")
+        most = cap if isinstance(cap, int) and not isinstance(cap, bool) else None
+        return reserve_tokens(chars, most, output_reserve)
+
+    def _settle(self, ex: Exchange, state: _State) -> None:
+        """A key's tokens: the final frame's counts; none when the request never held a
+        slot; the reservation when the daemon answered without counts."""
+        assert self._bridge.tenancy is not None
+        assert state.permit is not None
+        prompt: int | None = 0
+        output: int | None = 0
+        if ex.tail:
+            prompt, output = prompt_eval_count(ex.tail), output_eval_count(ex.tail)
+        elif state.lease is not None:
+            prompt = output = None
+        self._bridge.tenancy.quotas.finish(state.permit, prompt, output)
 
     async def _serve(
         self, rt: Runtime, ex: Exchange, body: bytes, parsed: Parsed, state: _State
@@ -362,6 +425,7 @@ class InferenceRoute:
                 doc=parsed.doc if parsed else None,
                 headers=scope["headers"],
                 tail=ex.tail,
+                key_id=state.key_id,
             )
         )
 
@@ -391,9 +455,11 @@ class _State:
     __slots__ = (
         "daemon",
         "error",
+        "key_id",
         "lease",
         "model",
         "parsed",
+        "permit",
         "prompt",
         "session",
         "stream_failed",
@@ -409,3 +475,6 @@ class _State:
         self.stream_failed = False
         self.prompt: PromptSize | None = None
         self.parsed: Parsed | None = None
+        #: The bridge's API key of the request (``ALB_AUTH=keys``) and what it took.
+        self.key_id: str | None = None
+        self.permit: Permit | None = None

@@ -57,6 +57,7 @@ class Exchange:
         "extra_headers",
         "finished",
         "first_byte_at",
+        "limit_headers",
         "sent_upstream_bytes",
         "started",
         "status",
@@ -73,6 +74,8 @@ class Exchange:
         self.status = 0
         self.first_byte_at: float | None = None
         self.extra_headers: Headers = []
+        #: A key's ``x-ratelimit-*`` headers (``bridge.tenancy.quotas``).
+        self.limit_headers: tuple[tuple[bytes, bytes], ...] = ()
         #: The last upstream frame (or whole body) sent: its final stats.
         self.tail = b""
 
@@ -83,7 +86,7 @@ class Exchange:
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": headers + self.extra_headers,
+                "headers": headers + self.extra_headers + list(self.limit_headers),
             }
         )
 

@@ -1,9 +1,11 @@
 """Admin API (load / unload / pin / unpin a model) and the decision log.
 
-Admin scope: with ``ALB_ADMIN_TOKEN`` set, the routes need ``Authorization: Bearer
-<token>`` (or ``X-ALB-Admin-Token``); without it they answer loopback clients only,
-so an unconfigured bridge cannot be steered from the network. A ``num_ctx`` given to
-``load`` or ``pin`` must lie within 4 .. ``ALB_NUM_CTX_MAX`` (400 otherwise). ``GET
+Admin scope: with ``ALB_AUTH=keys`` a key holding ``admin`` (or the admin token; the
+gatekeeper checks it). Otherwise, with ``ALB_ADMIN_TOKEN`` set, the routes need
+``Authorization: Bearer <token>`` (or ``X-ALB-Admin-Token``); without it they answer
+loopback clients only, so an unconfigured bridge cannot be steered from the network.
+A ``num_ctx`` given to ``load`` or ``pin`` must lie within 4 .. ``ALB_NUM_CTX_MAX``
+(400 otherwise). ``GET
 /alb/v1/decisions`` is read-only (no prompts in it) and open like ``/alb/v1/models``.
 """
 
@@ -18,9 +20,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from bridge.errors import Api, BadRequest, Forbidden, Unauthorized
+from bridge.http.gatekeeper import principal_of
 from bridge.http.relay import read_body
 from bridge.http.responses import guard, json_response
 from bridge.http.state import Bridge
+from bridge.policy.keys import Scope
 from bridge.wire import jsonbody, names
 
 _ACTIONS = ("load", "unload", "pin", "unpin")
@@ -38,6 +42,12 @@ def _loopback(host: str | None) -> bool:
 
 
 def authorize(bridge: Bridge, request: Request) -> None:
+    if bridge.settings.auth == "keys":
+        # The gatekeeper admitted only a holder of ``admin`` to the admin routes; on
+        # the others (operator views) the question is whether the caller holds it.
+        if Scope.ADMIN not in principal_of(request.scope).scopes:
+            raise Forbidden("the admin scope is needed")
+        return
     token = bridge.settings.admin_token
     if token is None:
         if not _loopback(request.client.host if request.client else None):

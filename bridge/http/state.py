@@ -21,6 +21,7 @@ from bridge.settings import Settings
 from bridge.upstream import Upstream
 
 if TYPE_CHECKING:
+    from bridge.tenancy import Tenancy
     from predictor.embedded import EmbeddedPredictor
 
 
@@ -53,6 +54,8 @@ class Bridge:
         self.decisions = DecisionLog(settings.decisions_capacity, sink=self._decided)
         self.runtime: Runtime | None = None
         self.draining = False
+        #: Keys, limits and usage (``ALB_AUTH=keys``; set by the lifespan).
+        self.tenancy: Tenancy | None = None
 
     def _decided(self, decision: Decision) -> None:
         if self.on_decision is not None:

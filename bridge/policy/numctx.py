@@ -41,6 +41,7 @@ _RATIO_MIN, _RATIO_MAX = 1.0, 12.0
 #: Estimates are made a little pessimistic: undersizing costs a reload or truncation.
 _MARGIN = 1.1
 _PROMPT_EVAL = re.compile(rb'"(?:prompt_eval_count|prompt_tokens)":\s*(\d+)')
+_OUTPUT_EVAL = re.compile(rb'"(?:eval_count|completion_tokens)":\s*(\d+)')
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,4 +360,10 @@ class Calibrator:
 def prompt_eval_count(tail: bytes) -> int | None:
     """``prompt_eval_count`` (native) or ``usage.prompt_tokens`` (/v1) in a final frame."""
     m = _PROMPT_EVAL.search(tail)
+    return int(m.group(1)) if m else None
+
+
+def output_eval_count(tail: bytes) -> int | None:
+    """``eval_count`` (native) or ``usage.completion_tokens`` (/v1) in a final frame."""
+    m = _OUTPUT_EVAL.search(tail)
     return int(m.group(1)) if m else None

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -71,3 +74,48 @@ class Proc:
             self.p.kill()
         self.p.wait(5)
         self._pump_thread.join(5)
+
+
+class StoppableRedis:
+    """A redis-server of the test's own on a fixed port, stopped and started again.
+    ``persist``: an append-only file fsynced on every write, so what Redis held comes
+    back after a restart (as a production Redis for key limits is run)."""
+
+    def __init__(self, *, persist: bool = False) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.persist = persist
+        self.dir = tempfile.mkdtemp(prefix="alb-redis-own-")
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary is not None, "redis-server is not installed (scripts/redis install)"
+        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        if self.persist:
+            argv += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            argv += ["--appendonly", "no"]
+        argv += ["--dir", self.dir]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.5) as s,
+            ):
+                s.sendall(b"PING\r\n")
+                if s.recv(64).startswith(b"+PONG"):
+                    return
+            assert time.monotonic() < deadline, "redis-server did not answer"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -12,6 +12,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
+from bridge.events.sink import RecordSink
 from bridge.http.app import create_app
 from bridge.http.server import uvicorn_config
 from bridge.settings import Settings, load_settings
@@ -71,12 +72,12 @@ class _QuietServer(uvicorn.Server):
 
 @contextlib.asynccontextmanager
 async def running_bridge(
-    settings: Settings, *, bind: str = "127.0.0.1"
+    settings: Settings, *, bind: str = "127.0.0.1", sink: RecordSink | None = None
 ) -> AsyncIterator[RunningBridge]:
     """The bridge on a free port of ``bind``, served by uvicorn in this event loop with
     ``alb serve``'s configuration (``bridge.http.server.uvicorn_config``: the guarded httptools
     protocol, uvicorn's proxy headers off)."""
-    app = create_app(settings)
+    app = create_app(settings, sink=sink)
     sock = listening_socket(bind)
     port = sock.getsockname()[1]
     server = _QuietServer(uvicorn_config(app, settings, timeout_graceful_shutdown=2))

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +112,29 @@ def test_keep_alive_errors_like_go(value: object, message: str) -> None:
     with pytest.raises(durations.KeepAliveError) as exc:
         durations.parse(value)
     assert str(exc.value) == message
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "bridge.example.com"])
+def test_an_open_bridge_off_loopback_refuses_to_start_naming_the_setting(host: str) -> None:
+    with pytest.raises(SettingsError, match="ALB_AUTH") as info:
+        load_settings({"ALB_HOST": host})
+    assert "ALB_ALLOW_OPEN" in str(info.value)
+    assert load_settings({"ALB_HOST": host, "ALB_AUTH": "keys"}).auth == "keys"
+    assert load_settings({"ALB_HOST": host, "ALB_ALLOW_OPEN": "true"}).allow_open
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "127.0.0.2"])
+def test_loopback_needs_no_keys(host: str) -> None:
+    assert load_settings({"ALB_HOST": host}).auth == "none"
+
+
+def test_alb_serve_on_every_address_without_keys_exits_with_the_reason() -> None:
+    alb = str(Path(sys.executable).parent / "alb")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALB_")}
+    done = subprocess.run(
+        [alb, "serve", "--host", "0.0.0.0", "--port", "0"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "ALB_AUTH" in done.stderr
+    assert "Traceback" not in done.stderr

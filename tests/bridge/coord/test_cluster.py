@@ -10,12 +10,7 @@ once."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterator
@@ -27,7 +22,7 @@ import pytest
 
 from ollamasim.testing import RunningFleet, serve_in_thread
 from tests.bridge._events import wait_for
-from tests.bridge._procs import ALB, Proc, clean_env, free_port
+from tests.bridge._procs import ALB, Proc, StoppableRedis, clean_env, free_port
 from tests.bridge._support import kinds
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(120)]
@@ -265,39 +260,6 @@ async def test_killing_the_owner_mid_load_the_load_completes_through_the_new_own
 OUTAGE_S = 30.0
 
 
-class StoppableRedis:
-    """A redis-server of the test's own on a fixed port, stopped and started again."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary is not None, "redis-server is not installed (scripts/redis install)"
-        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        argv += ["--appendonly", "no", "--dir", tempfile.gettempdir()]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), 0.5) as s,
-            ):
-                s.sendall(b"PING\r\n")
-                if s.recv(64).startswith(b"+PONG"):
-                    return
-            assert time.monotonic() < deadline, "redis-server did not answer"
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.proc = None
-
-
 @pytest.fixture
 def own_redis() -> Iterator[StoppableRedis]:
     r = StoppableRedis()
@@ -305,7 +267,7 @@ def own_redis() -> Iterator[StoppableRedis]:
     try:
         yield r
     finally:
-        r.stop()
+        r.remove()
 
 
 @pytest.mark.timeout(150)

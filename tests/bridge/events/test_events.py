@@ -92,11 +92,16 @@ def test_session_precedence_header_user_key() -> None:
     auth = [(b"authorization", b"Bearer sk-1")]
     both = [(b"x-alb-session", b"s-1"), *auth]
     assert identify(both, {"user": "u"})[:2] == ("s-1", "header")
-    session, source, key_id = identify(auth, {"user": "u"})
-    assert (session, source) == ("u", "openai_user")
-    assert key_id
-    assert key_id.startswith("key:")
-    assert identify(auth, {}) == (key_id, "api_key", key_id)
+    # A credential the bridge did not issue names the session, not a key (issue #16).
+    assert identify(auth, {"user": "u"}) == ("u", "openai_user", None)
+    session, source, key_id = identify(auth, {})
+    assert (source, key_id) == ("api_key", None)
+    assert session is not None
+    assert session.startswith("key:")
+    assert "sk-1" not in session
+    # A key of the bridge's own (ALB_AUTH=keys) is the event's api_key_id.
+    assert identify(auth, {"user": "u"}, "0123456789ab") == ("u", "openai_user", "0123456789ab")
+    assert identify(auth, {}, "0123456789ab") == ("key:0123456789ab", "api_key", "0123456789ab")
     assert identify([], {}) == (None, None, None)
 
 
@@ -193,7 +198,9 @@ async def test_every_request_leaves_one_valid_event_and_no_prompt_text(
     assert streamed["output_tokens"]
     assert any(d["session_source"] == "openai_user" and d["session"] == "alice" for d in docs)
     keyed = next(d for d in docs if d["session_source"] == "api_key")
-    assert keyed["api_key_id"] == keyed["session"]
+    # A credential the bridge did not issue names the session, not a key (issue #16).
+    assert keyed["api_key_id"] is None
+    assert keyed["session"].startswith("key:")
     assert "sk-secret" not in keyed["session"]
     missing = next(d for d in docs if d["http_status"] == 404)
     assert missing["error_kind"] == "model_not_found"

@@ -109,7 +109,7 @@ async def test_extra_hosts_and_a_non_loopback_listener(fleet: RunningFleet) -> N
             assert (await exchange(port, "GET", "/", headers={"Host": host})).status == 200
         assert (await exchange(port, "GET", "/", headers={"Host": "corp.example"})).status == 403
     # Ollama checks Hosts only when it listens on loopback.
-    async with running_bridge(settings_for(fleet, host="0.0.0.0")) as b:
+    async with running_bridge(settings_for(fleet, host="0.0.0.0", allow_open=True)) as b:
         answer = await exchange(port_of(b), "GET", "/api/version", headers={"Host": "evil.com"})
         assert answer.status == 200
 
@@ -255,7 +255,8 @@ def _alb_serve(fleet: RunningFleet, host: str, **env: str) -> Iterator[int]:
     port = _free_port(host)
     daemons = ",".join(f"{d.name}={d.base_url}?parallel=2" for d in fleet.daemons)
     child_env = {k: v for k, v in os.environ.items() if not k.startswith(("ALB_", "OLLAMA_"))}
-    child_env.update({"ALB_DAEMONS": daemons, "ALB_EVENTS": "false", **env})
+    child_env.update({"ALB_DAEMONS": daemons, "ALB_EVENTS": "false", "ALB_ALLOW_OPEN": "true"})
+    child_env.update(env)
     alb = str(Path(sys.executable).parent / "alb")
     args = [alb, "serve", "--host", host, "--port", str(port)]
     proc = subprocess.Popen(
