@@ -233,7 +233,8 @@ class InferenceRoute:
             try:
                 if isinstance(got, Ticket):
                     state.daemon = got.daemon.name
-                    lease = await self._wait(rt, ex, got, state.session, sse=sse)
+                    weight = state.permit.key.priority if state.permit is not None else 1
+                    lease = await self._wait(rt, ex, got, state.session, sse=sse, weight=weight)
                 else:
                     lease = got
             except Moved as err:  # a new copy: placed again, at no cost
@@ -344,11 +345,18 @@ class InferenceRoute:
             )
 
     async def _wait(
-        self, rt: Runtime, ex: Exchange, ticket: Ticket, session: str, *, sse: bool
+        self,
+        rt: Runtime,
+        ex: Exchange,
+        ticket: Ticket,
+        session: str,
+        *,
+        sse: bool,
+        weight: int = 1,
     ) -> Lease:
         if not sse:
-            return await rt.scheduler.wait(ticket, session)
-        waiting = asyncio.ensure_future(rt.scheduler.wait(ticket, session))
+            return await rt.scheduler.wait(ticket, session, weight=weight)
+        waiting = asyncio.ensure_future(rt.scheduler.wait(ticket, session, weight=weight))
         interval = self._bridge.settings.heartbeat_interval
         handed_over = False
         try:

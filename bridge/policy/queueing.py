@@ -1,4 +1,4 @@
-"""Queueing, pure: ``FairQueue`` (round-robin over sessions, FIFO within one) and
+"""Queueing, pure: ``FairQueue`` (weighted round-robin over sessions, FIFO within one) and
 ``retry_after`` (the hint a refused request gets), used by the gates
 (``bridge.scheduling.gate``) and the replay."""
 
@@ -16,35 +16,49 @@ _MAX_RETRY_S = 600.0
 
 
 class FairQueue(Generic[T]):
-    """Round-robin over sessions, FIFO within a session."""
+    """Round-robin over sessions, FIFO within a session. A session's ``weight`` (an API
+    key's priority class, 1 by default) is how many of its requests are served in a
+    row when its turn comes: a weight-2 session gets two turns to a weight-1's one."""
 
-    __slots__ = ("_by_session", "_len", "_order")
+    __slots__ = ("_by_session", "_credit", "_len", "_order", "_weight")
 
     def __init__(self) -> None:
         self._by_session: dict[str, deque[T]] = {}
         self._order: deque[str] = deque()
+        self._weight: dict[str, int] = {}
+        self._credit: dict[str, int] = {}
         self._len = 0
 
     def __len__(self) -> int:
         return self._len
 
-    def push(self, session: str, item: T) -> None:
+    def push(self, session: str, item: T, weight: int = 1) -> None:
         q = self._by_session.get(session)
         if q is None:
             q = self._by_session[session] = deque()
             self._order.append(session)
+            self._weight[session] = self._credit[session] = max(1, weight)
         q.append(item)
         self._len += 1
 
     def pop(self) -> T:
-        session = self._order.popleft()
+        return self._take(self._order.popleft())
+
+    def _take(self, session: str) -> T:
+        """The head of ``session`` (already off the order): it keeps the front while it
+        has turns left, else goes to the back with its turns renewed."""
         q = self._by_session[session]
         item = q.popleft()
-        if q:
-            self._order.append(session)
-        else:
-            del self._by_session[session]
         self._len -= 1
+        if not q:
+            del self._by_session[session], self._weight[session], self._credit[session]
+            return item
+        self._credit[session] -= 1
+        if self._credit[session] > 0:
+            self._order.appendleft(session)
+        else:
+            self._credit[session] = self._weight[session]
+            self._order.append(session)
         return item
 
     def __iter__(self) -> Iterator[T]:
@@ -55,16 +69,9 @@ class FairQueue(Generic[T]):
         """The first session head (in round-robin order) that ``pred`` accepts."""
         for _ in range(len(self._order)):
             session = self._order[0]
-            q = self._by_session[session]
-            if pred(q[0]):
+            if pred(self._by_session[session][0]):
                 self._order.popleft()
-                item = q.popleft()
-                if q:
-                    self._order.append(session)
-                else:
-                    del self._by_session[session]
-                self._len -= 1
-                return item
+                return self._take(session)
             self._order.rotate(-1)
         return None
 
@@ -75,7 +82,7 @@ class FairQueue(Generic[T]):
         q.remove(item)
         self._len -= 1
         if not q:
-            del self._by_session[session]
+            del self._by_session[session], self._weight[session], self._credit[session]
             self._order.remove(session)
         return True
 

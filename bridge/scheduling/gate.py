@@ -122,12 +122,14 @@ class Gate:
         *,
         since: float = 0.0,
         background: bool = False,
+        weight: int = 1,
     ) -> None:
         """Queue until a slot is handed over; raises the load's error if it fails.
-        ``since``: when the request was admitted; ``background``: a prefetch."""
+        ``since``: when the request was admitted; ``background``: a prefetch;
+        ``weight``: the session's turns in the fair queue (a key's priority)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         item = Waiter(fut, need, since, background)
-        self.queue.push(session, item)
+        self.queue.push(session, item, weight)
         self.peak = max(self.peak, self.outstanding)
         # The gate may have opened between admission and now (the caller's task ran
         # later): hand out whatever is free, or this waiter would wait for nobody.

@@ -308,9 +308,11 @@ class Scheduler(Residency):
         spec: LoadSpec | None = None,
         *,
         background: bool = False,
+        weight: int = 1,
     ) -> Lease:
-        """Queue at the ticket's gate (fairly, by session) until a slot is free;
-        ``background``: a prefetch, whose load comes after those clients wait for."""
+        """Queue at the ticket's gate (fairly, by session, ``weight`` turns at a time)
+        until a slot is free; ``background``: a prefetch, whose load comes after those
+        clients wait for."""
         if ticket.routed and not background:
             got = await self._follow_claim(ticket)
             if isinstance(got, Lease):
@@ -322,7 +324,13 @@ class Scheduler(Residency):
         try:
             if not gate.ready or not gate.fits(ticket.need):
                 self.kick(d.name)  # the driver runs after the waiter is queued
-            await gate.wait(session, ticket.need, since=ticket.started_at, background=background)
+            await gate.wait(
+                session,
+                ticket.need,
+                since=ticket.started_at,
+                background=background,
+                weight=weight,
+            )
         finally:
             depth.dec()
         now = time.monotonic()

@@ -81,6 +81,25 @@ def test_fair_queue_round_robins_sessions() -> None:
     assert q.pop() == "y"
 
 
+def test_a_heavier_session_gets_more_turns_in_a_row() -> None:
+    """A key's priority class is its sessions' weight: weight 3 against 1 is three
+    requests served to one, in each round, until the heavy session runs dry."""
+    q: FairQueue[str] = FairQueue()
+    for i in range(7):
+        q.push("gold", f"g{i}", 3)
+    for i in range(3):
+        q.push("free", f"f{i}")
+    got = [q.pop() for _ in range(10)]
+    assert got == ["g0", "g1", "g2", "f0", "g3", "g4", "g5", "f1", "g6", "f2"]
+    # pop_first keeps the turns too, and a refused head keeps its place.
+    for i in range(4):
+        q.push("gold", f"g{i}", 2)
+    q.push("free", "f0")
+    assert q.pop_first(lambda x: x.startswith("f")) == "f0"
+    assert [q.pop() for _ in range(4)] == ["g0", "g1", "g2", "g3"]
+    assert len(q) == 0
+
+
 async def test_gate_hands_slots_in_fair_order_and_fails_waiters_on_load_error() -> None:
     gate = Gate(slots=1)
     order: list[str] = []
