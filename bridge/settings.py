@@ -253,6 +253,9 @@ class Settings(BaseSettings):
     auth: Literal["none", "keys"] = "none"
     #: Acknowledge a bridge without keys on a non-loopback address (else it refuses to start).
     allow_open: bool = False
+    #: TLS by uvicorn itself: a PEM certificate (chain) and its key (empty: plain HTTP).
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
     #: The embedded key store (SQLite); empty: ``$XDG_STATE_HOME/alb/keys.sqlite``. With
     #: ``ALB_REDIS_URL`` the keys live in Redis instead.
     keys_file: str = ""

@@ -115,6 +115,10 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
         "forwarded_allow_ips": "",
         "limit_concurrency": None,
     }
+    if settings.ssl_certfile:
+        # TLS terminated by uvicorn itself (``ALB_SSL_CERTFILE`` / ``ALB_SSL_KEYFILE``).
+        options["ssl_certfile"] = settings.ssl_certfile
+        options["ssl_keyfile"] = settings.ssl_keyfile or None
     options.update(overrides)
     return uvicorn.Config(app, **options)
 

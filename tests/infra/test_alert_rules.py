@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 import yaml
 
+from ollamasim.testing import RunningFleet
+from tests.bridge._support import running_bridge, settings_for
 from tests.bridge.conftest import bridge, client, fleet  # noqa: F401  (fixtures)
 
 RULES = Path(__file__).resolve().parents[2] / "infra" / "prometheus" / "alerts.yml"
@@ -32,8 +34,16 @@ def test_every_rule_is_complete() -> None:
         assert rule["annotations"]["summary"]
 
 
-async def test_rules_name_only_exported_metrics(client: httpx.AsyncClient) -> None:  # noqa: F811
+async def test_rules_name_only_exported_metrics(
+    client: httpx.AsyncClient,  # noqa: F811
+    fleet: RunningFleet,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     exposition = (await client.get("/metrics")).text
+    # And a bridge with keys (ALB_AUTH=keys): the key ring's and limits' metrics.
+    keyed = settings_for(fleet, auth="keys", keys_file=str(tmp_path / "keys.sqlite"))
+    async with running_bridge(keyed) as b, httpx.AsyncClient(base_url=b.base_url) as c:
+        exposition += (await c.get("/metrics")).text
     exported = set(re.findall(r"^# TYPE (alb_[a-z0-9_]+) ", exposition, flags=re.M))
     assert "alb_daemon_up" in exported
     for rule in _rules():
