@@ -142,7 +142,7 @@ def _parse_caps(text: str) -> dict[str, int]:
 
 
 class Settings(BaseSettings):
-    """Every knob of ``alb serve``; see docs/bridge.md for the table."""
+    """Every knob of ``alb serve``; the README's "Configuration" has the table."""
 
     model_config = SettingsConfigDict(env_prefix="ALB_", frozen=True, extra="ignore")
 
