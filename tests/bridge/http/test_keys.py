@@ -4,6 +4,7 @@ model patterns and limits, in each API's shape, and the official clients with ke
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 import ollama
 import openai
+import orjson
 import pytest
 
 from bridge.events.builders import identify
@@ -21,6 +23,7 @@ from bridge.policy.keys import Limits, parse_scopes
 from bridge.tenancy import keyring
 from bridge.tenancy.store import SqliteKeys
 from ollamasim.testing import RunningFleet
+from tests.bridge._procs import ALB, clean_env
 from tests.bridge._support import running_bridge, settings_for
 
 MSG = [{"role": "user", "content": "hello"}]
@@ -199,6 +202,23 @@ async def test_tokens_are_counted_from_the_final_frame(keyed: Keyed) -> None:
     record = keyed.records[0]
     assert record.key_id == ident
     assert identify(record.headers, record.doc, record.key_id)[2] == ident
+    # What `alb keys usage` reads: the rows the bridge writes to its key store.
+    assert keyed.bridge.tenancy is not None
+    await keyed.settled()
+    await keyed.bridge.tenancy.quotas.flush()
+    env = clean_env(ALB_KEYS_FILE=str(keyed.store.path))
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [ALB, "keys", "usage", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    (row,) = [r for r in orjson.loads(done.stdout) if r["key"] == ident]
+    assert row["requests"] == 2
+    assert row["prompt_tokens"] + row["output_tokens"] == 2 * used
 
 
 async def test_the_official_clients_work_with_keys(keyed: Keyed) -> None:

@@ -221,3 +221,26 @@ async def test_what_a_replica_admitted_alone_is_handed_in_when_redis_is_back(
         for q in qs:
             await q.aclose()
         redis.remove()
+
+
+@pytest.mark.redis
+async def test_concurrency_is_shared_across_replicas(redis_url: str, tmp_path: Path) -> None:
+    qs = _replicas(redis_url, tmp_path, 3)
+    key = _key(concurrency=4)
+    try:
+        results = await asyncio.gather(
+            *(qs[i % 3].admit(key, 1) for i in range(12)), return_exceptions=True
+        )
+        held = [r for r in results if isinstance(r, Permit)]
+        assert len(held) == 4
+        assert all(isinstance(r, RateLimited) for r in results if not isinstance(r, Permit))
+        await held[0].release()
+        again = await qs[2].admit(key, 1)  # any replica may take the freed one
+        with pytest.raises(RateLimited, match="concurrent"):
+            await qs[1].admit(key, 1)
+        for p in [*held[1:], again]:
+            await p.release()
+        assert len([await q.admit(key, 1) for q in qs]) == 3
+    finally:
+        for q in qs:
+            await q.aclose()
