@@ -23,6 +23,7 @@ from bridge.errors import Api, BadRequest, Forbidden, Unauthorized
 from bridge.http.gatekeeper import principal_of
 from bridge.http.relay import read_body
 from bridge.http.responses import guard, json_response
+from bridge.http.routes_openai import MODEL_PATH
 from bridge.http.state import Bridge
 from bridge.policy.keys import Scope
 from bridge.wire import jsonbody, names
@@ -140,6 +141,6 @@ def routes(bridge: Bridge) -> list[BaseRoute]:
         return json_response({"decisions": [d.to_json() for d in rows]})
 
     return [
-        Route("/alb/v1/models/{model:path}/{action}", model_action, methods=["POST"]),
+        Route(f"/alb/v1/models/{{model:{MODEL_PATH}}}/{{action}}", model_action, methods=["POST"]),
         Route("/alb/v1/decisions", decisions, methods=["GET"]),
     ]

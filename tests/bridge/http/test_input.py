@@ -112,6 +112,28 @@ def test_unknown_and_cloud_models(app_client: _AppClient) -> None:
     assert "cloud" in r.json()["error"]
 
 
+@pytest.mark.parametrize("name", ["a%0Ab", "%0A", "hf.co/x%0A/y"])
+def test_a_model_name_with_a_newline_is_openais_404(app_client: _AppClient, name: str) -> None:
+    # Found by test_schemathesis.py: Starlette's ``path`` convertor (``.*``) stopped at a
+    # newline, so GET /v1/models/a%0Ab missed the route and got gin's text 404.
+    r = app_client.loop.run_until_complete(app_client.client.get(f"/v1/models/{name}"))
+    assert r.status_code == 404
+    assert r.headers["content-type"].startswith("application/json")
+    assert _shape_ok(Api.OPENAI, r.json()), r.text
+    assert r.json()["error"]["type"] == "not_found_error"
+
+
+def test_an_admin_action_on_a_name_with_a_newline_is_answered_in_json(
+    app_client: _AppClient,
+) -> None:
+    # Found by test_schemathesis.py: POST /alb/v1/models/a%0Ab/load missed the route
+    # (Starlette's ``path`` stops at a newline) and got the text 404.
+    r = app_client.loop.run_until_complete(app_client.client.post("/alb/v1/models/a%0Ab/load"))
+    assert r.status_code == 404  # no such model, in Ollama's shape, not gin's text
+    assert r.headers["content-type"].startswith("application/json")
+    assert isinstance(r.json()["error"], str)
+
+
 @pytest.mark.parametrize("path", ["/api/pull", "/api/delete", "/api/create", "/api/copy"])
 def test_store_changes_are_refused_with_the_setting_named(
     app_client: _AppClient, path: str
