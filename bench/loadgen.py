@@ -41,6 +41,8 @@ class Workload:
     body: bytes
     #: Frame separator in a streamed body (b"\n" NDJSON, b"\n\n" SSE); None = not streamed.
     frame_sep: bytes | None = None
+    #: Extra header lines, each ending in CRLF (``Authorization: Bearer ...\r\n``).
+    headers: str = ""
 
     def request_bytes(self, host: str, port: int) -> bytes:
         head = (
@@ -49,7 +51,8 @@ class Workload:
             "User-Agent: alb-bench\r\n"
             "Accept: */*\r\n"
             "Content-Type: application/json\r\n"
-            f"Content-Length: {len(self.body)}\r\n\r\n"
+            f"Content-Length: {len(self.body)}\r\n"
+            f"{self.headers}\r\n"
         )
         return head.encode("ascii") + self.body
 

@@ -188,7 +188,7 @@ def _start_bridge(
         argv += ["--workers", str(workers)]
         env |= {"ALB_REDIS_URL": redis_url, "ALB_COORD_NAMESPACE": f"alb-bench-{port}"}
     svc = Service(name, argv, port, env=env, cwd=src, owns_cwd=src != REPO)
-    svc.wait_ready("/api/version", timeout=60)
+    svc.wait_ready("/healthz", timeout=60)  # open whatever ALB_AUTH says
     deadline = time.monotonic() + 60
     want = [f"worker {i} ready" for i in range(1, workers)]
     while not all(w in svc.output() for w in want):  # every worker listens, not just one

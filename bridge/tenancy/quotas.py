@@ -47,7 +47,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -55,7 +55,7 @@ from typing import Any
 from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.errors import StorageError
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError
 from redis.retry import Retry
@@ -171,6 +171,7 @@ class Quotas:
         flush_s: float = 5.0,
         metrics_keys: int = 100,
         cooldown_s: float = 1.0,
+        pool_size: int = 32,
     ) -> None:
         self._store = store
         self._replicas = replicas
@@ -183,12 +184,21 @@ class Quotas:
         self._local_conc: dict[str, int] = {}
         self._shared: RedisStorage | None = None
         self._redis: Redis | None = None
+        self._pool: BlockingConnectionPool | None = None
         if redis_url is not None:
+            # One pool for the limits' storage and the concurrency sets, bounded: a burst
+            # of admissions waits (at most ``timeout``) for a connection instead of
+            # opening hundreds. One retry on a new connection when a pooled one is dead
+            # (Redis was restarted), none on a timeout: a slow Redis costs one timeout.
+            self._pool = pool = BlockingConnectionPool.from_url(
+                redis_url,
+                max_connections=pool_size,
+                timeout=timeout,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+            )
             options: dict[str, Any] = {
-                "socket_timeout": timeout,
-                "socket_connect_timeout": timeout,
-                # One retry on a new connection when a pooled one is dead (Redis was
-                # restarted), none on a timeout: a slow Redis costs one timeout.
+                "connection_pool": pool,
                 "retry": Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
             }
             self._shared = RedisStorage(
@@ -197,7 +207,7 @@ class Quotas:
                 key_prefix=f"{namespace}:limits",
                 **options,
             )
-            self._redis = Redis.from_url(redis_url, **options)
+            self._redis = Redis(**options)
         self._breaker = Breaker(failures_to_open=1, cooldown=cooldown_s)
         self._cooldown_s = cooldown_s
         self._probe: asyncio.Task[None] | None = None
@@ -231,9 +241,8 @@ class Quotas:
         await self.flush()
         if self._redis is not None:
             await self._redis.aclose()
-        if self._shared is not None:
-            with contextlib.suppress(Exception):
-                await self._shared.bridge.storage.aclose()  # type: ignore[attr-defined]
+        if self._pool is not None:  # the limits' storage and the client share it
+            await self._pool.aclose()
 
     async def drain(self) -> None:
         """Wait for the settlements under way (``finish``)."""
@@ -294,39 +303,64 @@ class Quotas:
         reserve: int,
         shared: bool,
     ) -> tuple[_Taken, Headers]:
+        """Two round trips at most: the concurrency slot, the day's count and the token
+        reservation at once; then, if all three allow it, the request in the minute's
+        window and the day's reservation at once (a refusal gives back what was taken)."""
         taken = _Taken(reserve)
         day_key = self._day_key(ident)
-        try:
-            if lim.concurrency is not None:
-                taken.conc = await self._acquire_conc(ident, lim.concurrency, shared)
-                if taken.conc is None:
-                    raise self._limited(ident, "concurrency", "concurrent requests", lim, 1.0)
-            if lim.daily_tokens is not None:
-                used = await storage.get(day_key)
-                if used + reserve > lim.daily_tokens:
-                    raise self._limited(
-                        ident, "daily_tokens", "tokens per day", lim, _to_midnight()
-                    )
-            if lim.tpm is not None:
-                ok = await storage.acquire_sliding_window_entry(
-                    self._key(ident, "tpm"), lim.tpm, _MINUTE, reserve
-                )
-                if not ok:
-                    wait = await self._tpm_wait(storage, ident, lim.tpm, reserve)
-                    raise self._limited(ident, "tpm", "tokens per minute", lim, wait)
-                taken.tpm = True
-            if lim.rpm is not None and not await storage.acquire_entry(
-                self._key(ident, "rpm"), lim.rpm, _MINUTE
-            ):
-                wait = await self._rpm_wait(storage, ident, lim.rpm)
-                raise self._limited(ident, "rpm", "requests per minute", lim, wait)
+        tpm_key, rpm_key = self._key(ident, "tpm"), self._key(ident, "rpm")
+
+        async def conc() -> bool:
+            if lim.concurrency is None:
+                return True
+            taken.conc = await self._acquire_conc(ident, lim.concurrency, shared)
+            return taken.conc is not None
+
+        async def day() -> bool:
+            if lim.daily_tokens is None:
+                return True
+            return await storage.get(day_key) + reserve <= lim.daily_tokens
+
+        async def tpm() -> bool:
+            if lim.tpm is None:
+                return True
+            taken.tpm = await storage.acquire_sliding_window_entry(
+                tpm_key, lim.tpm, _MINUTE, reserve
+            )
+            return taken.tpm
+
+        async def rpm() -> bool:
+            if lim.rpm is None:
+                return True
+            return await storage.acquire_entry(rpm_key, lim.rpm, _MINUTE)
+
+        async def book_day() -> bool:
             if lim.daily_tokens is not None:
                 await storage.incr(day_key, _DAY_TTL, reserve)
                 taken.daily = True
+            return True
+
+        try:
+            ok_conc, ok_day, ok_tpm = await _all(conc(), day(), tpm())
+            if not ok_conc:
+                raise self._limited(ident, "concurrency", "concurrent requests", lim, 1.0)
+            if not ok_day:
+                raise self._limited(ident, "daily_tokens", "tokens per day", lim, _to_midnight())
+            if not ok_tpm:
+                wait = await self._tpm_wait(storage, ident, lim.tpm or 0, reserve)
+                raise self._limited(ident, "tpm", "tokens per minute", lim, wait)
+            ok_rpm, _ = await _all(rpm(), book_day())
+            if not ok_rpm:
+                wait = await self._rpm_wait(storage, ident, lim.rpm or 0)
+                raise self._limited(ident, "rpm", "requests per minute", lim, wait)
         except BaseException:
             with contextlib.suppress(*_REDIS_ERRORS):
                 await self._give_back(storage, ident, taken, shared)
             raise
+        if shared:
+            # The remaining counts would cost two more round trips per request: the
+            # limits only (a 429 says what is left and when).
+            return taken, _limits_only(lim)
         return taken, await self._headers(storage, ident, lim)
 
     async def _mirror(self, lim: Limits, ident: str, reserve: int) -> _Taken:
@@ -444,13 +478,17 @@ class Quotas:
         for storage, taken in ((self._shared, permit.shared), (self._local, permit.local)):
             if storage is None or taken is None:
                 continue
-            try:
-                if taken.tpm:
-                    await storage.acquire_sliding_window_entry(
+            steps: list[Coroutine[Any, Any, Any]] = []
+            if taken.tpm:
+                steps.append(
+                    storage.acquire_sliding_window_entry(
                         self._key(ident, "tpm"), _NO_LIMIT, _MINUTE, delta
                     )
-                if taken.daily:
-                    await storage.incr(self._day_key(ident), _DAY_TTL, delta)
+                )
+            if taken.daily:
+                steps.append(storage.incr(self._day_key(ident), _DAY_TTL, delta))
+            try:
+                await asyncio.gather(*steps)
             except _REDIS_ERRORS as exc:
                 self._redis_failed(exc)
 
@@ -600,6 +638,25 @@ class Quotas:
 
     def _day_key(self, ident: str) -> str:
         return f"{self._ns}:key:{ident}:day:{_today()}"
+
+
+async def _all(*steps: Coroutine[Any, Any, bool]) -> list[bool]:
+    """Run ``steps`` at once; every one finishes (so what each took is known) before the
+    first failure is raised."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return [bool(r) for r in results]
+
+
+def _limits_only(lim: Limits) -> Headers:
+    out: list[tuple[bytes, bytes]] = []
+    if lim.rpm is not None:
+        out.append((b"x-ratelimit-limit-requests", str(lim.rpm).encode()))
+    if lim.tpm is not None:
+        out.append((b"x-ratelimit-limit-tokens", str(lim.tpm).encode()))
+    return tuple(out)
 
 
 def _ratelimit(kind: str, limit: int, remaining: int, reset: float) -> list[tuple[bytes, bytes]]:

@@ -143,7 +143,7 @@ def _replicas(url: str, tmp_path: Path, n: int) -> list[Quotas]:
             SqliteKeys(tmp_path / f"k{i}.sqlite"),
             redis_url=url,
             namespace=ns,
-            timeout=0.2,
+            timeout=1.0,
             replicas=lambda: n,
             replica=f"r{i}",
             cooldown_s=0.2,
