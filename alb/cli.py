@@ -7,6 +7,7 @@ listed until they exist, so ``alb --help`` never advertises a stub.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -132,6 +133,31 @@ def demo(
     code = main(seed, duration, out)
     if code:
         raise typer.Exit(code)
+
+
+@app.command()
+def dashboard(
+    out: Annotated[
+        Path | None, typer.Option(help="Write the JSON here (default: standard output).")
+    ] = None,
+    check: Annotated[
+        bool, typer.Option(help="Exit 1 when --out differs from what the code makes now.")
+    ] = False,
+) -> None:
+    """The Grafana dashboard (infra/grafana/alb.json), generated from alb/dashboard.py."""
+    from alb.dashboard import render
+
+    text = render()
+    if out is None:
+        sys.stdout.write(text)
+        return
+    if check:
+        if not out.exists() or out.read_text() != text:
+            typer.echo(f"{out} is out of date: run `alb dashboard --out {out}`", err=True)
+            raise typer.Exit(1)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
 
 
 def _mount_subcommands() -> None:

@@ -128,6 +128,13 @@ class Metrics:
             ["daemon", "model"],
             r,
         )
+        self.runners = GaugeFrom(
+            "alb_runners",
+            "1 per runner the bridge sees on a daemon, by state: loading, serving (a request "
+            "holds a slot), idle; pinned runners also as pinned.",
+            ["daemon", "model", "state"],
+            r,
+        )
         self.loads = Counter(
             "alb_loads",
             "Model loads started by the bridge, by reason and outcome.",
@@ -154,6 +161,9 @@ class Metrics:
             ["action"],
             registry=r,
         )
+        # Known label values start at 0, so a dashboard shows 0 rather than no data.
+        for action in ("replicate", "replicate-failed", "retire"):
+            self.replicas.labels(action=action)
         self.rejections = Counter(
             "alb_rejections",
             "Requests refused before reaching a daemon, by reason.",

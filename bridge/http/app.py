@@ -243,5 +243,20 @@ def _wire(
     bridge.metrics.in_flight.source = lambda: [
         ([daemon, key], gate.busy) for (daemon, key), gate in scheduler.gates.items()
     ]
+
+    def runners() -> list[tuple[list[str], float]]:
+        out: list[tuple[list[str], float]] = []
+        for d in scheduler.fleet.daemons.values():
+            for key in d.loading:
+                out.append(([d.name, key, "loading"], 1))
+            for key in d.loaded:
+                gate = scheduler.gates.get((d.name, key))
+                busy = gate is not None and gate.busy > 0
+                out.append(([d.name, key, "serving" if busy else "idle"], 1))
+                if scheduler.pinned(d.name, key):
+                    out.append(([d.name, key, "pinned"], 1))
+        return out
+
+    bridge.metrics.runners.source = runners
     bridge.on_decision = None if events is None else events.decided
     scheduler.loader.on_state = state_changed

@@ -100,6 +100,8 @@ class Residency:
             name: Breaker(settings.breaker_failures, settings.breaker_cooldown)
             for name in fleet.daemons
         }
+        for name in fleet.daemons:  # closed until it opens: 0, not no data
+            metrics.breaker_open.labels(daemon=name).set(0)
         #: What loads taught: failing pairs (cooldowns), memory ceilings, bytes held.
         self.book = LoadBook(settings.load_failure_cooldown, settings.load_failure_cooldown_max)
         self.pins: set[tuple[str, str | None]] = set()

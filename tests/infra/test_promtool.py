@@ -174,11 +174,16 @@ def _series(values: Series) -> list[dict[str, str]]:
 
 
 def test_promtool_checks_the_rules() -> None:
+    recording = RULES.with_name("recording.yml")
     done = subprocess.run(
-        [_promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, check=False
+        [_promtool(), "check", "rules", str(RULES), str(recording)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"SUCCESS: {len(_rules())} rules found" in done.stdout
+    assert done.stdout.count("SUCCESS") == 2
 
 
 def test_every_alert_has_a_unit_test() -> None:
