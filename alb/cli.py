@@ -136,6 +136,24 @@ def demo(
 
 
 @app.command()
+def doctor() -> None:
+    """Check the daemons, NVML, Kafka, Redis and the settings; one line per finding with
+    its fix; exit 1 on a problem (the settings are alb serve's: ALB_*, OLLAMA_HOST)."""
+    from alb.doctor import main
+    from bridge.settings import SettingsError, load_settings
+
+    try:
+        # What alb serve would refuse is reported here, not raised.
+        settings = load_settings(allow_open="true")
+    except SettingsError as exc:
+        typer.echo(f"FAIL  settings: {exc}", err=True)
+        raise typer.Exit(1) from None
+    code = main(settings)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
 def dashboard(
     out: Annotated[
         Path | None, typer.Option(help="Write the JSON here (default: standard output).")
