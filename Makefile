@@ -33,6 +33,7 @@ venv: $(STAMP)
 services: venv
 	scripts/prereqs
 	scripts/redis install
+	scripts/chromium install
 	scripts/prometheus install
 	scripts/kafka fetch
 	scripts/build-ollama >/dev/null

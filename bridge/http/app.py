@@ -38,7 +38,7 @@ from bridge.events.predictor import (
 )
 from bridge.events.prefetch_consumer import Consumer, PrefetchBook, PrefetchMetrics
 from bridge.events.sink import RecordSink, RequestRecord
-from bridge.http import routes_admin, routes_native, routes_openai, routes_ops
+from bridge.http import routes_admin, routes_native, routes_openai, routes_ops, routes_ui
 from bridge.http.edge import Edge, EdgePolicy
 from bridge.http.gatekeeper import Gatekeeper
 from bridge.http.limits import BodyBudget, Reclaimer
@@ -164,6 +164,7 @@ def create_app(settings: Settings, *, sink: RecordSink | None = None) -> Starlet
             *routes_openai.routes(bridge),
             *routes_ops.routes(bridge),
             *routes_admin.routes(bridge),
+            *routes_ui.routes(),
         ],
         lifespan=lifespan,
         exception_handlers={404: _not_found, 405: _not_found},

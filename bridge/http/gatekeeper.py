@@ -1,9 +1,10 @@
 """Who may call which route (issue #16): the ASGI layer between the edge and the routes.
 
-With ``ALB_AUTH=keys`` every request but ``/healthz``, ``/readyz`` and ``/metrics``
-names a key (``bridge.tenancy.keyring.Keyring.authenticate``) that holds the route's
-scope (``bridge.policy.keys.scope_for``): no or a wrong key is a 401, a key without
-the scope a 403, both in the route's API shape and before a byte of the body is read.
+With ``ALB_AUTH=keys`` every request but ``/healthz``, ``/readyz``, ``/metrics`` and the
+status page's static files (``/alb/ui``: the JSON it reads needs a key) names a key
+(``bridge.tenancy.keyring.Keyring.authenticate``) that holds the route's scope
+(``bridge.policy.keys.scope_for``): no or a wrong key is a 401, a key without the
+scope a 403, both in the route's API shape and before a byte of the body is read.
 The principal goes on to the route in ``scope["alb.principal"]``: the inference
 pipeline checks its model patterns and limits (``bridge.http.proxy``), the admin
 routes that it holds ``admin``. With ``ALB_AUTH=none`` every request is

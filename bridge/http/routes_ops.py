@@ -1,4 +1,5 @@
-"""Operations endpoints: liveness, readiness, Prometheus metrics, model state.
+"""Operations endpoints: liveness, readiness, Prometheus metrics, model state, the events
+pipeline and the predictor's top transitions.
 
 Topology is for operators: daemon URLs (credentials masked even then) and this host's
 name appear only to a request in admin scope (``routes_admin.authorize``); everyone
@@ -31,6 +32,8 @@ def admin_scope(bridge: Bridge, request: Request) -> bool:
 
 
 _READY_RECHECK_S = 1.0
+#: The most transitions ``/alb/v1/predictor`` lists.
+_TOP_MAX = 100
 
 
 def routes(bridge: Bridge) -> list[BaseRoute]:
@@ -80,6 +83,7 @@ def routes(bridge: Bridge) -> list[BaseRoute]:
         out: list[dict[str, Any]] = []
         operator = admin_scope(bridge, request)
         now = time.monotonic()
+        book = rt.consumer.book if rt.consumer is not None else None
         for d in rt.fleet.daemons.values():
             keys = set(d.loaded) | set(d.loading)
             keys |= {k for (n, k) in rt.scheduler.gates if n == d.name}
@@ -101,6 +105,8 @@ def routes(bridge: Bridge) -> list[BaseRoute]:
                         "pinned": rt.scheduler.pinned(d.name, key),
                         # A copy made by replication (retired once the burst is over).
                         "replica": (d.name, key) in rt.scheduler.replicas,
+                        # Loaded by a prefetch and not used by a real request yet.
+                        "prefetched": book is not None and book.confidence(d.name, key) is not None,
                         "accepting": bool(gate and gate.ready and not gate.hold),
                         "draining": bool(gate and gate.hold),
                         "size": ps.get("size"),
@@ -184,8 +190,47 @@ def routes(bridge: Bridge) -> list[BaseRoute]:
             }
         )
 
+    @native
+    async def predictor(request: Request) -> Response:
+        """The predictor's most likely model-to-model transitions (``?limit=``, 10 by
+        default, 1 .. 100): the embedded predictor's global window; with Kafka the
+        Faust worker holds that state (``source: kafka``, no transitions here)."""
+        rt = bridge.rt()
+        try:
+            limit = min(max(int(request.query_params.get("limit", "10")), 1), _TOP_MAX)
+        except ValueError:
+            limit = 10
+        p = rt.predictor
+        if p is None:
+            settings = bridge.settings
+            source = "kafka" if settings.events and settings.kafka_bootstrap_servers else "off"
+            return json_response({"source": source, "models_seen": 0, "transitions": []})
+        cfg = p.config
+        tr = p.state.transitions
+        top = tr.top(p.clock(), limit)
+        return json_response(
+            {
+                "source": "embedded",
+                "window": {"kind": cfg.window, "minutes": cfg.window_minutes}
+                if cfg.window == "time"
+                else {"kind": cfg.window, "transitions": cfg.count_window},
+                "models_seen": len(tr.known),
+                "transitions": [
+                    {
+                        "from": prev,
+                        "to": c.model,
+                        "probability": round(c.probability, 4),
+                        "count": c.count,
+                        "gap_s": round(c.gap_s, 3),
+                    }
+                    for prev, c in top
+                ],
+            }
+        )
+
     return [
         Route("/alb/v1/events", events, methods=["GET"]),
+        Route("/alb/v1/predictor", predictor, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/readyz", readyz, methods=["GET", "HEAD"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -264,7 +264,9 @@ _STORE = frozenset(
 def scope_for(path: str) -> Scope | None:
     """The scope a path needs (``None``: open). Unknown paths need ``read`` (they 404
     for a holder, 401 for a stranger, as any route would)."""
-    if path in _OPEN:
+    if path in _OPEN or path == "/alb/ui" or path.startswith("/alb/ui/"):
+        # The status page's shell (HTML, script, style) holds no data: a browser cannot
+        # send a key on a plain navigation. The JSON it fetches needs the key it is given.
         return None
     if path in _INFERENCE:
         return Scope.INFERENCE

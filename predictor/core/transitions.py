@@ -173,6 +173,28 @@ class Transitions:
         out.sort(key=lambda c: (-c.probability, c.model))
         return out
 
+    def top(self, now: float, limit: int) -> list[tuple[str, Candidate]]:
+        """The ``limit`` most likely observed transitions ``i -> j`` of the global window
+        at ``now``, as ``(i, candidate j)``: ``P_global(j | i)`` smoothed as above (no
+        session's estimate), most likely first, then the most observed, then by names.
+        Moves the global window to ``now`` first, as :meth:`expire` does."""
+        glob = self.glob
+        glob.advance(int(now // 60))
+        a = self._cfg.smoothing
+        slots = a * (len(self.known) + 1)
+        out: list[tuple[str, Candidate]] = []
+        for prev in self.known:
+            den = glob.row_total(prev) + slots
+            if den <= 0:
+                continue
+            for model, (count, gap_ms) in glob.row(prev).items():
+                if count > 0:
+                    out.append(
+                        (prev, Candidate(model, (count + a) / den, gap_ms / count / 1000.0, count))
+                    )
+        out.sort(key=lambda t: (-t[1].probability, -t[1].count, t[0], t[1].model))
+        return out[: max(limit, 0)]
+
     def distribution(self, session: str, current: str, now: float) -> dict[str, float]:
         """P(next = j | current) for every known model ``j`` (sums to at most 1)."""
         probs = dict.fromkeys(self.known, 0.0)

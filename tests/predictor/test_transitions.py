@@ -100,6 +100,32 @@ def test_maximum_likelihood_without_smoothing_and_session_blend() -> None:
     assert tr.distribution("new", "a", t)["b"] == pytest.approx(g_b)
 
 
+def test_top_ranks_the_global_transitions_with_the_smoothed_estimate() -> None:
+    cfg = PredictorConfig(smoothing=0.5, window="count", session_prior=1.0)
+    tr = Transitions(cfg)
+    # a->b three times (gaps 1 s), a->c once (gap 3 s), b->a once: known = {a, b, c}.
+    t = 0.0
+    for nxt, gap in [("b", 1.0), ("b", 1.0), ("b", 1.0), ("c", 3.0)]:
+        tr.observe(t, f"s{t}", "a")
+        tr.observe(t + gap, f"s{t}", nxt)
+        t += 10
+    tr.observe(t, "z", "b")
+    tr.observe(t + 2, "z", "a")
+    slots = 0.5 * (3 + 1)
+    top = tr.top(t + 2, 10)
+    assert [(i, c.model) for i, c in top] == [("a", "b"), ("b", "a"), ("a", "c")]
+    assert top[0][1].probability == pytest.approx((3 + 0.5) / (4 + slots))
+    assert top[1][1].probability == pytest.approx((1 + 0.5) / (1 + slots))
+    assert top[0][1].count == 3
+    assert top[0][1].gap_s == pytest.approx(1.0)
+    assert top[2][1].gap_s == pytest.approx(3.0)
+    # No session's estimate in it: the global row as any new session would see it.
+    assert top[0][1].probability == pytest.approx(tr.distribution("new", "a", t + 2)["b"])
+    assert [c.model for _, c in tr.top(t + 2, 1)] == ["b"]
+    assert tr.top(t + 2, 0) == []
+    assert Transitions(cfg).top(0.0, 5) == []
+
+
 def test_long_pause_starts_the_session_afresh() -> None:
     tr = Transitions(PredictorConfig(max_gap_s=60))
     tr.observe(0, "s", "a")

@@ -53,7 +53,8 @@ async def test_urls_and_host_names_only_under_admin_scope(fleet: RunningFleet) -
         r = await c.post("/api/generate", json={"model": "chatty", "prompt": "hi", "stream": False})
         assert r.status_code == 200, r.text
         anonymous = [
-            (await c.get(path)).text for path in ("/alb/v1/models", "/readyz", "/alb/v1/events")
+            (await c.get(path)).text
+            for path in ("/alb/v1/models", "/readyz", "/alb/v1/events", "/alb/v1/predictor")
         ]
         for text in anonymous:
             for secret in ("hunter2", "swordfish", "alice", "127.0.0.1", socket.gethostname()):

@@ -80,6 +80,12 @@ def test_a_malformed_token_has_no_id(token: str) -> None:
         ("/healthz", None),
         ("/readyz", None),
         ("/metrics", None),
+        ("/alb/ui", None),
+        ("/alb/ui/app.js", None),
+        ("/alb/ui/style.css", None),
+        ("/alb/v1/predictor", Scope.READ),
+        ("/alb/v1/events", Scope.READ),
+        ("/alb/uix", Scope.READ),
         ("/nowhere", Scope.READ),
     ],
 )
