@@ -35,6 +35,7 @@ services: venv
 	scripts/redis install
 	scripts/chromium install
 	scripts/prometheus install
+	scripts/kustomize install
 	scripts/kafka fetch
 	scripts/build-ollama >/dev/null
 
