@@ -50,26 +50,44 @@ PANELS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 "Memory per daemon",
                 "bytes",
                 (
-                    q('alb_daemon_memory_bytes{kind="used"}', "{{daemon}} used"),
-                    q('alb_daemon_memory_bytes{kind="budget"}', "{{daemon}} budget"),
-                    q('alb_daemon_memory_bytes{kind="capacity"}', "{{daemon}} capacity"),
+                    q('max by (daemon) (alb_daemon_memory_bytes{kind="used"})', "{{daemon}} used"),
+                    q(
+                        'max by (daemon) (alb_daemon_memory_bytes{kind="budget"})',
+                        "{{daemon}} budget",
+                    ),
+                    q(
+                        'max by (daemon) (alb_daemon_memory_bytes{kind="capacity"})',
+                        "{{daemon}} capacity",
+                    ),
                 ),
                 "What the loaded runners take, what the bridge plans with (capacity less "
-                "headroom and memory held outside the bridge), and the daemon's capacity.",
+                "headroom and memory held outside the bridge), and the daemon's capacity "
+                "(every replica sees the same daemon: the largest reading). Healthy: used "
+                "below budget; used at budget with evictions rising means the working set "
+                "does not fit.",
             ),
             Panel(
                 "Runners by state",
                 "short",
-                (q("sum by (daemon, state) (alb_runners)", "{{daemon}} {{state}}"),),
-                "loading, serving (a request holds a slot), idle; pinned ones also as pinned.",
+                (
+                    q(
+                        "max by (daemon, state) (sum by (daemon, state, instance) (alb_runners))",
+                        "{{daemon}} {{state}}",
+                    ),
+                ),
+                "loading, serving (a request holds a slot), idle; pinned ones also as pinned "
+                "(the replica that sees the most). Loading for long: a slow disk or a load "
+                "that will fail (ALBLoadsFailing).",
             ),
             Panel(
                 "Daemon up and circuit",
                 "short",
                 (
-                    q("alb_daemon_up", "{{daemon}} up"),
-                    q("alb_daemon_circuit_open", "{{daemon}} circuit open"),
+                    q("min by (daemon) (alb_daemon_up)", "{{daemon}} up"),
+                    q("max by (daemon) (alb_daemon_circuit_open)", "{{daemon}} circuit open"),
                 ),
+                "1 = up on every replica; a circuit at 1 keeps traffic away from a daemon "
+                "that fails its health checks.",
             ),
         ),
     ),
@@ -211,9 +229,9 @@ PANELS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 "Pipeline: queued, backlog, spool",
                 "short",
                 (
-                    q("alb_events_queued", "queued"),
-                    q("alb_events_backlog", "records not built yet"),
-                    q("alb_events_spool_bytes", "spool bytes"),
+                    q("alb_events_queued", "{{instance}} queued"),
+                    q("alb_events_backlog", "{{instance}} records not built yet"),
+                    q("alb_events_spool_bytes", "{{instance}} spool bytes"),
                 ),
                 "Lag of the access log: events waiting in memory, records waiting to be "
                 "built, bytes spooled to disk while the bus is down or slow.",

@@ -72,6 +72,11 @@ CASES: dict[str, tuple[Series, Series, str, dict[str, str]]] = {
         {'alb_num_ctx_choices_total{choice="reload"}': "0+1x60"},
         "40m", {},
     ),
+    "ALBEvictionChurn": (
+        {'alb_evictions_total{daemon="a",reason="room"}': "0+6x60"},
+        {'alb_evictions_total{daemon="a",reason="room"}': "0+1x60"},
+        "50m", {},
+    ),
     "ALBStreamFailures": (
         {'alb_stream_failures_total{endpoint="/api/chat",reason="upstream"}': "0+1x30",
          'alb_upstream_retries_total{daemon="a"}': "0+1x30"},
