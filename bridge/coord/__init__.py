@@ -124,6 +124,11 @@ class Coordinator(Protocol):
 
     def share(self, daemon: str, model: str, slots: int) -> int: ...
 
+    def others(self, daemon: str, model: str) -> int:
+        """The other replicas' requests in flight or queued for ``model`` on ``daemon``
+        (their peaks as the last round read them; 0 alone or degraded): what a
+        ``Retry-After`` must count besides this replica's own queue."""
+
     def nudge(self) -> None: ...
 
     async def start(self, listener: Listener) -> None: ...
@@ -174,6 +179,9 @@ class Solo:
 
     def share(self, daemon: str, model: str, slots: int) -> int:
         return slots
+
+    def others(self, daemon: str, model: str) -> int:
+        return 0
 
     def nudge(self) -> None:
         pass

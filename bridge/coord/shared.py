@@ -181,6 +181,12 @@ class Shared:
         seen = self._demands.get(daemon, {})
         return shares.apportion(slots, {r: m.get(model, 0) for r, m in seen.items()}, self._replica)
 
+    def others(self, daemon: str, model: str) -> int:
+        if self._mode is not Mode.SHARED:
+            return 0
+        seen = self._demands.get(daemon, {})
+        return sum(m.get(model, 0) for r, m in seen.items() if r != self._replica)
+
     async def start(self, listener: Listener) -> None:
         """Join: subscribe, then one round (a lone replica owns every daemon when this
         returns), then the rounds in the background."""

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -85,6 +86,35 @@ class FairQueue(Generic[T]):
             del self._by_session[session], self._weight[session], self._credit[session]
             self._order.remove(session)
         return True
+
+
+@dataclass(frozen=True, slots=True)
+class CopyQueue:
+    """One copy of a model as a replica sees it: its own queue (``depth``), its own
+    requests in flight or queued (``outstanding``), its share of the slots, the daemon's
+    slots, and the other replicas' requests in flight or queued there (``theirs``)."""
+
+    depth: int
+    outstanding: int
+    share: int
+    slots: int
+    theirs: int = 0
+
+
+def fleet_backlog(copies: Iterable[CopyQueue]) -> tuple[int, int]:
+    """``(depth, slots)`` for ``retry_after`` over every copy and every replica: a copy
+    the others use too queues everyone's requests beyond the daemon's slots, drained by
+    all of them; one only this replica uses, its own queue at its share (a replica's
+    own queue is never counted shorter than it is)."""
+    depth = slots = 0
+    for c in copies:
+        if c.theirs:
+            depth += max(c.depth, c.outstanding + c.theirs - c.slots)
+            slots += c.slots
+        else:
+            depth += c.depth
+            slots += c.share
+    return depth, slots
 
 
 def retry_after(

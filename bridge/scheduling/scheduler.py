@@ -34,7 +34,7 @@ from bridge.errors import (
 from bridge.metrics import Metrics
 from bridge.policy.numctx import Need, openai_default_hint
 from bridge.policy.placement import DaemonView, Load, Reject, ReuseOracle, route
-from bridge.policy.queueing import retry_after
+from bridge.policy.queueing import CopyQueue, fleet_backlog, retry_after
 from bridge.policy.replicas import Backlog, replicate, worth_a_copy
 from bridge.policy.sizing import ModelInfo
 from bridge.scheduling.decisions import DecisionLog
@@ -186,10 +186,19 @@ class Scheduler(Residency):
 
     def _retry_after(self, key: str) -> float:
         """Retry-After at the high-water mark: every copy's queue drains at its slots
-        per service time, once its load (if any) is done; the soonest copy counts."""
+        per service time, once its load (if any) is done; the soonest copy counts. With
+        other replicas, a copy's queue is the whole fleet's: this replica's requests and
+        the others' (``Coordinator.others``) beyond the daemon's slots, drained by all
+        of them (this replica's own queue when that is longer)."""
         copies = self.copies(key)
-        depth = sum(g.depth for _, g in copies)
-        slots = sum(g.slots for _, g in copies)
+        depth, slots = fleet_backlog(
+            [
+                CopyQueue(
+                    g.depth, g.outstanding, g.slots, d.spec.parallel, self.coord.others(d.name, key)
+                )
+                for d, g in copies
+            ]
+        )
         service = max((g.service_s for _, g in copies), default=1.0)
         remaining = min((self.loader.remaining_s(d.name, key) for d, _ in copies), default=0.0)
         return retry_after(depth, slots, load_remaining_s=remaining, service_s=service)

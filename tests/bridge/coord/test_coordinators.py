@@ -259,6 +259,9 @@ async def test_slots_beyond_one_each_go_to_the_replica_with_the_demand(
     assert [c.share("gpu0", "m:latest", 6) for c in coords] == [1, 4, 1]
     assert [c.share("gpu0", "other:latest", 6) for c in coords] == [2, 2, 2]
     assert [c.share("gpu0", "m:latest", 2) for c in coords] == [1, 1, 1]  # max(slots, 3)
+    # What a Retry-After adds for the others' queues: theirs, never one's own.
+    assert [c.others("gpu0", "m:latest") for c in coords] == [12, 0, 12]
+    assert [c.others("gpu1", "m:latest") for c in coords] == [0, 0, 0]
 
 
 @pytest.mark.redis

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from bridge.errors import LoadFailed
-from bridge.policy.queueing import FairQueue, retry_after
+from bridge.policy.queueing import CopyQueue, FairQueue, fleet_backlog, retry_after
 from bridge.scheduling.gate import Gate
 from ollamasim.testing import RunningFleet
 from tests.bridge._support import RunningBridge, kinds, running_bridge, settings_for
@@ -134,3 +134,20 @@ async def test_cancelled_waiter_returns_its_slot() -> None:
     await asyncio.gather(waiter, return_exceptions=True)
     assert gate.busy == 0
     assert gate.try_acquire()
+
+
+def test_a_retry_after_counts_the_other_replicas_queues() -> None:
+    # Alone (no one else's requests): this replica's queue at its share, as before.
+    assert fleet_backlog([CopyQueue(depth=6, outstanding=8, share=2, slots=2)]) == (6, 2)
+    # Two others have 10 in flight or queued on a daemon of 4 slots where this replica
+    # has 2 running and 3 queued: 2 + 3 + 10 - 4 = 11 wait, drained by all 4 slots.
+    mine = CopyQueue(depth=3, outstanding=5, share=2, slots=4, theirs=10)
+    assert fleet_backlog([mine]) == (11, 4)
+    assert retry_after(11, 4, load_remaining_s=0, service_s=2) > retry_after(
+        3, 2, load_remaining_s=0, service_s=2
+    )
+    # Never shorter than this replica's own queue.
+    assert fleet_backlog([CopyQueue(depth=9, outstanding=9, share=1, slots=4, theirs=1)]) == (9, 4)
+    # Two copies add up.
+    other = CopyQueue(depth=0, outstanding=1, share=2, slots=2)
+    assert fleet_backlog([mine, other]) == (11, 6)
