@@ -91,9 +91,10 @@ class Limits:
 
     def share(self, replicas: int) -> Limits:
         """This replica's part when it must enforce the limits alone (Redis down): each
-        limit divided by the replicas it last saw, rounded down, at least 1. Summed over
-        the replicas it is the limit, except a limit below the replica count, which
-        becomes one per replica (documented: the only way a limit grows)."""
+        limit divided by ``replicas`` (the most seen in the last minute: ``Quotas``),
+        rounded down, at least 1. Summed over the replicas it is the limit, except a
+        limit below the replica count, which becomes one per replica (documented: the
+        only way a limit grows)."""
         n = max(1, replicas)
 
         def part(v: int | None) -> int | None:

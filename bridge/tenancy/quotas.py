@@ -24,12 +24,14 @@ requests carry too.
 **Redis down.** Every replica also counts what it admits in its own memory storage,
 all the time. When a Redis call fails or times out (``ALB_REDIS_TIMEOUT``), the
 circuit opens for a second and the replica enforces its share alone: each limit
-divided by the replicas it last saw (``Limits.share``), against its own counts of the
-window, those from before the outage included. So a key that had used its minute
-across three replicas stays refused, and a limit is never multiplied by the replica
-count. What a replica admits alone is handed in to Redis with its first call once Redis
-answers again, so the windows after the outage count it. ``alb_key_limits_mode{mode}``
-shows which; shared mode resumes with the next request after the cooldown. Redis must
+divided by the most replicas it saw in the last minute (``Limits.share``; a count
+that dropped as the others' heartbeats lapsed in the outage does not widen it),
+against its own counts of the window, those from before the outage included. So a key
+that had used its minute across three replicas stays refused, and a limit is never
+multiplied by the replica count. Every cooldown a probe hands in to Redis what the
+replica admitted alone; only once all of it is in does the replica take from Redis
+again (``alb_key_limits_mode{mode}`` shows which), so the windows after the outage count
+it and no request is admitted against a Redis that has not heard of them. Redis must
 keep its data across a restart (``appendonly yes``; the throwaway Redis of ``make
 run-cluster`` keeps none) for a window to survive one.
 
@@ -56,9 +58,9 @@ from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.errors import StorageError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError
-from redis.retry import Retry
 
 from bridge.errors import RateLimited
 from bridge.policy.health import Breaker
@@ -174,7 +176,7 @@ class Quotas:
         pool_size: int = 32,
     ) -> None:
         self._store = store
-        self._replicas = replicas
+        self._replicas = _Peak(replicas, _MINUTE)
         self._ns = namespace
         self._metrics = metrics
         self._flush_s = flush_s
@@ -189,18 +191,18 @@ class Quotas:
             # One pool for the limits' storage and the concurrency sets, bounded: a burst
             # of admissions waits (at most ``timeout``) for a connection instead of
             # opening hundreds. One retry on a new connection when a pooled one is dead
-            # (Redis was restarted), none on a timeout: a slow Redis costs one timeout.
+            # (Redis was restarted: every connection of the pool is), none on a timeout:
+            # a slow Redis costs one timeout. The retry is the pool's connections' (a
+            # client given a pool ignores its own).
             self._pool = pool = BlockingConnectionPool.from_url(
                 redis_url,
                 max_connections=pool_size,
                 timeout=timeout,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
             )
-            options: dict[str, Any] = {
-                "connection_pool": pool,
-                "retry": Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
-            }
+            options: dict[str, Any] = {"connection_pool": pool}
             self._shared = RedisStorage(
                 "async+" + redis_url,
                 implementation="redispy",
@@ -274,6 +276,9 @@ class Quotas:
         shared = local = None
         headers: Headers = ()
         if lim.any:
+            if self._shared is not None:
+                self._replicas.see()
+            # Closed only by the probe (``_recover``), once the outage is handed in.
             if self._shared is not None and self._breaker.allows_traffic(time.monotonic()):
                 try:
                     shared, headers = await self._take(self._shared, lim, key.id, reserve, True)
@@ -285,7 +290,7 @@ class Quotas:
                 else:
                     self._redis_ok()
             if shared is None:
-                share = lim if self._shared is None else lim.share(self._replicas())
+                share = lim if self._shared is None else lim.share(self._replicas.peak())
                 local, headers = await self._take(self._local, share, key.id, reserve, False)
                 if self._shared is not None:
                     self._owed(key.id, lim, requests=1, tokens=reserve)
@@ -562,13 +567,16 @@ class Quotas:
 
     async def _recover(self) -> None:
         """While Redis is unreachable: every cooldown, hand in what this replica admitted
-        alone; once that works, shared mode again (so the outage's requests are counted
-        before any replica takes more from Redis's windows)."""
+        alone (what it admits while a hand-in is under way too); once all of it is in,
+        the circuit closes (``admit`` stays local until then, so the outage's requests
+        are counted before it takes more from Redis's windows)."""
         assert self._shared is not None
         while True:
             await asyncio.sleep(self._cooldown_s)
             try:
                 await self._hand_in(self._shared)
+                while self._backlog:  # admitted alone while that was under way
+                    await self._hand_in(self._shared)
             except _REDIS_ERRORS as exc:
                 if self._metrics is not None:
                     self._metrics.errors.inc()
@@ -638,6 +646,29 @@ class Quotas:
 
     def _day_key(self, ident: str) -> str:
         return f"{self._ns}:key:{ident}:day:{_today()}"
+
+
+class _Peak:
+    """The largest count of replicas seen in the last ``window_s``: a replica live a
+    moment ago may hold requests in this minute's window, so a count that drops (the
+    others' heartbeats lapsed while Redis was down, or they left) does not widen a
+    share until a window has passed. A count that grows narrows it at once."""
+
+    def __init__(self, count: Callable[[], int], window_s: float) -> None:
+        self._count = count
+        self._window_s = window_s
+        self._seen: dict[int, float] = {}  # count -> when last seen
+
+    def see(self) -> int:
+        n, now = max(1, self._count()), time.monotonic()
+        self._seen[n] = now
+        if len(self._seen) > 1:
+            self._seen = {k: t for k, t in self._seen.items() if now - t <= self._window_s}
+        return n
+
+    def peak(self) -> int:
+        self.see()
+        return max(self._seen)
 
 
 async def _all(*steps: Coroutine[Any, Any, bool]) -> list[bool]:

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -17,7 +18,7 @@ from bridge.errors import RateLimited
 from bridge.policy.keys import KeyRecord, Limits, Scope
 from bridge.tenancy.quotas import Permit, QuotaMetrics, Quotas
 from bridge.tenancy.store import SqliteKeys
-from tests.bridge._procs import StoppableRedis
+from tests.bridge._procs import StoppableRedis, free_port
 
 
 def _key(**limits: int) -> KeyRecord:
@@ -244,3 +245,104 @@ async def test_concurrency_is_shared_across_replicas(redis_url: str, tmp_path: P
     finally:
         for q in qs:
             await q.aclose()
+
+
+@pytest.mark.redis
+async def test_a_redis_restart_costs_no_request_its_shared_count(tmp_path: Path) -> None:
+    """The pool's connections to the Redis that went are dead: each is retried once on a
+    new connection, so a burst after the restart is still counted in Redis (not each
+    replica alone, where its share and a count of replicas that has not caught up yet
+    could let more through)."""
+    redis = StoppableRedis(persist=True)
+    redis.start()
+    (q,) = _replicas(redis.url, tmp_path, 1)
+    key = _key(rpm=100, concurrency=100)
+    try:
+        held = await asyncio.gather(*(q.admit(key, 1) for _ in range(10)))  # 10 connections
+        for p in held:
+            await p.release()
+        redis.stop()
+        redis.start()
+        again = await asyncio.gather(*(q.admit(key, 1) for _ in range(10)))
+        for p in again:
+            await p.release()
+        assert q.mode == "shared"
+        metrics = q._metrics
+        assert metrics is not None
+        assert metrics.errors._value.get() == 0
+    finally:
+        await q.aclose()
+        redis.remove()
+
+
+@pytest.mark.redis
+async def test_with_redis_gone_the_share_counts_the_replicas_of_the_last_minute(
+    tmp_path: Path,
+) -> None:
+    """A replica that was live a moment ago may hold requests in this minute's window: a
+    count of replicas that drops (the others' heartbeats lapsed in Redis's outage, or they
+    left) does not widen the share until a window has passed."""
+    n = [3]
+    q = Quotas(
+        SqliteKeys(tmp_path / "k.sqlite"),
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens
+        replicas=lambda: n[0],
+        cooldown_s=60,
+        metrics=QuotaMetrics(CollectorRegistry()),
+    )
+    key = _key(rpm=30)
+    try:
+        assert len(await _tries(q, key, 5)) == 5
+        n[0] = 1  # a third of 30, not all of it
+        assert len(await _tries(q, key, 30)) == 5
+        assert q.mode == "local"
+    finally:
+        await q.aclose()
+
+
+@pytest.mark.redis
+async def test_what_is_admitted_while_the_outage_is_handed_in_is_handed_in_too(
+    tmp_path: Path,
+) -> None:
+    """The probe hands in the outage's requests in round trips; a request admitted
+    alone meanwhile is counted in Redis as well before the replica is shared again."""
+    redis = StoppableRedis(persist=True)
+    redis.start()
+    q = Quotas(
+        SqliteKeys(tmp_path / "k.sqlite"),
+        redis_url=redis.url,
+        namespace=f"q-{uuid.uuid4().hex[:8]}",
+        cooldown_s=0.05,
+        metrics=QuotaMetrics(CollectorRegistry()),
+    )
+    key = _key(rpm=6)
+    try:
+        assert len(await _tries(q, key, 2)) == 2  # through Redis
+        redis.stop()
+        assert len(await _tries(q, key, 2)) == 2  # alone
+        shared = q._shared
+        assert shared is not None
+        handing, go = asyncio.Event(), asyncio.Event()
+        real = shared.acquire_entry
+
+        async def slow(*args: Any, **kwargs: Any) -> bool:
+            handing.set()
+            await go.wait()
+            return await real(*args, **kwargs)
+
+        shared.acquire_entry = slow  # type: ignore[method-assign]
+        redis.start()
+        await asyncio.wait_for(handing.wait(), 10)
+        assert len(await _tries(q, key, 1)) == 1  # alone, while the 2 are handed in
+        shared.acquire_entry = real  # type: ignore[method-assign]
+        go.set()
+        for _ in range(200):
+            if q.mode == "shared":
+                break
+            await asyncio.sleep(0.01)
+        assert q.mode == "shared"
+        # Redis counts 2 + 2 + 1 of the 6: one left.
+        assert len(await _tries(q, key, 3)) == 1
+    finally:
+        await q.aclose()
+        redis.remove()
