@@ -101,19 +101,24 @@ class CopyQueue:
     theirs: int = 0
 
 
+def copy_depth(c: CopyQueue) -> int:
+    """The queue at one copy, every replica's: a copy the others use too queues
+    everyone's requests beyond the daemon's slots; one only this replica uses, its own
+    queue (a replica's own queue is never counted shorter than it is). The high-water
+    mark is judged on this, so N replicas admit one queue's worth, not N."""
+    if c.theirs:
+        return max(c.depth, c.outstanding + c.theirs - c.slots)
+    return c.depth
+
+
 def fleet_backlog(copies: Iterable[CopyQueue]) -> tuple[int, int]:
-    """``(depth, slots)`` for ``retry_after`` over every copy and every replica: a copy
-    the others use too queues everyone's requests beyond the daemon's slots, drained by
-    all of them; one only this replica uses, its own queue at its share (a replica's
-    own queue is never counted shorter than it is)."""
+    """``(depth, slots)`` for ``retry_after`` over every copy and every replica: each
+    copy's ``copy_depth``, drained by the daemon's slots where the others use it too,
+    by this replica's share where only it does."""
     depth = slots = 0
     for c in copies:
-        if c.theirs:
-            depth += max(c.depth, c.outstanding + c.theirs - c.slots)
-            slots += c.slots
-        else:
-            depth += c.depth
-            slots += c.share
+        depth += copy_depth(c)
+        slots += c.slots if c.theirs else c.share
     return depth, slots
 
 

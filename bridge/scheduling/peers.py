@@ -11,6 +11,9 @@
 * The owner changed a daemon: read its ``/api/ps`` (the ground truth), which opens or
   closes this replica's gates there (``Upkeep.reconcile``).
 * The number of replicas changed: every gate's slots become this replica's share.
+* A round read the others' demands: a runner they use counts as used now, so the owner
+  judges idleness (eviction value, idle unloads, retiring a copy) by every replica's
+  requests, not its own gate's alone.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class PeerHooks(Protocol):
     gates: dict[tuple[str, str], Gate]
     fences: dict[tuple[str, str], float | None]
     replicas: set[tuple[str, str]]
+    used_at: dict[tuple[str, str], float]
 
     def kick(self, daemon: str) -> None: ...
 
@@ -103,11 +107,17 @@ class Peers:
         self.shares_changed()
 
     def shares_changed(self) -> None:
-        """Every gate hands out this replica's share of its daemon's slots."""
+        """Every gate hands out this replica's share of its daemon's slots, and a
+        runner the other replicas had requests on since the last round was used now."""
         for (name, key), gate in self._hooks.gates.items():
             d = self._hooks.fleet.daemons.get(name)
             if d is not None:
                 gate.resize(self._coord.share(name, key, d.spec.parallel))
+        now = time.monotonic()
+        for d in self._hooks.fleet.daemons.values():
+            for key in d.loaded:
+                if self._coord.others(d.name, key):
+                    self._hooks.used_at[(d.name, key)] = now
 
     def demand(self) -> dict[str, dict[str, int]]:
         """Per daemon and model, the most requests in flight or queued at once since the

@@ -234,6 +234,9 @@ class Residency:
         for key, row in d.loaded.items():
             gate = self.gates.get((d.name, key))
             size = int(row.get("size") or 0)
+            # The others' requests there, as the last round read them: a runner another
+            # replica uses is busy and not idle, whatever this replica's own gate says.
+            theirs = self.coord.others(d.name, key)
             runners[key] = RunnerView(
                 key=key,
                 size=size,
@@ -241,9 +244,9 @@ class Residency:
                 if gate is not None and gate.ready
                 else int(row.get("context_length") or 0),
                 auto=gate.auto if gate is not None else False,
-                busy=gate is not None and gate.outstanding > 0,
+                busy=theirs > 0 or (gate is not None and gate.outstanding > 0),
                 pinned=self.pinned(d.name, key),
-                idle_s=now - self.used_at.get((d.name, key), now),
+                idle_s=0.0 if theirs else now - self.used_at.get((d.name, key), now),
                 reload_s=self.loader.load_seconds(key, size),
                 loading=(d.name, key) in self.ops,
                 copies=held.get(key, 1),

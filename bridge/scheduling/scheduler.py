@@ -34,7 +34,7 @@ from bridge.errors import (
 from bridge.metrics import Metrics
 from bridge.policy.numctx import Need, openai_default_hint
 from bridge.policy.placement import DaemonView, Load, Reject, ReuseOracle, route
-from bridge.policy.queueing import CopyQueue, fleet_backlog, retry_after
+from bridge.policy.queueing import CopyQueue, copy_depth, fleet_backlog, retry_after
 from bridge.policy.replicas import Backlog, replicate, worth_a_copy
 from bridge.policy.sizing import ModelInfo
 from bridge.scheduling.decisions import DecisionLog
@@ -163,10 +163,19 @@ class Scheduler(Residency):
         if gate.try_acquire(need):
             self._metrics.num_ctx_choice("fits-loaded").inc()
             return Lease(d, key, gate, False, 0.0, 0.0, t0)
-        if gate.depth >= self._settings.high_water_depth:
+        depth = copy_depth(
+            CopyQueue(
+                gate.depth,
+                gate.outstanding,
+                gate.slots,
+                d.spec.parallel,
+                self.coord.others(d.name, key),
+            )
+        )
+        if depth >= self._settings.high_water_depth:
             self._metrics.rejections.labels(reason="high-water").inc()
             raise Overloaded(
-                f"{key} is overloaded on {d.name}: {gate.depth} requests queued",
+                f"{key} is overloaded on {d.name}: {depth} requests queued",
                 retry_after=self._retry_after(key),
             )
         if isinstance(where, Load):

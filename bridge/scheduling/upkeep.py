@@ -152,6 +152,8 @@ class Upkeep:
         for (name, key), gate in list(self._r.gates.items()):
             if not gate.ready or gate.outstanding or not self._r.coord.owns(name):
                 continue
+            if self._r.coord.others(name, key):  # another replica's requests are on it
+                continue
             idle_after = self._r.idle_after(name, key)
             last = self._r.last_used(name, key) or now
             if (
@@ -173,6 +175,7 @@ class Upkeep:
                 gate = r.gates.get((d.name, key))
                 busy = gate is None or gate.outstanding > 0 or r.busy_op(d.name, key)
                 busy = busy or not r.coord.owns(d.name)  # its owner retires it
+                busy = busy or r.coord.others(d.name, key) > 0  # the others use it
                 idle = -1.0 if busy else now - (r.last_used(d.name, key) or now)
                 replica = (d.name, key) in r.replicas and not r.pinned(d.name, key)
                 copies.setdefault(key, []).append((d.name, idle, replica))
