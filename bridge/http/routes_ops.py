@@ -118,6 +118,9 @@ def routes(bridge: Bridge) -> list[BaseRoute]:
                         else round(max(expiry - time.monotonic(), 0.0), 1),
                         "in_flight": gate.busy if gate else 0,
                         "queue_depth": gate.depth if gate else 0,
+                        # Every replica's (as the last round read them): the high-water
+                        # mark's measure.
+                        "fleet_queue_depth": rt.scheduler.fleet_depth(d, key, gate) if gate else 0,
                         "slots": gate.slots if gate else d.spec.parallel,
                         "load_failing": None
                         if failing is None

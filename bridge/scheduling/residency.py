@@ -38,6 +38,7 @@ from bridge.policy.placement import (
     RunnerView,
     eviction_value,
 )
+from bridge.policy.queueing import CopyQueue, copy_depth
 from bridge.policy.sizing import ModelInfo, SizeBook
 from bridge.scheduling.decisions import DecisionLog
 from bridge.scheduling.fleet import DaemonState, Fleet
@@ -226,6 +227,13 @@ class Residency:
             "service_s": gate.service_s,
             "load_left_s": left,
         }
+
+    def fleet_depth(self, d: DaemonState, key: str, gate: Gate) -> int:
+        """``key``'s queue on ``d``, every replica's (``queueing.copy_depth``; while it
+        loads, nobody's request holds a slot): what the high-water mark is judged on."""
+        slots = d.spec.parallel if gate.ready else 0
+        theirs = self.coord.others(d.name, key)
+        return copy_depth(CopyQueue(gate.depth, gate.outstanding, gate.slots, slots, theirs))
 
     def view(self, d: DaemonState, now: float | None = None) -> DaemonView:
         now = time.monotonic() if now is None else now

@@ -34,7 +34,7 @@ from bridge.errors import (
 from bridge.metrics import Metrics
 from bridge.policy.numctx import Need, openai_default_hint
 from bridge.policy.placement import DaemonView, Load, Reject, ReuseOracle, route
-from bridge.policy.queueing import CopyQueue, copy_depth, fleet_backlog, retry_after
+from bridge.policy.queueing import CopyQueue, fleet_backlog, retry_after
 from bridge.policy.replicas import Backlog, replicate, worth_a_copy
 from bridge.policy.sizing import ModelInfo
 from bridge.scheduling.decisions import DecisionLog
@@ -129,10 +129,14 @@ class Scheduler(Residency):
         *,
         exclude: frozenset[str] = frozenset(),
         only: str | None = None,
+        internal: bool = False,
     ) -> Lease | Ticket:
         """Place the request and take a free slot at once (a ``Lease``), or say where
         it must wait (a ``Ticket``; a load is set in motion). Raises ``Unavailable``
-        (no daemon), ``Overloaded`` (high-water mark) or ``BadRequest`` (cannot fit)."""
+        (no daemon), ``Overloaded`` (high-water mark) or ``BadRequest`` (cannot fit).
+        ``internal``: the bridge's own waiter for a load (an admin load, one another
+        replica wants, a copy's), no client's request: never refused at the high-water
+        mark, which the queue it loads for may well be past."""
         t0 = time.monotonic()
         need = need if need is not None else Need(0)
         lease = self._free_slot(key, need, exclude, only, t0)
@@ -163,16 +167,8 @@ class Scheduler(Residency):
         if gate.try_acquire(need):
             self._metrics.num_ctx_choice("fits-loaded").inc()
             return Lease(d, key, gate, False, 0.0, 0.0, t0)
-        depth = copy_depth(
-            CopyQueue(
-                gate.depth,
-                gate.outstanding,
-                gate.slots,
-                d.spec.parallel,
-                self.coord.others(d.name, key),
-            )
-        )
-        if depth >= self._settings.high_water_depth:
+        depth = self.fleet_depth(d, key, gate)
+        if not internal and depth >= self._settings.high_water_depth:
             self._metrics.rejections.labels(reason="high-water").inc()
             raise Overloaded(
                 f"{key} is overloaded on {d.name}: {depth} requests queued",
@@ -258,7 +254,7 @@ class Scheduler(Residency):
         it in turn), given back as soon as the copy is ready."""
         try:
             for _ in range(_MAX_PLACEMENTS):
-                got = self.admit(key, need, info, only=daemon)
+                got = self.admit(key, need, info, only=daemon, internal=True)
                 try:
                     lease = got if isinstance(got, Lease) else await self.wait(got, "alb-replica")
                     break
@@ -480,7 +476,7 @@ class Scheduler(Residency):
             raise ModelNotFound(f"model '{key}' not found")
         info = await self.fleet.model_info(key)
         for attempt in range(_MAX_PLACEMENTS):
-            got = self.admit(key, need, info, only=daemon)
+            got = self.admit(key, need, info, only=daemon, internal=True)
             try:
                 lease = got if isinstance(got, Lease) else await self.wait(got, "alb:admin")
             except Replaced:  # its load failed and taught placement something: again

@@ -80,9 +80,11 @@ def _cluster(
     redis_url: str,
     config: dict[str, Any],
     daemons: Callable[[RunningFleet, int], str] | None = None,
+    **settings: str,
 ) -> Generator[Cluster]:
     """Three ``alb serve`` processes; ``daemons(fleet, i)``: replica i's ALB_DAEMONS
-    (default: each told its own daemon is the one with room, ``_daemons``)."""
+    (default: each told its own daemon is the one with room, ``_daemons``);
+    ``settings``: more of their environment."""
     daemons = daemons or _daemons
     namespace = f"alb-cluster-{uuid.uuid4().hex[:8]}"
     with serve_in_thread(config) as fleet, ExitStack() as stack:
@@ -99,6 +101,7 @@ def _cluster(
                 ALB_REPLICATION="false",
                 ALB_QUEUE_CAPACITY="1024",
             )
+            env.update(settings)
             proc = Proc([ALB, "serve", "--host", "127.0.0.1", "--port", str(port)], env)
             stack.callback(proc.stop)
             procs.append(proc)
@@ -432,3 +435,60 @@ async def test_mixed_traffic_over_three_replicas_keeps_ollamas_limits(
         f"{statuses.count(503)} answered 503, {evictions} unloads, all by the owners"
     )
     assert evictions > 0  # the eight models did not all fit: the test exercised eviction
+
+
+@pytest.fixture
+def small_queue_cluster(redis_url: str) -> Iterator[Cluster]:
+    yield from _cluster(
+        redis_url,
+        FLEET,
+        daemons=lambda fleet, _i: _uniform(fleet),
+        ALB_QUEUE_CAPACITY="8",
+        ALB_HIGH_WATER="0.75",  # refused from 6 waiting
+    )
+
+
+async def test_the_high_water_mark_counts_every_replicas_queue(
+    small_queue_cluster: Cluster,
+) -> None:
+    """Six requests wait for a load that hangs, two through each replica: every replica
+    sees the daemon's queue of six or more (``fleet_queue_depth``, as its coordination
+    round read the others'; the owner's own waiter for the load the others want is one
+    more), so each refuses the next one with 503 and Retry-After though its own queue
+    holds two or three. Alone, each would have taken six."""
+    cluster, urls = small_queue_cluster, small_queue_cluster.urls
+    for d in cluster.fleet.daemons:
+        d.faults.hang_load("cold")
+    async with httpx.AsyncClient(timeout=60) as c:
+        await _owners_settled(c, urls)
+
+        async def one(u: str, i: int) -> httpx.Response:
+            body = {"model": "cold", "prompt": f"hi {i}", "stream": False}
+            return await c.post(u + "/api/generate", json=body)
+
+        waiting = [asyncio.create_task(one(urls[i % 3], i)) for i in range(6)]
+
+        async def depths() -> list[tuple[int, int]]:
+            out = []
+            for u in urls:
+                view = (await c.get(u + "/alb/v1/models")).json()
+                rows = [m for d in view["daemons"] for m in d["models"] if m["queue_depth"]]
+                own = sum(m["queue_depth"] for m in rows)
+                out.append((own, max((m["fleet_queue_depth"] for m in rows), default=0)))
+            return out
+
+        for _ in range(400):
+            seen = await depths()
+            if all(own <= 3 and fleet >= 6 for own, fleet in seen):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError(f"the replicas never saw the queue of six: {seen}")
+        refused = [await one(u, 100 + i) for i, u in enumerate(urls)]
+        assert [r.status_code for r in refused] == [503] * 3, [r.text for r in refused]
+        assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
+        assert all("overloaded" in r.json()["error"] for r in refused)
+        for d in cluster.fleet.daemons:
+            d.faults.clear_hang()
+        answers = await asyncio.gather(*waiting)
+    assert [a.status_code for a in answers] == [200] * 6

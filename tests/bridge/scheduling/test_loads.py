@@ -75,9 +75,11 @@ async def test_loaded_model_keeps_serving_while_another_loads_slowly(
         client.post("/api/generate", json={"model": "other", "prompt": "x", "stream": False})
     )
     await asyncio.to_thread(d.wait_for_event, lambda ev: "load-start" in kinds(ev, "other:latest"))
+    # B's load hangs until it is cleared: A's 40 requests can only be answered (200,
+    # warm) meanwhile if nothing of A's waits behind it. How much slower they are is a
+    # figure, not a check (timings belong under bench/, not in a unit test).
     during = await _p50(client, 40)
     assert not slow.done(), "B's load was meant to be still running"
     d.faults.clear_hang()
     assert (await slow).status_code == 200
     print(f"p50 baseline {baseline * 1000:.2f} ms, during B's load {during * 1000:.2f} ms")
-    assert during <= 1.5 * baseline

@@ -82,6 +82,9 @@ def test_the_high_water_mark_counts_the_other_replicas_queues(
         s.admit("m", Need(100))
     assert refused.value.retry_after is not None
     assert refused.value.retry_after >= 1
+    # The bridge's own waiter for a load (one another replica wants, an admin load, a
+    # copy's) adds no client's request: it is never refused for the queue it loads for.
+    assert isinstance(s.admit("m", Need(100), internal=True), Ticket)
     coord.theirs.clear()  # alone: its own queue, empty
     assert isinstance(s.admit("m", Need(100)), Ticket)
 
