@@ -8,15 +8,17 @@ its own origin; ``/alb/v1/predictor`` lists the embedded predictor's transitions
 Slow: Debian's Chromium, headless, driven by Playwright (pointed at that binary; no
 browser is downloaded), loads the page in front of a bridge with traffic (runners
 serving and queueing, a pinned one, decisions, the predictor's transitions), checks what
-it shows and that no request left the bridge's origin, saves the screenshot the README
-shows (``docs/status-page.png``), then gives the admin token and pins a model from the
-page. A missing Chromium or Playwright skips locally and fails under ``CI=true``.
+it shows and that no request left the bridge's origin, saves a screenshot (the
+README's, ``docs/status-page.png``, with ``ALB_UPDATE_SCREENSHOT=1``), then gives the
+admin token and pins a model from the page. A missing Chromium or Playwright skips
+locally and fails under ``CI=true``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import subprocess
 from collections.abc import AsyncIterator
@@ -39,7 +41,9 @@ if TYPE_CHECKING:
     from playwright.async_api import Page
 
 UI_DIR = REPO_ROOT / "bridge" / "http" / "ui"
-SCREENSHOT = REPO_ROOT / "docs" / "status-page.png"
+#: The README's screenshot, rewritten only when asked (``ALB_UPDATE_SCREENSHOT=1``): a
+#: test run leaves the tree as it found it.
+README_SCREENSHOT = REPO_ROOT / "docs" / "status-page.png"
 ADMIN_TOKEN = "ui-admin-token"
 S1 = {"X-ALB-Session": "ui-s1"}
 
@@ -276,7 +280,9 @@ async def _browser_page() -> AsyncIterator[_Watched]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-async def test_the_status_page_in_a_headless_chromium() -> None:
+async def test_the_status_page_in_a_headless_chromium(tmp_path: Path) -> None:
+    update = os.environ.get("ALB_UPDATE_SCREENSHOT") == "1"
+    shot = README_SCREENSHOT if update else tmp_path / "status-page.png"
     with serve_in_thread(UI_SIM) as fleet:
         settings = settings_for(
             fleet, admin_token=ADMIN_TOKEN, memory="16GiB", heartbeat_interval=0.05
@@ -345,7 +351,7 @@ async def test_the_status_page_in_a_headless_chromium() -> None:
                 assert await page.locator("button[data-action]").count() == 0
                 assert await page.locator(".actions").count() == 0
                 assert await page.get_by_text(fleet.daemons[0].base_url).count() == 0
-                await page.screenshot(path=str(SCREENSHOT))
+                await page.screenshot(path=str(shot))
 
                 # With the admin token: the buttons appear, and pin works from the page.
                 await page.fill("#credential", ADMIN_TOKEN)
@@ -374,7 +380,7 @@ async def test_the_status_page_in_a_headless_chromium() -> None:
         "/alb/v1/predictor",
         "/alb/v1/models/other%3Alatest/pin",
     }
-    assert SCREENSHOT.read_bytes().startswith(b"\x89PNG")
+    assert shot.read_bytes().startswith(b"\x89PNG")
 
 
 @pytest.mark.slow
