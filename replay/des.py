@@ -319,6 +319,8 @@ class Simulation:
         if runner.prefetch_conf is not None:
             runner.prefetch_conf = None
             self.tally.prefetch_hits += 1
+        if job.req.prompt_tokens > runner.ctx > 0:
+            self.tally.truncated += 1  # the daemon cuts the prompt to its context
         prefill = max(job.req.prompt_tokens, 1) / self.fleet.prefill_rate(model)
         gen = 1.0 / self.fleet.gen_rate(model)
         self.tally.ttfts.append(self.now - job.arrival + prefill + gen)

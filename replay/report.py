@@ -51,6 +51,9 @@ class Tally:
     #: Tries after a refusal.
     retries: int = 0
     cold: int = 0
+    #: Requests served by a runner whose context is shorter than their prompt: Ollama
+    #: cuts such a prompt to fit (silently, a worse answer); the bridge never does.
+    truncated: int = 0
     latencies: list[float] = field(default_factory=list)
     ttfts: list[float] = field(default_factory=list)
     loads: int = 0
@@ -85,6 +88,8 @@ class ReplayReport:
     refused_final: int
     retries: int
     cold_start_rate: float
+    #: Share of all requests whose prompt was cut to the runner's context (``Tally``).
+    truncated_rate: float
     p50_latency_s: float
     p99_latency_s: float
     p50_ttft_s: float
@@ -122,6 +127,7 @@ class ReplayReport:
             refused_final=t.refused_final,
             retries=t.retries,
             cold_start_rate=t.cold / t.requests if t.requests else 0.0,
+            truncated_rate=t.truncated / t.requests if t.requests else 0.0,
             p50_latency_s=percentile(t.latencies, 50),
             p99_latency_s=percentile(t.latencies, 99),
             p50_ttft_s=percentile(t.ttfts, 50),
@@ -155,6 +161,7 @@ class ReplayReport:
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("policy", "policy", "{}"),
     ("cold %", "cold_start_rate", "{:.2%}"),
+    ("truncated %", "truncated_rate", "{:.2%}"),
     ("p50 lat s", "p50_latency_s", "{:.2f}"),
     ("p99 lat s", "p99_latency_s", "{:.2f}"),
     ("p50 TTFT s", "p50_ttft_s", "{:.3f}"),

@@ -435,3 +435,20 @@ def test_an_ample_fleet_keeps_an_idle_model_for_an_hour_until_a_load_needs_its_r
     sim = new_simulation(fleet, VARIANTS[f"{policy}-reclaim"], requests)
     assert _colds(sim)[1] == ("a:latest", True)
     assert sim.tally.idle_unloads >= 1
+
+
+def test_ollama_cuts_a_long_prompt_to_its_context_and_the_bridge_loads_one_that_fits() -> None:
+    """Ollama's default context (4096 on a 24 GB daemon) serves a 6,000-token prompt cut
+    short; the bridge loads a runner with room for it. Short prompts are cut by neither."""
+    fleet = _one_daemon({"m": 2.0})
+    requests = [
+        _req(0, 0.0, "m"),
+        _req(1, 10.0, "m", prompt_tokens=6000),
+        _req(2, 20.0, "m", prompt_tokens=6000),
+        _req(3, 30.0, "m"),
+    ]
+    ollama = simulate(fleet, POLICIES["ollama"], requests)
+    ours = simulate(fleet, POLICIES["ours"], requests)
+    assert ollama.completed == ours.completed == 4
+    assert ollama.truncated_rate == pytest.approx(0.5)
+    assert ours.truncated_rate == 0.0
