@@ -59,8 +59,18 @@ class Need:
 
     def fits(self, ctx: int, auto_runner: bool) -> bool:
         if self.auto:
-            return auto_runner or (self.translate and ctx >= self.tokens)
+            if auto_runner:
+                # The default runner serves it as Ollama's /v1 would, unless its prompt
+                # is longer than that runner's context (Ollama would cut it) and the
+                # request can be translated: then a runner that holds it.
+                return not self.cut_at(ctx)
+            return self.translate and ctx >= self.tokens
         return ctx >= self.tokens
+
+    def cut_at(self, ctx: int) -> bool:
+        """A translatable /v1 request whose prompt a runner of ``ctx`` (known) would
+        cut short."""
+        return self.auto and self.translate and 0 < ctx < self.prompt_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,8 +291,9 @@ def choose_target(
     * Any /v1 need: a default runner; there is no other choice (Ollama's /v1 sends
       no num_ctx), even when it does not fit (the caller refuses it, saying why) —
       unless every /v1 need can be translated and native needs want more than the
-      default: then the bucket for all of them, and the /v1 ones go through the
-      native API at its num_ctx (no reload back and forth between the two).
+      default, or a /v1 prompt is longer than the default (Ollama would cut it): then
+      the bucket for all of them, and the /v1 ones go through the native API at its
+      num_ctx (no reload back and forth between the two, no prompt cut short).
     * Native needs the default covers (``prefer_default``): the default runner, if
       it fits ``room``, so /v1 can share it. When the default is known the load sends
       it explicitly: the same runner for Ollama (it compares the requested num_ctx
@@ -299,7 +310,10 @@ def choose_target(
     send = default.ctx if default.known else None
     if any(n.auto for n in needs) and not (
         all(n.translate for n in needs if n.auto)
-        and max((n.tokens for n in needs if not n.auto), default=0) > eff
+        and (
+            max((n.tokens for n in needs if not n.auto), default=0) > eff
+            or any(n.cut_at(eff) for n in needs)
+        )
     ):
         return Target(eff, True, size(eff), send, "openai-surface-needs-default-context")
     tokens = max((n.tokens for n in needs), default=limits.num_ctx_min)

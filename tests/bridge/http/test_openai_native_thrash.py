@@ -140,6 +140,50 @@ async def test_without_a_bigger_runner_v1_passes_through(ctx_fleet: RunningFleet
     )
 
 
+async def test_a_v1_prompt_longer_than_the_default_context_is_not_cut_short(
+    ctx_fleet: RunningFleet,
+) -> None:
+    """Ollama's /v1 runs at the daemon's default context (4096 here) and cuts a longer
+    prompt to fit it. The bridge loads a runner that holds it (the 8192 bucket) and
+    sends the request through the native API at that num_ctx; the short /v1 request
+    after it is served there too, without a reload."""
+    async with (
+        running_bridge(settings_for(ctx_fleet)) as b,
+        openai.AsyncOpenAI(base_url=b.base_url + "/v1", api_key="unused", max_retries=0) as oai,
+        httpx.AsyncClient(base_url=b.base_url, timeout=30) as c,
+    ):
+        long = await oai.chat.completions.create(
+            model="ctxm",
+            messages=[{"role": "user", "content": LARGE}],
+        )
+        assert long.object == "chat.completion"
+        assert long.usage is not None
+        assert long.usage.prompt_tokens > 4096
+        await _v1(oai, 0)
+        metrics = (await c.get("/metrics")).text
+        ps = (await c.get("/api/ps")).json()
+    assert len(_events(ctx_fleet, "load-start")) == 1
+    assert ps["models"][0]["context_length"] == 8192
+    endpoints = [e.detail.get("endpoint") for e in _events(ctx_fleet, "request-start")]
+    assert "/v1/chat/completions" not in endpoints
+    assert 'alb_num_ctx_choices_total{choice="translated"} 2.0' in metrics
+
+
+async def test_without_translation_a_long_v1_prompt_runs_at_the_default_as_on_ollama(
+    ctx_fleet: RunningFleet,
+) -> None:
+    async with (
+        running_bridge(settings_for(ctx_fleet, openai_native=False)) as b,
+        httpx.AsyncClient(base_url=b.base_url, timeout=30) as c,
+    ):
+        body = {"model": "ctxm", "messages": [{"role": "user", "content": LARGE}]}
+        assert (await c.post("/v1/chat/completions", json=body)).status_code == 200
+        ps = (await c.get("/api/ps")).json()
+    assert ps["models"][0]["context_length"] == 4096
+    endpoints = [e.detail.get("endpoint") for e in _events(ctx_fleet, "request-start")]
+    assert "/v1/chat/completions" in endpoints
+
+
 async def test_translation_can_be_turned_off(ctx_fleet: RunningFleet) -> None:
     async with (
         running_bridge(settings_for(ctx_fleet, openai_native=False)) as b,

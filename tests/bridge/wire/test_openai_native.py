@@ -490,3 +490,23 @@ def test_v1_needs_beside_bigger_native_needs_get_the_bucket_when_translatable() 
     assert (alone.ctx, alone.auto) == (4096, True)
     small = _target(Need(600, auto=True, translate=True), Need(3000))
     assert (small.ctx, small.auto) == (4096, True)
+
+
+def test_a_v1_prompt_longer_than_the_default_gets_a_runner_that_holds_it() -> None:
+    """Ollama's /v1 would cut a 6,000-token prompt to the 4096 default; translatable, it
+    fits no runner that would, and a load for it takes the bucket that holds it. Not
+    translatable (embeddings, ``ALB_OPENAI_NATIVE=false``), it runs at the default as
+    on Ollama."""
+    long = Need(6100, auto=True, prompt_tokens=6000, translate=True)
+    assert long.cut_at(4096)
+    assert not long.fits(4096, True)  # the default runner would cut it
+    assert long.fits(8192, False)  # translated, at the bigger runner's num_ctx
+    assert long.fits(0, True)  # a default runner of unknown context: as before
+    target = _target(long, Need(600, auto=True, translate=True))
+    assert (target.ctx, target.auto) == (8192, False)
+    plain = Need(6100, auto=True, prompt_tokens=6000)
+    assert not plain.cut_at(4096)
+    assert plain.fits(4096, True)
+    assert (_target(plain).ctx, _target(plain).auto) == (4096, True)
+    # Its output beyond the context is Ollama's context shift, not a cut prompt.
+    assert Need(4500, auto=True, prompt_tokens=1000, translate=True).fits(4096, True)
