@@ -358,6 +358,11 @@ class BridgeFleet:
             sim.fail(job, 503, retry_after=self._retry_after(d, key, job))
             return
         job.cold = not fits
+        job.ready_copy = job.cold and any(
+            (o := e.runners.get(key)) is not None and o.ready and need.fits(o.ctx, o.auto)
+            for e in self.daemons.values()
+            if e is not d
+        )
         q.append(job)
         if job.cold:
             self._cancel_prefetches(d, key)

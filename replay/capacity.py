@@ -3,10 +3,12 @@
 For each trace, fleet size (``n`` daemons of the fleet file's first daemon's kind,
 ``replay.fleets.with_daemons``) and policy, one deterministic replay. Reported per
 policy and size, averaged over the traces (the synthetic seeds, or one real trace):
-cold-start rate, the share of prompts cut to the runner's context (Ollama's defaults
-load one context per model and cut longer prompts; the bridge loads a runner that
-fits), p50 / p95 / p99 TTFT, SLO attainment (the share of requests whose
-first token came within the SLO, 5 s by default; the measure of MuxServe and Aegaeon),
+cold-start rate (and the part of it that joined a copy still loading while a ready
+copy held the model: cold by choice, for a shorter wait), the share of prompts cut to
+the runner's context (Ollama's defaults load one context per model and cut longer
+prompts; the bridge loads a runner that fits), p50 / p95 / p99 TTFT, SLO attainment
+(the share of requests whose first token came within the SLO, 5 s by default; the
+measure of MuxServe and Aegaeon),
 requests refused after the clients' retries, loads, replica loads, idle GB·h and
 GPU-hours (daemons x the replay's length). Then the smallest fleet at which each policy
 reaches 90, 95 and 99 % attainment ("not within the sweep" when it does not), the
@@ -75,6 +77,7 @@ class Summary:
     policy: str
     daemons: int
     cold_start_rate: float
+    cold_ready_copy_rate: float
     truncated_rate: float
     p50_ttft_s: float
     p95_ttft_s: float
@@ -91,6 +94,7 @@ class Summary:
             "policy": self.policy,
             "daemons": self.daemons,
             "cold_start_rate": round(self.cold_start_rate, 5),
+            "cold_ready_copy_rate": round(self.cold_ready_copy_rate, 5),
             "truncated_rate": round(self.truncated_rate, 5),
             "p50_ttft_s": round(self.p50_ttft_s, 3),
             "p95_ttft_s": round(self.p95_ttft_s, 3),
@@ -160,6 +164,7 @@ def summarise(runs: Sequence[CapacityRun]) -> list[Summary]:
             policy=policy,
             daemons=n,
             cold_start_rate=mean(rs, "cold_start_rate"),
+            cold_ready_copy_rate=mean(rs, "cold_ready_copy_rate"),
             truncated_rate=mean(rs, "truncated_rate"),
             p50_ttft_s=mean(rs, "p50_ttft_s"),
             p95_ttft_s=mean(rs, "p95_ttft_s"),
@@ -206,6 +211,7 @@ def pareto_grid(
 _TABLES = (
     ("SLO attainment", "slo_attainment", "{:.1%}"),
     ("cold-start rate", "cold_start_rate", "{:.1%}"),
+    ("cold with a ready copy elsewhere", "cold_ready_copy_rate", "{:.1%}"),
     ("prompts truncated", "truncated_rate", "{:.1%}"),
     ("p50 TTFT s", "p50_ttft_s", "{:.2f}"),
     ("p95 TTFT s", "p95_ttft_s", "{:.1f}"),
@@ -284,6 +290,7 @@ def write_capacity(
 
 _REPORT_FIELDS = (
     "cold_start_rate",
+    "cold_ready_copy_rate",
     "truncated_rate",
     "p50_ttft_s",
     "p95_ttft_s",

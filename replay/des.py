@@ -114,7 +114,18 @@ def _retryable(status: int) -> bool:
 class Job:
     """A real request: waiting, running or done."""
 
-    __slots__ = ("arrival", "cold", "daemon", "need", "opts", "req", "sent", "start", "tries")
+    __slots__ = (
+        "arrival",
+        "cold",
+        "daemon",
+        "need",
+        "opts",
+        "ready_copy",
+        "req",
+        "sent",
+        "start",
+        "tries",
+    )
 
     def __init__(self, req: Request, arrival: float) -> None:
         self.req = req
@@ -125,6 +136,9 @@ class Job:
         self.tries = 1
         self.sent = arrival
         self.cold = False
+        #: Cold, though another daemon had a ready runner that fits it: it joined a
+        #: copy still loading because its expected wait there was shorter.
+        self.ready_copy = False
         self.start: float | None = None
         self.daemon = ""
         self.need: Any = None
@@ -329,8 +343,7 @@ class Simulation:
     def _finish(self, job: Job, runner: Runner) -> None:
         self.tally.completed += 1
         self.tally.latencies.append(self.now - job.arrival)
-        if job.cold:
-            self.tally.cold += 1
+        self._count_cold(job)
         self._finished += 1
         self.controller.release(runner)
         self._observe(job, 200)
@@ -343,15 +356,20 @@ class Simulation:
             self.tally.retries += 1
             wait = self.clients.wait_s(job.tries, retry_after)
             job.tries += 1
-            job.cold = False
+            job.cold = job.ready_copy = False
             self.at(self.now + wait, self._retry, job)
             return
         self.tally.errors += 1
         if _retryable(status):
             self.tally.refused_final += 1
+        self._count_cold(job)
+        self._finished += 1
+
+    def _count_cold(self, job: Job) -> None:
         if job.cold:
             self.tally.cold += 1
-        self._finished += 1
+            if job.ready_copy:
+                self.tally.cold_ready_copy += 1
 
     # --- prediction -----------------------------------------------------------------
     def _observe(self, job: Job, status: int) -> None:

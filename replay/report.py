@@ -51,6 +51,8 @@ class Tally:
     #: Tries after a refusal.
     retries: int = 0
     cold: int = 0
+    #: Cold requests that joined a copy still loading while a ready one held the model.
+    cold_ready_copy: int = 0
     #: Requests served by a runner whose context is shorter than their prompt: Ollama
     #: cuts such a prompt to fit (silently, a worse answer); the bridge never does.
     truncated: int = 0
@@ -88,6 +90,9 @@ class ReplayReport:
     refused_final: int
     retries: int
     cold_start_rate: float
+    #: Share of all requests that were cold by choice: a ready copy of the model held
+    #: them elsewhere, and the copy being loaded promised the shorter wait.
+    cold_ready_copy_rate: float
     #: Share of all requests whose prompt was cut to the runner's context (``Tally``).
     truncated_rate: float
     p50_latency_s: float
@@ -127,6 +132,7 @@ class ReplayReport:
             refused_final=t.refused_final,
             retries=t.retries,
             cold_start_rate=t.cold / t.requests if t.requests else 0.0,
+            cold_ready_copy_rate=t.cold_ready_copy / t.requests if t.requests else 0.0,
             truncated_rate=t.truncated / t.requests if t.requests else 0.0,
             p50_latency_s=percentile(t.latencies, 50),
             p99_latency_s=percentile(t.latencies, 99),

@@ -452,3 +452,30 @@ def test_ollama_cuts_a_long_prompt_to_its_context_and_the_bridge_loads_one_that_
     assert ollama.completed == ours.completed == 4
     assert ollama.truncated_rate == pytest.approx(0.5)
     assert ours.truncated_rate == 0.0
+
+
+def test_a_burst_counts_the_requests_that_chose_a_loading_copy_over_a_ready_one() -> None:
+    """A burst for one model on four daemons: copies are loaded, and requests that join
+    a copy still loading, while the first runner is ready, are cold by choice (their
+    expected wait there was shorter). Without copies there are none."""
+    fleet = FleetConfig.model_validate(
+        {
+            "gen_tokens_per_s": 20.0,
+            "prefill_tokens_per_s": 1000.0,
+            "models": [{"name": "m", "size": int(2 * GB)}],
+            "daemons": [
+                {"name": f"d{i}", "memory": "24GB", "load_fixed_s": 2.0, "num_parallel": 2}
+                for i in range(4)
+            ],
+        }
+    )
+    burst = [_req(0, 0.0, "m")] + [
+        _req(i, 30.0 + i * 0.01, "m", output_tokens=200) for i in range(1, 200)
+    ]
+    with_copies = simulate(fleet, POLICIES["ours"], burst)
+    without = simulate(fleet, VARIANTS["ours-norepl"], burst)
+    assert with_copies.replica_loads >= 1
+    assert 0 < with_copies.cold_ready_copy_rate <= with_copies.cold_start_rate
+    assert without.replica_loads == 0
+    assert without.cold_ready_copy_rate == 0.0
+    assert with_copies.p99_ttft_s < without.p99_ttft_s
