@@ -111,6 +111,9 @@ class Residency:
         self.targets: dict[tuple[str, str], Target] = {}
         #: (daemon, model) copies made by replication (``Scheduler.replicate``).
         self.replicas: set[tuple[str, str]] = set()
+        #: Copies decided whose load task has not finished: from the decision on, before
+        #: the task has run and made the copy's gate, the copy is on its way, not gone.
+        self.copying: set[tuple[str, str]] = set()
         #: Context an auto (no num_ctx) load got, per (daemon, model), from /api/ps.
         self.auto_ctx: dict[tuple[str, str], int] = {}
         #: Each daemon's default num_ctx as learned from /api/ps (unless configured).

@@ -247,6 +247,7 @@ class Scheduler(Residency):
             evicts=list(decision.plan.victims),
             value_lost=round(decision.plan.value_lost, 6),
         )
+        self.copying.add((decision.daemon, key))
         self.loader.spawn(self._load_copy(key, need, info, decision.daemon))
 
     async def _load_copy(self, key: str, need: Need, info: ModelInfo, daemon: str) -> None:
@@ -267,6 +268,8 @@ class Scheduler(Residency):
             self._metrics.replicas.labels(action="replicate-failed").inc()
             self.decisions.record("replicate", key, daemon, "failed", error=exc.message)
             return
+        finally:
+            self.copying.discard((daemon, key))
         self.release(lease, used=False)
 
     def _free_slot(

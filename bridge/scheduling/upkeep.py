@@ -184,6 +184,7 @@ class Upkeep:
             (name, key)
             for name, key in r.replicas
             if key in r.fleet.get(name).loaded
+            or (name, key) in r.copying
             or (name, key) in r.targets
             or ((g := r.gates.get((name, key))) is not None and g.depth > 0)
         }

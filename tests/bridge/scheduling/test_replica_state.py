@@ -1,0 +1,68 @@
+"""The scheduler's record of the copies made by replication (``Scheduler.replicas``):
+a copy is remembered from the decision on, before its load task has run, so that
+``Upkeep.retire_replicas`` retires it once the burst is over. Scheduler state only:
+no daemon is contacted."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bridge.metrics import Metrics
+from bridge.policy.numctx import Need
+from bridge.policy.sizing import ModelInfo
+from bridge.scheduling.decisions import DecisionLog
+from bridge.scheduling.fleet import Fleet
+from bridge.scheduling.scheduler import Lease, Scheduler
+from bridge.settings import load_settings
+from bridge.upstream import Upstream
+
+GIB = 1024**3
+INFO = ModelInfo("m", GIB, 4096, 1000)
+
+
+@pytest.fixture
+async def scheduler() -> AsyncIterator[Scheduler]:
+    daemons = "a=http://127.0.0.1:1?parallel=2,b=http://127.0.0.1:2?parallel=2"
+    settings = load_settings({"ALB_DAEMONS": daemons}, replication=True)
+    upstream = Upstream.create(settings)
+    fleet = Fleet(settings.daemon_specs(), upstream, 10)
+    s = Scheduler(settings, fleet, upstream, Metrics(), DecisionLog(64))
+    for d in fleet.daemons.values():
+        d.up, d.catalog = True, {"m": {}}
+    fleet.get("a").loaded = {"m": {"size": GIB, "context_length": 4096}}
+    s.upkeep.reconcile()
+    try:
+        yield s
+    finally:
+        await s.aclose()
+        await upstream.aclose()
+
+
+async def test_a_copy_decided_but_not_yet_loading_is_not_forgotten(scheduler: Scheduler) -> None:
+    s = scheduler
+    # A queue on "a" long enough that a copy on "b" is worth its load.
+    tickets = [s.admit("m", Need(100), INFO) for _ in range(30)]
+    waiters = [asyncio.create_task(s.wait(t, "t")) for t in tickets if not isinstance(t, Lease)]
+    await asyncio.sleep(0)  # the waiters join a's queue
+    s.admit("m", Need(100), INFO)
+    assert s.replicas == {("b", "m")}
+    # Upkeep runs before the copy's load task has made b's gate: nothing of the copy is
+    # on b yet, but it is on its way, so it stays a replica (and is retired later).
+    assert ("b", "m") not in s.gates
+    assert "m" not in s.fleet.get("b").loaded
+    s.upkeep.retire_replicas()
+    assert s.replicas == {("b", "m")}
+    # The copy's load fails (nothing listens on b): then it is gone and forgotten.
+    for _ in range(200):
+        if not s.copying:
+            break
+        await asyncio.sleep(0.01)
+    assert not s.copying
+    s.upkeep.retire_replicas()
+    assert s.replicas == set()
+    for w in waiters:
+        w.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
