@@ -58,7 +58,7 @@ from bridge.policy.placement import (
     route,
 )
 from bridge.policy.prefetch import ACCEPTED, PrefetchOracle, TokenBucket, judge
-from bridge.policy.queueing import retry_after
+from bridge.policy.queueing import retry_after, service_estimate, smooth_service
 from bridge.policy.replicas import Backlog, rebalance, replicate, retirements, worth_a_copy
 from bridge.policy.reuse import PredictedReuse
 from bridge.policy.sizing import ModelInfo, SizeBook
@@ -178,9 +178,9 @@ class BridgeFleet:
         #: When each load started (``Loader._started``: the bridge's estimate runs from it).
         self._load_started: dict[tuple[str, str], float] = {}
         #: Copies made by replication, and each gate's smoothed service seconds
-        #: (``Gate.service_s``: 1 s until a request was served).
+        #: (``Gate.service``; ``service_s`` reads them as ``Residency.service_s`` does).
         self.replicas: set[tuple[str, str]] = set()
-        self.service: dict[tuple[str, str], float] = {}
+        self.service: dict[str, dict[str, float]] = {}  # model -> daemon -> seconds
         self.load_learned: dict[str, float] = {}
         self.last_used: dict[tuple[str, str], float] = {}
         base: ReuseOracle = (
@@ -209,6 +209,13 @@ class BridgeFleet:
         """``Loader.load_seconds``: learned, else ~1 s + 2 GiB/s."""
         learned = self.load_learned.get(key)
         return learned if learned is not None else 1.0 + size / (2 * 1024**3)
+
+    def service_s(self, daemon: str, key: str) -> float:
+        """``Residency.service_s``: this copy's smoothed service seconds, else the
+        model's other copies' (``queueing.service_estimate``)."""
+        copies = self.service.get(key, {})
+        others = (s for name, s in copies.items() if name != daemon)
+        return service_estimate(copies.get(daemon), others)
 
     def remaining_s(self, daemon: str, key: str, size: int) -> float:
         """``Loader.remaining_s``: what the bridge expects is left of a load in progress
@@ -243,7 +250,7 @@ class BridgeFleet:
                 copies=held.get(key, 1),
                 outstanding=r.active + len(q),
                 slots=r.parallel,
-                service_s=self.service.get((d.cfg.name, key), 1.0),
+                service_s=self.service_s(d.cfg.name, key),
                 load_left_s=0.0 if r.ready else self.remaining_s(d.cfg.name, key, r.size),
             )
         pending = frozenset(
@@ -601,8 +608,8 @@ class BridgeFleet:
         model = self.sim.models[r.model]
         held = max(job.req.prompt_tokens, 1) / self.sim.fleet.prefill_rate(model)
         held += job.req.output_tokens / self.sim.fleet.gen_rate(model)
-        pair = (r.daemon, r.model)
-        self.service[pair] = 0.8 * self.service.get(pair, 1.0) + 0.2 * held
+        copies = self.service.setdefault(r.model, {})
+        copies[r.daemon] = smooth_service(copies.get(r.daemon), held)
         self.sim.start(job, r)
 
     def _copies(self, key: str) -> list[Backlog]:
@@ -614,7 +621,7 @@ class BridgeFleet:
             if key in d.runners or q:
                 par = d.runners[key].parallel if key in d.runners else d.cfg.num_parallel
                 queued = sum(1 for w in q if isinstance(w, Job))
-                out.append(Backlog(name, queued, par, self.service.get((name, key), 1.0)))
+                out.append(Backlog(name, queued, par, self.service_s(name, key)))
         return out
 
     def _replicate(self, key: str, need: Need) -> None:

@@ -138,3 +138,25 @@ def retry_after(
     rate = max(slots, 1) / max(service_s, 1e-3)
     wait = max(load_remaining_s, 0.0) + depth / rate
     return float(min(max(math.ceil(wait), _MIN_RETRY_S), _MAX_RETRY_S))
+
+
+#: Seconds a request is taken to hold a slot before one was measured for the model.
+SERVICE_PRIOR_S = 1.0
+
+
+def smooth_service(prev: float | None, held_s: float) -> float:
+    """A copy's smoothed seconds per request after one more held a slot ``held_s``: the
+    first measurement itself, then an exponential average (a fifth on the newest)."""
+    return held_s if prev is None else 0.8 * prev + 0.2 * held_s
+
+
+def service_estimate(own: float | None, model: Iterable[float | None]) -> float:
+    """Seconds a request will hold a slot of one copy: its own measurement once it has
+    one; before that, the mean of what the model's other copies measured (the same
+    model serves at a like pace elsewhere: a prior of its own would make a new copy
+    look slower, or faster, than the copy it relieves, and route a burst by the
+    difference); ``SERVICE_PRIOR_S`` when no copy has served yet."""
+    if own is not None:
+        return own
+    known = [s for s in model if s is not None]
+    return sum(known) / len(known) if known else SERVICE_PRIOR_S

@@ -360,7 +360,7 @@ class Driver:
         r = self._r
         # Serving copies only: the queue of a copy still loading waits for that load.
         copies = [(d, g) for d, g in r.copies(key) if g.ready]
-        backlogs = [Backlog(d.name, g.depth, g.slots, g.service_s) for d, g in copies]
+        backlogs = [Backlog(d.name, g.depth, g.slots, r.service_s(d.name, key)) for d, g in copies]
         gates = {d.name: g for d, g in copies}
         for name in rebalance(backlogs, ready):
             moved = gates[name].hand_back(Moved(f"{key} has a new copy on {ready}"))

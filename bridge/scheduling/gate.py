@@ -23,7 +23,7 @@ import asyncio
 
 from bridge.errors import BridgeError
 from bridge.policy.numctx import Need
-from bridge.policy.queueing import FairQueue
+from bridge.policy.queueing import FairQueue, smooth_service
 
 
 class Waiter:
@@ -56,7 +56,7 @@ class Gate:
         "peak",
         "queue",
         "ready",
-        "service_s",
+        "service",
         "slots",
     )
 
@@ -66,8 +66,9 @@ class Gate:
         self.ready = False
         self.queue: FairQueue[Waiter] = FairQueue()
         self.error: BridgeError | None = None
-        #: Smoothed seconds one request holds a slot (drives Retry-After).
-        self.service_s = 1.0
+        #: Smoothed seconds one request holds a slot here, None until one was served
+        #: (``Residency.service_s`` reads it, or the model's other copies' before then).
+        self.service: float | None = None
         #: Monotonic time the bridge's last load of this model ended.
         self.last_load_at = -1.0
         #: The runner's context (per sequence) and whether it was loaded without num_ctx.
@@ -144,7 +145,7 @@ class Gate:
     def release(self, held_s: float | None = None) -> None:
         self.busy -= 1
         if held_s is not None:
-            self.service_s = 0.8 * self.service_s + 0.2 * held_s
+            self.service = smooth_service(self.service, held_s)
         self._dispatch()
         if not self.busy:
             for fut in self._idle:

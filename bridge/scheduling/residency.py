@@ -38,7 +38,7 @@ from bridge.policy.placement import (
     RunnerView,
     eviction_value,
 )
-from bridge.policy.queueing import CopyQueue, copy_depth
+from bridge.policy.queueing import CopyQueue, copy_depth, service_estimate
 from bridge.policy.sizing import ModelInfo, SizeBook
 from bridge.scheduling.decisions import DecisionLog
 from bridge.scheduling.fleet import DaemonState, Fleet
@@ -227,9 +227,21 @@ class Residency:
         return {
             "outstanding": gate.outstanding,
             "slots": gate.slots,
-            "service_s": gate.service_s,
+            "service_s": self.service_s(daemon, key),
             "load_left_s": left,
         }
+
+    def service_s(self, daemon: str, key: str) -> float:
+        """Seconds a request will hold a slot of ``key`` on ``daemon``
+        (``queueing.service_estimate``: the gate's own measurement, else the model's
+        other copies')."""
+        gate = self.gates.get((daemon, key))
+        others = (
+            g.service
+            for name in self.fleet.daemons
+            if name != daemon and (g := self.gates.get((name, key))) is not None
+        )
+        return service_estimate(None if gate is None else gate.service, others)
 
     def fleet_depth(self, d: DaemonState, key: str, gate: Gate) -> int:
         """``key``'s queue on ``d``, every replica's (``queueing.copy_depth``; while it

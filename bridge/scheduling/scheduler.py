@@ -34,7 +34,7 @@ from bridge.errors import (
 from bridge.metrics import Metrics
 from bridge.policy.numctx import Need, openai_default_hint
 from bridge.policy.placement import DaemonView, Load, Reject, ReuseOracle, route
-from bridge.policy.queueing import CopyQueue, fleet_backlog, retry_after
+from bridge.policy.queueing import SERVICE_PRIOR_S, CopyQueue, fleet_backlog, retry_after
 from bridge.policy.replicas import Backlog, replicate, worth_a_copy
 from bridge.policy.sizing import ModelInfo
 from bridge.scheduling.decisions import DecisionLog
@@ -204,7 +204,7 @@ class Scheduler(Residency):
                 for d, g in copies
             ]
         )
-        service = max((g.service_s for _, g in copies), default=1.0)
+        service = max((self.service_s(d.name, key) for d, _ in copies), default=SERVICE_PRIOR_S)
         remaining = min((self.loader.remaining_s(d.name, key) for d, _ in copies), default=0.0)
         return retry_after(depth, slots, load_remaining_s=remaining, service_s=service)
 
@@ -212,7 +212,9 @@ class Scheduler(Residency):
         """A request waits for ``key``: load a copy elsewhere when the expected wait is
         longer than a load (``bridge.policy.replicas.replicate``)."""
         copies = self.copies(key)
-        backlogs = [Backlog(d.name, g.depth, g.slots, g.service_s) for d, g in copies]
+        backlogs = [
+            Backlog(d.name, g.depth, g.slots, self.service_s(d.name, key)) for d, g in copies
+        ]
         load_s = self.loader.load_seconds(key, info.file_size)
         cap = self._settings.replica_cap(key) or len(self.fleet.daemons)
         if not worth_a_copy(backlogs, load_s=load_s, max_copies=cap):
