@@ -111,24 +111,34 @@ http {{
 
 def _cpu_s(pid: int) -> float:
     """CPU seconds of process ``pid``'s live threads (``/proc/PID/task/*/schedstat``:
-    nanoseconds on a CPU, finer than ``stat``'s clock ticks)."""
-    total = 0
+    nanoseconds on a CPU, finer than ``stat``'s clock ticks); where the kernel has no
+    schedstat (gVisor), the process's ``stat`` utime + stime in clock ticks."""
+    total, read = 0, False
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError):
             total += int((task / "schedstat").read_text().split()[0])
-    return total / 1e9
+            read = True
+    if read:
+        return total / 1e9
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _tree(pid: int) -> list[int]:
-    """``pid`` and all its live descendants."""
+    """``pid`` and all its live descendants (from every process's parent in
+    ``/proc/*/stat``: not every kernel has ``/proc/PID/task/*/children``)."""
+    kids: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            kids.setdefault(ppid, []).append(int(entry.name))
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
         out.append(p)
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{p}/task").iterdir():
-                with contextlib.suppress(OSError):
-                    todo += [int(c) for c in (task / "children").read_text().split()]
+        todo += kids.get(p, [])
     return out
 
 
@@ -465,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     nginx_dir: Path | None = None
     try:
         redis = redis_server.start()
-        sim = start_sim(args.fleet)
+        sim = start_sim(args.fleet, rev="worktree" if args.rev == "worktree" else "HEAD")
         services.append(sim)
         bridge = _start_bridge(BRIDGE, args.rev, sim.url, 1, None, SIM_PARALLEL)
         services.append(bridge)
