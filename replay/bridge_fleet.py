@@ -365,11 +365,19 @@ class BridgeFleet:
             sim.fail(job, 503, retry_after=self._retry_after(d, key, job))
             return
         job.cold = not fits
-        job.ready_copy = job.cold and any(
-            (o := e.runners.get(key)) is not None and o.ready and need.fits(o.ctx, o.auto)
-            for e in self.daemons.values()
-            if e is not d
-        )
+        if job.cold:
+            ready = {
+                name: o
+                for name, e in self.daemons.items()
+                if (o := e.runners.get(key)) is not None and o.ready
+            }
+            job.cold_cause = sim.cold_cause(
+                key,
+                ready=bool(ready),
+                fits_elsewhere=any(
+                    name != where.daemon and need.fits(o.ctx, o.auto) for name, o in ready.items()
+                ),
+            )
         q.append(job)
         if job.cold:
             self._cancel_prefetches(d, key)
@@ -542,6 +550,7 @@ class BridgeFleet:
     ) -> None:
         key = r.model
         r.ready = True
+        self.sim.ever_ready.add(key)
         self._load_started.pop((d.cfg.name, key), None)
         d.op = None
         d.hold.discard(key)

@@ -3,8 +3,10 @@
 For each trace, fleet size (``n`` daemons of the fleet file's first daemon's kind,
 ``replay.fleets.with_daemons``) and policy, one deterministic replay. Reported per
 policy and size, averaged over the traces (the synthetic seeds, or one real trace):
-cold-start rate (and the part of it that joined a copy still loading while a ready
-copy held the model: cold by choice, for a shorter wait), the share of prompts cut to
+cold-start rate (and its causes, ``replay.report``: the model's first load; the model
+ready before but nowhere now; a ready runner with too small a context; and cold by
+choice, a request that joined a copy still loading while a ready copy held the model,
+for a shorter wait), the share of prompts cut to
 the runner's context (Ollama's defaults load one context per model and cut longer
 prompts; the bridge loads a runner that fits), p50 / p95 / p99 TTFT, SLO attainment
 (the share of requests whose first token came within the SLO, 5 s by default; the
@@ -78,6 +80,9 @@ class Summary:
     daemons: int
     cold_start_rate: float
     cold_ready_copy_rate: float
+    cold_first_rate: float
+    cold_gone_rate: float
+    cold_context_rate: float
     truncated_rate: float
     p50_ttft_s: float
     p95_ttft_s: float
@@ -95,6 +100,9 @@ class Summary:
             "daemons": self.daemons,
             "cold_start_rate": round(self.cold_start_rate, 5),
             "cold_ready_copy_rate": round(self.cold_ready_copy_rate, 5),
+            "cold_first_rate": round(self.cold_first_rate, 5),
+            "cold_gone_rate": round(self.cold_gone_rate, 5),
+            "cold_context_rate": round(self.cold_context_rate, 5),
             "truncated_rate": round(self.truncated_rate, 5),
             "p50_ttft_s": round(self.p50_ttft_s, 3),
             "p95_ttft_s": round(self.p95_ttft_s, 3),
@@ -165,6 +173,9 @@ def summarise(runs: Sequence[CapacityRun]) -> list[Summary]:
             daemons=n,
             cold_start_rate=mean(rs, "cold_start_rate"),
             cold_ready_copy_rate=mean(rs, "cold_ready_copy_rate"),
+            cold_first_rate=mean(rs, "cold_first_rate"),
+            cold_gone_rate=mean(rs, "cold_gone_rate"),
+            cold_context_rate=mean(rs, "cold_context_rate"),
             truncated_rate=mean(rs, "truncated_rate"),
             p50_ttft_s=mean(rs, "p50_ttft_s"),
             p95_ttft_s=mean(rs, "p95_ttft_s"),
@@ -211,7 +222,10 @@ def pareto_grid(
 _TABLES = (
     ("SLO attainment", "slo_attainment", "{:.1%}"),
     ("cold-start rate", "cold_start_rate", "{:.1%}"),
-    ("cold with a ready copy elsewhere", "cold_ready_copy_rate", "{:.1%}"),
+    ("cold: first load of the model", "cold_first_rate", "{:.1%}"),
+    ("cold: the model was ready before, nowhere now", "cold_gone_rate", "{:.1%}"),
+    ("cold: a ready runner of the model, too small a context", "cold_context_rate", "{:.1%}"),
+    ("cold by choice: a ready copy elsewhere", "cold_ready_copy_rate", "{:.1%}"),
     ("prompts truncated", "truncated_rate", "{:.1%}"),
     ("p50 TTFT s", "p50_ttft_s", "{:.2f}"),
     ("p95 TTFT s", "p95_ttft_s", "{:.1f}"),
@@ -291,6 +305,9 @@ def write_capacity(
 _REPORT_FIELDS = (
     "cold_start_rate",
     "cold_ready_copy_rate",
+    "cold_first_rate",
+    "cold_gone_rate",
+    "cold_context_rate",
     "truncated_rate",
     "p50_ttft_s",
     "p95_ttft_s",

@@ -51,7 +51,7 @@ from predictor.core.advice import keep_alive_after
 from predictor.core.machine import PredictorState
 from predictor.core.records import AccessRecord
 from replay.policies import PolicySpec
-from replay.report import ReplayReport, Tally
+from replay.report import CONTEXT, COPY, FIRST, GONE, ReplayReport, Tally
 from replay.workload import Request
 
 __all__ = [
@@ -117,10 +117,10 @@ class Job:
     __slots__ = (
         "arrival",
         "cold",
+        "cold_cause",
         "daemon",
         "need",
         "opts",
-        "ready_copy",
         "req",
         "sent",
         "start",
@@ -136,9 +136,8 @@ class Job:
         self.tries = 1
         self.sent = arrival
         self.cold = False
-        #: Cold, though another daemon had a ready runner that fits it: it joined a
-        #: copy still loading because its expected wait there was shorter.
-        self.ready_copy = False
+        #: Why it was cold (``Simulation.cold_cause``; "" while warm).
+        self.cold_cause = ""
         self.start: float | None = None
         self.daemon = ""
         self.need: Any = None
@@ -259,6 +258,8 @@ class Simulation:
         self.now = 0.0
         self.tally = Tally()
         self.models: dict[str, ModelConfig] = {m.key: m for m in fleet.models}
+        #: Models a load has made ready somewhere (``cold_cause``: first use or not).
+        self.ever_ready: set[str] = set()
         self.daemon_cfg: dict[str, DaemonConfig] = {d.name: d for d in fleet.daemons}
         self.state: PredictorState | None = (
             new_state(policy.predictor) if policy.predictor is not None else None
@@ -356,7 +357,8 @@ class Simulation:
             self.tally.retries += 1
             wait = self.clients.wait_s(job.tries, retry_after)
             job.tries += 1
-            job.cold = job.ready_copy = False
+            job.cold = False
+            job.cold_cause = ""
             self.at(self.now + wait, self._retry, job)
             return
         self.tally.errors += 1
@@ -365,11 +367,22 @@ class Simulation:
         self._count_cold(job)
         self._finished += 1
 
+    def cold_cause(self, model: str, *, ready: bool, fits_elsewhere: bool) -> str:
+        """Why a request for ``model`` is cold (``replay.report``'s causes): ``ready``, a
+        runner of the model is ready somewhere (but none that fits it there, or it chose
+        to wait elsewhere); ``fits_elsewhere``, a ready runner on another daemon would
+        have served it (it joined a copy being loaded, for the shorter wait)."""
+        if fits_elsewhere:
+            return COPY
+        if ready:
+            return CONTEXT
+        return GONE if model in self.ever_ready else FIRST
+
     def _count_cold(self, job: Job) -> None:
         if job.cold:
             self.tally.cold += 1
-            if job.ready_copy:
-                self.tally.cold_ready_copy += 1
+            cause = job.cold_cause or GONE
+            self.tally.cold_causes[cause] = self.tally.cold_causes.get(cause, 0) + 1
 
     # --- prediction -----------------------------------------------------------------
     def _observe(self, job: Job, status: int) -> None:

@@ -117,6 +117,9 @@ class OllamaFleet:
             sim.fail(job, 503)
             return
         job.cold = True
+        # Ollama has one runner per model and daemon: a ready one that cannot serve the
+        # request (other options, num_ctx) is reloaded.
+        job.cold_cause = sim.cold_cause(key, ready=r is not None and r.ready, fits_elsewhere=False)
         d.pending.append(job)
         self._schedule(d)
 
@@ -205,6 +208,7 @@ class OllamaFleet:
 
     def _loaded(self, d: _Daemon, r: Runner, job: Job) -> None:
         r.ready = True
+        self.sim.ever_ready.add(r.model)
         d.loading = None
         self.sim.start(job, r)
         self._schedule(d)

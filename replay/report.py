@@ -2,6 +2,12 @@
 
 * **cold-start rate**: requests that found no ready runner able to serve them on
   arrival (a load or a reload was needed, or one was still in progress) / requests;
+  split by cause (``COLD_CAUSES``): ``first``, the model's first load in the replay
+  (or waiting for it); ``gone``, the model was ready before but is nowhere now
+  (unloaded, evicted, or being loaded again); ``context``, a runner of the model is
+  ready but cannot serve the request (a longer context; for Ollama, other runner
+  options); ``copy``, cold by choice: a ready runner elsewhere would serve it, and it
+  joined a copy being loaded for the shorter wait;
 * **p50 / p99 latency** (arrival -> last token) and **TTFT** (arrival -> first token)
   over the requests that completed;
 * **prefetch precision**: prefetch loads whose runner served a real request before it
@@ -25,9 +31,24 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["COLUMNS", "ReplayReport", "Tally", "markdown_table", "percentile"]
+__all__ = [
+    "COLD_CAUSES",
+    "COLUMNS",
+    "CONTEXT",
+    "COPY",
+    "FIRST",
+    "GONE",
+    "ReplayReport",
+    "Tally",
+    "markdown_table",
+    "percentile",
+]
 
 GB = 1e9
+
+#: Why a request was cold (see the module doc).
+FIRST, GONE, CONTEXT, COPY = "first", "gone", "context", "copy"
+COLD_CAUSES = (FIRST, GONE, CONTEXT, COPY)
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -51,8 +72,8 @@ class Tally:
     #: Tries after a refusal.
     retries: int = 0
     cold: int = 0
-    #: Cold requests that joined a copy still loading while a ready one held the model.
-    cold_ready_copy: int = 0
+    #: Cold requests by cause (``COLD_CAUSES``).
+    cold_causes: dict[str, int] = field(default_factory=dict)
     #: Requests served by a runner whose context is shorter than their prompt: Ollama
     #: cuts such a prompt to fit (silently, a worse answer); the bridge never does.
     truncated: int = 0
@@ -91,8 +112,13 @@ class ReplayReport:
     retries: int
     cold_start_rate: float
     #: Share of all requests that were cold by choice: a ready copy of the model held
-    #: them elsewhere, and the copy being loaded promised the shorter wait.
+    #: them elsewhere, and the copy being loaded promised the shorter wait (``COPY``).
     cold_ready_copy_rate: float
+    #: Shares of all requests cold for the other causes (``COLD_CAUSES``); with
+    #: ``cold_ready_copy_rate`` they add up to ``cold_start_rate``.
+    cold_first_rate: float
+    cold_gone_rate: float
+    cold_context_rate: float
     #: Share of all requests whose prompt was cut to the runner's context (``Tally``).
     truncated_rate: float
     p50_latency_s: float
@@ -124,6 +150,10 @@ class ReplayReport:
     def from_tally(cls, policy: str, t: Tally, slo_s: float = 5.0) -> ReplayReport:
         hits = t.prefetch_hits
         within = sum(1 for x in t.ttfts if x <= slo_s)
+
+        def share(cause: str) -> float:
+            return t.cold_causes.get(cause, 0) / t.requests if t.requests else 0.0
+
         return cls(
             policy=policy,
             requests=t.requests,
@@ -132,7 +162,10 @@ class ReplayReport:
             refused_final=t.refused_final,
             retries=t.retries,
             cold_start_rate=t.cold / t.requests if t.requests else 0.0,
-            cold_ready_copy_rate=t.cold_ready_copy / t.requests if t.requests else 0.0,
+            cold_ready_copy_rate=share(COPY),
+            cold_first_rate=share(FIRST),
+            cold_gone_rate=share(GONE),
+            cold_context_rate=share(CONTEXT),
             truncated_rate=t.truncated / t.requests if t.requests else 0.0,
             p50_latency_s=percentile(t.latencies, 50),
             p99_latency_s=percentile(t.latencies, 99),

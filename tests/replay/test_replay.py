@@ -476,6 +476,43 @@ def test_a_burst_counts_the_requests_that_chose_a_loading_copy_over_a_ready_one(
     without = simulate(fleet, VARIANTS["ours-norepl"], burst)
     assert with_copies.replica_loads >= 1
     assert 0 < with_copies.cold_ready_copy_rate <= with_copies.cold_start_rate
+    parts = (
+        with_copies.cold_first_rate
+        + with_copies.cold_gone_rate
+        + with_copies.cold_context_rate
+        + with_copies.cold_ready_copy_rate
+    )
+    assert parts == pytest.approx(with_copies.cold_start_rate)
     assert without.replica_loads == 0
     assert without.cold_ready_copy_rate == 0.0
     assert with_copies.p99_ttft_s < without.p99_ttft_s
+
+
+@pytest.mark.parametrize("policy", ["ollama", "bridge-lru", "ours"])
+def test_cold_starts_are_split_by_cause(policy: str) -> None:
+    """Two 12 GB models on one 24 GB daemon evict each other. The first loads (and a
+    request that joins one) are ``first``; a model back after its eviction is ``gone``;
+    a larger num_ctx than the ready runner's is ``context`` (Ollama reloads, as the
+    bridge does); the causes add up to the cold-start rate."""
+    fleet = _one_daemon({"a": 12.0, "b": 12.0})
+    requests = [
+        _req(0, 0.0, "a"),
+        _req(1, 0.01, "a"),  # joins a's first load
+        _req(2, 100.0, "b"),  # evicts a
+        _req(3, 200.0, "a"),  # a is gone: loaded again
+        _req(4, 250.0, "a"),  # warm
+        _req(5, 300.0, "a", num_ctx=16384),  # a ready, at too small a context
+    ]
+    report = simulate(fleet, POLICIES[policy], requests)
+    assert report.completed == 6
+    assert report.cold_first_rate == pytest.approx(3 / 6)
+    assert report.cold_gone_rate == pytest.approx(1 / 6)
+    assert report.cold_context_rate == pytest.approx(1 / 6)
+    assert report.cold_ready_copy_rate == 0.0
+    parts = (
+        report.cold_first_rate
+        + report.cold_gone_rate
+        + report.cold_context_rate
+        + report.cold_ready_copy_rate
+    )
+    assert parts == pytest.approx(report.cold_start_rate)
