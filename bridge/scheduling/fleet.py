@@ -3,7 +3,8 @@
 Per daemon: whether it answers, its model store (``/api/tags``, cached with a
 TTL), what it has loaded (``/api/ps`` rows exactly as the daemon wrote them,
 refreshed after every load and unload and periodically) and each model's
-capabilities (``/api/show``, fetched once, needed to load embedding-only models).
+capabilities (``/api/show``, fetched once per model, one call per daemon however many
+requests ask together; needed to load embedding-only models).
 Per model: a ``ModelInfo`` (file size, trained context, KV bytes per token) for
 the sizing policies. Per daemon memory: ``capacity`` from the configuration,
 or from NVML for the daemon running beside the bridge (``spec.local``), where
@@ -15,6 +16,7 @@ lives in ``scheduler``; the policies see it through ``placement.DaemonView``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,6 +78,9 @@ class Fleet:
         self._gpu_reader = gpu_reader
         self.gpu: GpuReading | None = None
         self.infos: dict[str, ModelInfo] = {}
+        #: The ``/api/show`` in flight per (daemon, model): concurrent first requests
+        #: for a model share its answer (or its error) instead of asking again each.
+        self._showing: dict[tuple[str, str], asyncio.Task[dict[str, Any]]] = {}
         for d in self.daemons.values():
             if d.spec.memory is not None:
                 d.capacity, d.capacity_source = d.spec.memory, "config"
@@ -116,7 +121,7 @@ class Fleet:
         for d in self.daemons.values():
             if d.up and key in d.catalog:
                 try:
-                    show = await self._show(d, key)
+                    show = await self._show_shared(d, key)
                 except BridgeError:
                     continue
                 size = int(d.catalog[key].get("size") or 0)
@@ -192,8 +197,27 @@ class Fleet:
         caps = d.capabilities.get(key)
         if caps is not None:
             return caps
-        await self._show(d, key)
+        await self._show_shared(d, key)
         return d.capabilities[key]
+
+    async def _show_shared(self, d: DaemonState, key: str) -> dict[str, Any]:
+        """``_show``, one call per (daemon, model) at a time: callers that arrive while
+        one is in flight wait for its answer or its error. The call runs as its own task
+        (bounded by its read timeout), so a caller that is cancelled (a client gone)
+        neither cancels the others' answer nor leaves them a ``CancelledError``."""
+        k = (d.name, key)
+        task = self._showing.get(k)
+        if task is None:
+            task = asyncio.create_task(self._show(d, key), name=f"alb-show-{key}")
+            self._showing[k] = task
+            task.add_done_callback(functools.partial(self._shown, k))
+        return await asyncio.shield(task)
+
+    def _shown(self, k: tuple[str, str], task: asyncio.Task[dict[str, Any]]) -> None:
+        if self._showing.get(k) is task:
+            del self._showing[k]
+        if not task.cancelled():
+            task.exception()  # retrieved: every caller may have gone before it ended
 
     async def _show(self, d: DaemonState, key: str) -> dict[str, Any]:
         name = self.display_name(d, key)
