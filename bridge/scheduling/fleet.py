@@ -88,6 +88,14 @@ class Fleet:
     def get(self, name: str) -> DaemonState:
         return self.daemons[name]
 
+    async def aclose(self) -> None:
+        """Cancel the ``/api/show`` calls still in flight (their callers get
+        ``CancelledError``, as they would have with the call in their own task)."""
+        tasks = list(self._showing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     # --- memory ----------------------------------------------------------------
     async def read_local_memory(self) -> None:
         """NVML for the daemon beside the bridge: capacity = total of every visible

@@ -119,6 +119,7 @@ class Scheduler(Residency):
         await self.coord.aclose()  # hands this replica's daemons to the others first
         await self.upkeep.aclose()
         await self.loader.aclose()
+        await self.fleet.aclose()
 
     # --- admission -----------------------------------------------------------------
     def admit(

@@ -113,3 +113,12 @@ async def test_a_caller_that_goes_away_does_not_cancel_the_others(
     assert info is not None
     assert first.cancelled()
     assert daemon.calls == 1
+
+
+async def test_closing_the_fleet_cancels_a_show_in_flight(served: tuple[_Daemon, Fleet]) -> None:
+    _, fleet = served
+    waiting = asyncio.create_task(fleet.model_info(KEY))
+    await asyncio.sleep(0.01)
+    await fleet.aclose()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
