@@ -178,6 +178,16 @@ PANELS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 ),
             ),
             Panel(
+                "Cold starts by cause",
+                "reqps",
+                (
+                    q(
+                        "sum by (cause) (rate(alb_cold_starts_total[$__rate_interval]))",
+                        "{{cause}}",
+                    ),
+                ),
+            ),
+            Panel(
                 "Evictions, unloads and replicas",
                 "ops",
                 (

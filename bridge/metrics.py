@@ -21,6 +21,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics import MetricWrapperBase
 
+from bridge.policy.cold import COLD_CAUSES
+
 _LATENCY_BUCKETS = (
     0.001,
     0.0025,
@@ -114,6 +116,15 @@ class Metrics:
             ["daemon", "model"],
             registry=r,
         )
+        self.cold_starts = Counter(
+            "alb_cold_starts",
+            "Requests that waited for a load, by cause (bridge.policy.cold): first, gone, "
+            "context, copy.",
+            ["cause"],
+            registry=r,
+        )
+        for cause in COLD_CAUSES:
+            self.cold_starts.labels(cause=cause)
         self.queue_wait = Histogram(
             "alb_queue_wait_seconds",
             "Time a request waited for its slot (load included).",

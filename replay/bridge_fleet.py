@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bridge.errors import BadRequest
+from bridge.policy.cold import cold_cause
 from bridge.policy.numctx import Limits, Need, Target, choose_target, daemon_default, need_for
 from bridge.policy.placement import (
     DEFAULT_LOAD_S,
@@ -344,7 +345,7 @@ class BridgeFleet:
             sim.fail(job, 400)
             return
         job.need = need
-        where, _ = self._route(key, need)
+        where, views = self._route(key, need)
         if where is None:
             sim.fail(job, 503, retry_after=5.0)  # Scheduler.admit: no daemon answering
             return
@@ -366,18 +367,8 @@ class BridgeFleet:
             return
         job.cold = not fits
         if job.cold:
-            ready = {
-                name: o
-                for name, e in self.daemons.items()
-                if (o := e.runners.get(key)) is not None and o.ready
-            }
-            job.cold_cause = sim.cold_cause(
-                key,
-                ready=bool(ready),
-                fits_elsewhere=any(
-                    name != where.daemon and need.fits(o.ctx, o.auto) for name, o in ready.items()
-                ),
-            )
+            known = key in sim.ever_ready
+            job.cold_cause = cold_cause(views, key, need, daemon=where.daemon, known=known)
         q.append(job)
         if job.cold:
             self._cancel_prefetches(d, key)

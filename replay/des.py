@@ -51,7 +51,7 @@ from predictor.core.advice import keep_alive_after
 from predictor.core.machine import PredictorState
 from predictor.core.records import AccessRecord
 from replay.policies import PolicySpec
-from replay.report import CONTEXT, COPY, FIRST, GONE, ReplayReport, Tally
+from replay.report import CONTEXT, FIRST, GONE, ReplayReport, Tally
 from replay.workload import Request
 
 __all__ = [
@@ -367,13 +367,10 @@ class Simulation:
         self._count_cold(job)
         self._finished += 1
 
-    def cold_cause(self, model: str, *, ready: bool, fits_elsewhere: bool) -> str:
-        """Why a request for ``model`` is cold (``replay.report``'s causes): ``ready``, a
-        runner of the model is ready somewhere (but none that fits it there, or it chose
-        to wait elsewhere); ``fits_elsewhere``, a ready runner on another daemon would
-        have served it (it joined a copy being loaded, for the shorter wait)."""
-        if fits_elsewhere:
-            return COPY
+    def cold_cause(self, model: str, *, ready: bool) -> str:
+        """Why a request for ``model`` is cold, where a daemon holds one runner per
+        model (Ollama's replay; the bridge's uses ``bridge.policy.cold.cold_cause`` over
+        its views): ``ready``, that runner is ready but cannot serve it."""
         if ready:
             return CONTEXT
         return GONE if model in self.ever_ready else FIRST

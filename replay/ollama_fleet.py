@@ -119,7 +119,7 @@ class OllamaFleet:
         job.cold = True
         # Ollama has one runner per model and daemon: a ready one that cannot serve the
         # request (other options, num_ctx) is reloaded.
-        job.cold_cause = sim.cold_cause(key, ready=r is not None and r.ready, fits_elsewhere=False)
+        job.cold_cause = sim.cold_cause(key, ready=r is not None and r.ready)
         d.pending.append(job)
         self._schedule(d)
 

@@ -2,12 +2,12 @@
 
 * **cold-start rate**: requests that found no ready runner able to serve them on
   arrival (a load or a reload was needed, or one was still in progress) / requests;
-  split by cause (``COLD_CAUSES``): ``first``, the model's first load in the replay
-  (or waiting for it); ``gone``, the model was ready before but is nowhere now
-  (unloaded, evicted, or being loaded again); ``context``, a runner of the model is
-  ready but cannot serve the request (a longer context; for Ollama, other runner
-  options); ``copy``, cold by choice: a ready runner elsewhere would serve it, and it
-  joined a copy being loaded for the shorter wait;
+  split by cause, in the live bridge's words (``bridge.policy.cold``): ``first``, the
+  model's first load in the replay (or waiting for it); ``gone``, the model was ready
+  before but is nowhere now (unloaded, evicted, or being loaded again); ``context``, a
+  runner of the model is ready but cannot serve the request (a longer context; for
+  Ollama, other runner options); ``copy``, cold by choice: a ready runner elsewhere
+  would serve it, and it joined a copy being loaded for the shorter wait;
 * **p50 / p99 latency** (arrival -> last token) and **TTFT** (arrival -> first token)
   over the requests that completed;
 * **prefetch precision**: prefetch loads whose runner served a real request before it
@@ -31,6 +31,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bridge.policy.cold import COLD_CAUSES, CONTEXT, COPY, FIRST, GONE
+
 __all__ = [
     "COLD_CAUSES",
     "COLUMNS",
@@ -45,10 +47,6 @@ __all__ = [
 ]
 
 GB = 1e9
-
-#: Why a request was cold (see the module doc).
-FIRST, GONE, CONTEXT, COPY = "first", "gone", "context", "copy"
-COLD_CAUSES = (FIRST, GONE, CONTEXT, COPY)
 
 
 def percentile(values: Sequence[float], p: float) -> float:

@@ -32,6 +32,7 @@ from bridge.errors import (
     Unavailable,
 )
 from bridge.metrics import Metrics
+from bridge.policy.cold import GONE, cold_cause
 from bridge.policy.numctx import Need, openai_default_hint
 from bridge.policy.placement import DaemonView, Load, Reject, ReuseOracle, route
 from bridge.policy.queueing import SERVICE_PRIOR_S, CopyQueue, fleet_backlog, retry_after
@@ -80,6 +81,8 @@ class Ticket:
     #: Placed by ``route`` over every daemon (not ``only`` one): a cold load's place
     #: may still be the first claimer's (``bridge.coord``).
     routed: bool = False
+    #: Why it is cold (``bridge.policy.cold``; "" while it is not).
+    cause: str = ""
 
 
 class Scheduler(Residency):
@@ -99,6 +102,8 @@ class Scheduler(Residency):
         super().__init__(settings, fleet, upstream, metrics, decisions, oracle, keep_alive, coord)
         self.driver = Driver(self)
         self.upkeep = Upkeep(self, self)
+        #: Models this replica has seen ready (``cold_cause``: a first load or not).
+        self.seen_ready: set[str] = set()
         self.peers = Peers(self.coord, self)
         self.loader.on_changed = self.coord.changed
         self.loader.quiesce = self.coord.quiesce
@@ -167,6 +172,7 @@ class Scheduler(Residency):
         self.used_at[(d.name, key)] = t0
         if gate.try_acquire(need):
             self._metrics.num_ctx_choice("fits-loaded").inc()
+            self.seen_ready.add(key)
             return Lease(d, key, gate, False, 0.0, 0.0, t0)
         depth = self.fleet_depth(d, key, gate)
         if not internal and depth >= self._settings.high_water_depth:
@@ -186,6 +192,9 @@ class Scheduler(Residency):
         ticket = Ticket(
             d, key, gate, cold, t0, need, info, isinstance(where, Load) and only is None
         )
+        if cold:
+            known = key in self.seen_ready
+            ticket.cause = cold_cause(views, key, need, daemon=d.name, known=known)
         if only is None and info is not None and self._settings.replication:
             self._replicate(key, need, info, t0)
         return ticket
@@ -303,6 +312,7 @@ class Scheduler(Residency):
             return None
         self.used_at[(d.name, key)] = now
         self._metrics.num_ctx_choice("fits-loaded").inc()
+        self.seen_ready.add(key)
         return Lease(d, key, gate, False, 0.0, 0.0, now)
 
     def _reject(self, key: str, where: Reject, need: Need) -> BridgeError:
@@ -357,6 +367,10 @@ class Scheduler(Residency):
         waited = now - ticket.started_at
         cold = ticket.cold or gate.last_load_at > ticket.started_at
         self._metrics.queue_wait.labels(model=key, cold=str(cold).lower()).observe(waited)
+        if cold:
+            # Not cold on arrival: the runner it queued for was replaced while it waited.
+            self._metrics.cold_starts.labels(cause=ticket.cause or GONE).inc()
+        self.seen_ready.add(key)
         self.used_at[(d.name, key)] = now
         ms = waited * 1000
         return Lease(d, key, gate, cold, ms, ms if cold else 0.0, now)

@@ -22,6 +22,9 @@ async def test_health_readiness_and_metrics(fleet: RunningFleet, client: httpx.A
         metrics
     )
     assert 'alb_loads_total{outcome="ok",reason="request"} 1.0' in metrics
+    # The request waited for the model's first load, and said so.
+    assert 'alb_cold_starts_total{cause="first"} 1.0' in metrics
+    assert 'alb_cold_starts_total{cause="gone"} 0.0' in metrics
     models = (await client.get("/alb/v1/models")).json()["daemons"][0]
     (chatty,) = [m for m in models["models"] if m["model"] == "chatty:latest"]
     assert chatty["state"] == "loaded"

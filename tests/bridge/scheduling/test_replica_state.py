@@ -6,40 +6,16 @@ no daemon is contacted."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
-from bridge.metrics import Metrics
 from bridge.policy.numctx import Need
 from bridge.policy.queueing import SERVICE_PRIOR_S
 from bridge.policy.sizing import ModelInfo
-from bridge.scheduling.decisions import DecisionLog
-from bridge.scheduling.fleet import Fleet
 from bridge.scheduling.scheduler import Lease, Scheduler
-from bridge.settings import load_settings
-from bridge.upstream import Upstream
 
 GIB = 1024**3
 INFO = ModelInfo("m", GIB, 4096, 1000)
-
-
-@pytest.fixture
-async def scheduler() -> AsyncIterator[Scheduler]:
-    daemons = "a=http://127.0.0.1:1?parallel=2,b=http://127.0.0.1:2?parallel=2"
-    settings = load_settings({"ALB_DAEMONS": daemons}, replication=True)
-    upstream = Upstream.create(settings)
-    fleet = Fleet(settings.daemon_specs(), upstream, 10)
-    s = Scheduler(settings, fleet, upstream, Metrics(), DecisionLog(64))
-    for d in fleet.daemons.values():
-        d.up, d.catalog = True, {"m": {}}
-    fleet.get("a").loaded = {"m": {"size": GIB, "context_length": 4096}}
-    s.upkeep.reconcile()
-    try:
-        yield s
-    finally:
-        await s.aclose()
-        await upstream.aclose()
 
 
 async def test_a_copy_decided_but_not_yet_loading_is_not_forgotten(scheduler: Scheduler) -> None:
