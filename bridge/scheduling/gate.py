@@ -31,15 +31,22 @@ class Waiter:
     (monotonic) and whether it is background work (a prefetch), which the driver
     serves after the requests of clients (``bridge.policy.step.drive_order``)."""
 
-    __slots__ = ("background", "fut", "need", "since")
+    __slots__ = ("background", "fut", "internal", "need", "since")
 
     def __init__(
-        self, fut: asyncio.Future[None], need: Need | None, since: float, background: bool
+        self,
+        fut: asyncio.Future[None],
+        need: Need | None,
+        since: float,
+        background: bool,
+        internal: bool = False,
     ) -> None:
         self.fut = fut
         self.need = need
         self.since = since
         self.background = background
+        #: The bridge's own waiter, not a client's (``Gate.internal``).
+        self.internal = internal
 
 
 class Gate:
@@ -52,6 +59,7 @@ class Gate:
         "ctx",
         "error",
         "hold",
+        "internal",
         "last_load_at",
         "peak",
         "queue",
@@ -77,9 +85,14 @@ class Gate:
         #: Draining for a reload: no new slots are handed out.
         self.hold = False
         self._idle: list[asyncio.Future[None]] = []
-        #: Most requests in flight or queued at once since ``take_peak`` last read it:
-        #: the replica's demand (``bridge.coord``), which one instant would understate.
+        #: Most client requests in flight or queued at once since ``take_peak`` last
+        #: read it: the replica's demand (``bridge.coord``), which one instant would
+        #: understate.
         self.peak = 0
+        #: Queued waiters that are the bridge's own, not a client's: the waiter that
+        #: drives an admin load, a load another replica wants, a copy's load. They make
+        #: the driver load, but are no demand and no queue a client waits behind.
+        self.internal = 0
 
     @property
     def depth(self) -> int:
@@ -88,6 +101,16 @@ class Gate:
     @property
     def outstanding(self) -> int:
         return self.busy + len(self.queue)
+
+    @property
+    def queued_clients(self) -> int:
+        """Queued requests of clients (``depth`` without the bridge's own waiters)."""
+        return len(self.queue) - self.internal
+
+    @property
+    def outstanding_clients(self) -> int:
+        """Client requests in flight or queued (what admission and demand count)."""
+        return self.busy + len(self.queue) - self.internal
 
     def fits(self, need: Need | None) -> bool:
         return need is None or need.fits(self.ctx, self.auto)
@@ -113,7 +136,8 @@ class Gate:
 
     def take_peak(self) -> int:
         """The peak since the last call (then it starts again from now)."""
-        peak, self.peak = max(self.peak, self.outstanding), self.outstanding
+        now = self.outstanding_clients
+        peak, self.peak = max(self.peak, now), now
         return peak
 
     async def wait(
@@ -124,21 +148,26 @@ class Gate:
         since: float = 0.0,
         background: bool = False,
         weight: int = 1,
+        internal: bool = False,
     ) -> None:
         """Queue until a slot is handed over; raises the load's error if it fails.
         ``since``: when the request was admitted; ``background``: a prefetch;
-        ``weight``: the session's turns in the fair queue (a key's priority)."""
+        ``weight``: the session's turns in the fair queue (a key's priority);
+        ``internal``: the bridge's own waiter (``internal``), not counted as demand."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        item = Waiter(fut, need, since, background)
+        item = Waiter(fut, need, since, background, internal)
         self.queue.push(session, item, weight)
-        self.peak = max(self.peak, self.outstanding)
+        self.internal += internal
+        self.peak = max(self.peak, self.outstanding_clients)
         # The gate may have opened between admission and now (the caller's task ran
         # later): hand out whatever is free, or this waiter would wait for nobody.
         self._dispatch()
         try:
             await fut
         except BaseException:
-            if not self.queue.remove(session, item) and _granted(fut):
+            if self.queue.remove(session, item):
+                self.internal -= item.internal
+            elif _granted(fut):
                 self.release()
             raise
 
@@ -184,7 +213,7 @@ class Gate:
         """The load failed: every queued request gets the error."""
         self.ready, self.error, self.hold = False, error, False
         while self.queue:
-            fut = self.queue.pop().fut
+            fut = self._pop().fut
             if not fut.done():
                 fut.set_exception(error)
 
@@ -193,17 +222,23 @@ class Gate:
         serving those in flight. Returns how many were handed back."""
         n = 0
         while self.queue:
-            fut = self.queue.pop().fut
+            fut = self._pop().fut
             if not fut.done():
                 fut.set_exception(error)
                 n += 1
         return n
+
+    def _pop(self) -> Waiter:
+        item = self.queue.pop()
+        self.internal -= item.internal
+        return item
 
     def _dispatch(self) -> None:
         while self.ready and not self.hold and self.busy < self.slots and self.queue:
             item = self.queue.pop_first(lambda w: self.fits(w.need))
             if item is None:
                 return
+            self.internal -= item.internal
             fut = item.fut
             if fut.done():
                 continue

@@ -245,10 +245,12 @@ class Residency:
 
     def fleet_depth(self, d: DaemonState, key: str, gate: Gate) -> int:
         """``key``'s queue on ``d``, every replica's (``queueing.copy_depth``; while it
-        loads, nobody's request holds a slot): what the high-water mark is judged on."""
+        loads, nobody's request holds a slot): what the high-water mark is judged on.
+        The bridge's own waiters (``Gate.internal``) are no client's and not counted."""
         slots = d.spec.parallel if gate.ready else 0
         theirs = self.coord.others(d.name, key)
-        return copy_depth(CopyQueue(gate.depth, gate.outstanding, gate.slots, slots, theirs))
+        queued, outstanding = gate.queued_clients, gate.outstanding_clients
+        return copy_depth(CopyQueue(queued, outstanding, gate.slots, slots, theirs))
 
     def view(self, d: DaemonState, now: float | None = None) -> DaemonView:
         now = time.monotonic() if now is None else now

@@ -83,6 +83,8 @@ class Ticket:
     routed: bool = False
     #: Why it is cold (``bridge.policy.cold``; "" while it is not).
     cause: str = ""
+    #: The bridge's own waiter (``admit(internal=True)``), not a client's request.
+    internal: bool = False
 
 
 class Scheduler(Residency):
@@ -192,6 +194,7 @@ class Scheduler(Residency):
         ticket = Ticket(
             d, key, gate, cold, t0, need, info, isinstance(where, Load) and only is None
         )
+        ticket.internal = internal
         if cold:
             known = key in self.seen_ready
             ticket.cause = cold_cause(views, key, need, daemon=d.name, known=known)
@@ -209,7 +212,11 @@ class Scheduler(Residency):
         depth, slots = fleet_backlog(
             [
                 CopyQueue(
-                    g.depth, g.outstanding, g.slots, d.spec.parallel, self.coord.others(d.name, key)
+                    g.queued_clients,
+                    g.outstanding_clients,
+                    g.slots,
+                    d.spec.parallel,
+                    self.coord.others(d.name, key),
                 )
                 for d, g in copies
             ]
@@ -360,6 +367,7 @@ class Scheduler(Residency):
                 since=ticket.started_at,
                 background=background,
                 weight=weight,
+                internal=ticket.internal,
             )
         finally:
             depth.dec()
