@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -142,6 +142,28 @@ def retry_after(
 
 #: Seconds a request is taken to hold a slot before one was measured for the model.
 SERVICE_PRIOR_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class CopyWait:
+    """One copy of a model as admission's ``Retry-After`` sees it: its queue, the
+    smoothed seconds a request holds one of its slots, and what is left of its load
+    (0 when it is loaded, or when its load has not started)."""
+
+    queue: CopyQueue
+    service_s: float
+    load_left_s: float = 0.0
+
+
+def copies_retry_after(copies: Sequence[CopyWait]) -> float:
+    """``Retry-After`` for a request refused at the high-water mark: every copy's queue
+    (every replica's, ``fleet_backlog``) drained at the copies' slots, at the slowest
+    copy's service time, once the soonest load in progress is done. The live scheduler
+    and the replay both answer with this."""
+    depth, slots = fleet_backlog(c.queue for c in copies)
+    service = max((c.service_s for c in copies), default=SERVICE_PRIOR_S)
+    remaining = min((c.load_left_s for c in copies), default=0.0)
+    return retry_after(depth, slots, load_remaining_s=remaining, service_s=service)
 
 
 def smooth_service(prev: float | None, held_s: float) -> float:

@@ -35,7 +35,7 @@ from bridge.metrics import Metrics
 from bridge.policy.cold import GONE, cold_cause
 from bridge.policy.numctx import Need, openai_default_hint
 from bridge.policy.placement import DaemonView, Load, Reject, ReuseOracle, route
-from bridge.policy.queueing import SERVICE_PRIOR_S, CopyQueue, fleet_backlog, retry_after
+from bridge.policy.queueing import CopyQueue, CopyWait, copies_retry_after
 from bridge.policy.replicas import Backlog, replicate, worth_a_copy
 from bridge.policy.sizing import ModelInfo
 from bridge.scheduling.decisions import DecisionLog
@@ -208,22 +208,22 @@ class Scheduler(Residency):
         other replicas, a copy's queue is the whole fleet's: this replica's requests and
         the others' (``Coordinator.others``) beyond the daemon's slots, drained by all
         of them (this replica's own queue when that is longer)."""
-        copies = self.copies(key)
-        depth, slots = fleet_backlog(
+        return copies_retry_after(
             [
-                CopyQueue(
-                    g.queued_clients,
-                    g.outstanding_clients,
-                    g.slots,
-                    d.spec.parallel,
-                    self.coord.others(d.name, key),
+                CopyWait(
+                    CopyQueue(
+                        g.queued_clients,
+                        g.outstanding_clients,
+                        g.slots,
+                        d.spec.parallel,
+                        self.coord.others(d.name, key),
+                    ),
+                    self.service_s(d.name, key),
+                    self.loader.remaining_s(d.name, key),
                 )
-                for d, g in copies
+                for d, g in self.copies(key)
             ]
         )
-        service = max((self.service_s(d.name, key) for d, _ in copies), default=SERVICE_PRIOR_S)
-        remaining = min((self.loader.remaining_s(d.name, key) for d, _ in copies), default=0.0)
-        return retry_after(depth, slots, load_remaining_s=remaining, service_s=service)
 
     def _replicate(self, key: str, need: Need, info: ModelInfo, now: float) -> None:
         """A request waits for ``key``: load a copy elsewhere when the expected wait is
@@ -374,10 +374,11 @@ class Scheduler(Residency):
         now = time.monotonic()
         waited = now - ticket.started_at
         cold = ticket.cold or gate.last_load_at > ticket.started_at
-        self._metrics.queue_wait.labels(model=key, cold=str(cold).lower()).observe(waited)
-        if cold:
-            # Not cold on arrival: the runner it queued for was replaced while it waited.
-            self._metrics.cold_starts.labels(cause=ticket.cause or GONE).inc()
+        if not (background or ticket.internal):  # a client's request, not the bridge's own
+            self._metrics.queue_wait.labels(model=key, cold=str(cold).lower()).observe(waited)
+            if cold:
+                # Not cold on arrival: the runner it queued for was replaced while it waited.
+                self._metrics.cold_starts.labels(cause=ticket.cause or GONE).inc()
         self.seen_ready.add(key)
         self.used_at[(d.name, key)] = now
         ms = waited * 1000

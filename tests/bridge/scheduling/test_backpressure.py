@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import httpx
 import pytest
 
 from bridge.errors import LoadFailed
-from bridge.policy.queueing import CopyQueue, FairQueue, fleet_backlog, retry_after
+from bridge.policy.queueing import (
+    CopyQueue,
+    CopyWait,
+    FairQueue,
+    copies_retry_after,
+    fleet_backlog,
+    retry_after,
+)
 from bridge.scheduling.gate import Gate
 from ollamasim.testing import RunningFleet
 from tests.bridge._support import RunningBridge, kinds, running_bridge, settings_for
@@ -151,3 +159,20 @@ def test_a_retry_after_counts_the_other_replicas_queues() -> None:
     # Two copies add up.
     other = CopyQueue(depth=0, outstanding=1, share=2, slots=2)
     assert fleet_backlog([mine, other]) == (11, 6)
+
+
+def test_a_retry_after_drains_every_copy_once_the_soonest_load_is_done() -> None:
+    loaded = CopyWait(CopyQueue(depth=20, outstanding=22, share=2, slots=2), service_s=2.0)
+    # One copy: 20 queued at 2 slots of 2 s = 20 s.
+    assert copies_retry_after([loaded]) == 20.0
+    # A second copy loading (5 s left, 2 more slots): the soonest copy, ready now, sets
+    # when the drain starts, and every copy's slots drain: 20 / (4 / 2 s) = 10 s.
+    loading = CopyWait(CopyQueue(depth=0, outstanding=0, share=2, slots=0), 2.0, 5.0)
+    assert copies_retry_after([loaded, loading]) == 10.0
+    # Only copies still loading: from the soonest one's end.
+    assert copies_retry_after([loading, replace(loading, load_left_s=9.0)]) == 5.0
+    # A copy that is slower sets the pace for all (the estimate errs late, not early).
+    slow = CopyWait(CopyQueue(depth=0, outstanding=0, share=2, slots=2), service_s=4.0)
+    assert copies_retry_after([loaded, slow]) == 20.0
+    # No copy (none known yet): the shortest hint.
+    assert copies_retry_after([]) == 1.0

@@ -68,3 +68,30 @@ async def test_a_served_internal_waiter_leaves_the_count_at_once() -> None:
     assert gate.busy == 1  # its slot, until the caller gives it back
     gate.release()
     assert gate.outstanding_clients == 0
+
+
+async def test_only_a_clients_wait_is_a_cold_start(scheduler: Scheduler) -> None:
+    """``alb_cold_starts_total`` and ``alb_queue_wait_seconds`` count requests: the
+    bridge's own waiter and a prefetch's wait for the same load are not among them."""
+    s = scheduler
+    own = s.admit("n", Need(100), N, only="b", internal=True)
+    prefetch = s.admit("n", Need(100), N, only="b")
+    client = s.admit("n", Need(100), N, only="b")
+    assert isinstance(own, Ticket)
+    assert isinstance(prefetch, Ticket)
+    assert isinstance(client, Ticket)
+    waits = [
+        asyncio.create_task(s.wait(own, "alb:admin")),
+        asyncio.create_task(s.wait(prefetch, "alb:prefetch", background=True)),
+        asyncio.create_task(s.wait(client, "c")),
+    ]
+    await asyncio.sleep(0)
+    client.gate.open(4096, True)
+    for done in asyncio.as_completed(waits):  # two slots: the third waits for a release
+        s.release(await done)
+    registry = s._metrics.registry
+    cold = registry.get_sample_value("alb_cold_starts_total", {"cause": "first"})
+    waited = registry.get_sample_value(
+        "alb_queue_wait_seconds_count", {"model": "n", "cold": "true"}
+    )
+    assert (cold, waited) == (1.0, 1.0)
