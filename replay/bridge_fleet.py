@@ -20,7 +20,11 @@ it (``bridge.scheduling.scheduler.Scheduler.admit``, ``bridge.scheduling.driver.
 * the eviction value is ``bridge.policy.placement.eviction_value`` with the policy's
   ``ReuseOracle``;
 * a prefetch is accepted or refused by ``bridge.policy.prefetch.judge`` and the
-  consumer's ``TokenBucket`` (on simulated time).
+  consumer's ``TokenBucket`` (on simulated time);
+* the high-water mark is judged on ``bridge.policy.queueing.copy_depth`` (clients'
+  requests only) and a refusal's ``Retry-After`` is ``queueing.copies_retry_after``
+  over every copy, from the smoothed service times and the estimated load left, as the
+  scheduler answers; a request's cause of a cold start is ``bridge.policy.cold.cold_cause``.
 
 What this module adds is the state those decisions are applied to, in place of the
 asyncio objects that own sockets: gates are FIFO queues (the bridge's ``FairQueue`` is
@@ -59,7 +63,14 @@ from bridge.policy.placement import (
     route,
 )
 from bridge.policy.prefetch import ACCEPTED, PrefetchOracle, TokenBucket, judge
-from bridge.policy.queueing import retry_after, service_estimate, smooth_service
+from bridge.policy.queueing import (
+    CopyQueue,
+    CopyWait,
+    copies_retry_after,
+    copy_depth,
+    service_estimate,
+    smooth_service,
+)
 from bridge.policy.replicas import Backlog, rebalance, replicate, retirements, worth_a_copy
 from bridge.policy.reuse import PredictedReuse
 from bridge.policy.sizing import ModelInfo, SizeBook
@@ -362,8 +373,8 @@ class BridgeFleet:
         if fits and r is not None and key not in d.hold and r.active < r.parallel and not q:
             self._start(job, r)
             return
-        if len(q) >= sim.knobs.high_water_depth:
-            sim.fail(job, 503, retry_after=self._retry_after(d, key, job))
+        if copy_depth(self._queue(d, key)) >= sim.knobs.high_water_depth:
+            sim.fail(job, 503, retry_after=self._retry_after(key))
             return
         job.cold = not fits
         if job.cold:
@@ -376,21 +387,30 @@ class BridgeFleet:
         if sim.policy.replicate:
             self._replicate(key, need)
 
-    def _retry_after(self, d: _Daemon, key: str, job: Job) -> float:
-        """``Scheduler.admit``'s Retry-After at the high-water mark (``retry_after``): the
-        queue drains at the runner's slots per service time once the load is done (the
-        service time is this request's own, where the bridge smooths what it measured)."""
-        sim = self.sim
-        model = sim.models[key]
-        service = max(job.req.prompt_tokens, 1) / sim.fleet.prefill_rate(model)
-        service += job.req.output_tokens / sim.fleet.gen_rate(model)
+    def _queue(self, d: _Daemon, key: str) -> CopyQueue:
+        """``Residency.fleet_depth``'s view of ``key``'s gate on ``d``: the clients'
+        requests (a prefetch's or a copy's waiter is the bridge's own, no demand)."""
+        q = d.gates.get(key) or ()
         r = d.runners.get(key)
-        remaining = self._load_done.get((d.cfg.name, key), sim.now) - sim.now
-        return retry_after(
-            len(d.gates.get(key) or ()),
-            r.parallel if r is not None else d.cfg.num_parallel,
-            load_remaining_s=remaining if r is not None and not r.ready else 0.0,
-            service_s=service,
+        queued = sum(1 for w in q if isinstance(w, Job))
+        share = r.parallel if r is not None else self._parallel(d, self.infos[key])
+        slots = share if r is not None and r.ready else 0
+        return CopyQueue(queued, queued + (r.active if r is not None else 0), share, slots)
+
+    def _retry_after(self, key: str) -> float:
+        """``Scheduler._retry_after``: every copy's queue, at its smoothed service time,
+        once the soonest load in progress is done (``queueing.copies_retry_after``)."""
+        return copies_retry_after(
+            [
+                CopyWait(
+                    self._queue(d, key),
+                    self.service_s(name, key),
+                    # ``Loader.remaining_s``: 0 while no load has started
+                    self.remaining_s(name, key, 0) if (name, key) in self._load_started else 0.0,
+                )
+                for name, d in self.daemons.items()
+                if key in d.runners or d.gates.get(key)
+            ]
         )
 
     def _cancel_prefetches(self, d: _Daemon, key: str) -> None:
