@@ -308,7 +308,9 @@ class Consumer(BusReader):
     ) -> Outcome:
         s = self._scheduler
         try:
-            got = s.admit(key, need, info, only=d.name)
+            # the bridge's own waiter: it drives the load, but is nobody's demand (the
+            # high-water depth, Retry-After and the slot shares count clients only)
+            got = s.admit(key, need, info, only=d.name, internal=True)
         except BridgeError as exc:
             return Outcome("refused", d.name, {**inputs, "why": exc.message})
         if isinstance(got, Lease):  # it became resident meanwhile

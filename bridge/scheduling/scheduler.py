@@ -143,8 +143,8 @@ class Scheduler(Residency):
         it must wait (a ``Ticket``; a load is set in motion). Raises ``Unavailable``
         (no daemon), ``Overloaded`` (high-water mark) or ``BadRequest`` (cannot fit).
         ``internal``: the bridge's own waiter for a load (an admin load, one another
-        replica wants, a copy's), no client's request: never refused at the high-water
-        mark, which the queue it loads for may well be past."""
+        replica wants, a copy's, a prefetch), no client's request: never refused at
+        the high-water mark, which the queue it loads for may well be past."""
         t0 = time.monotonic()
         need = need if need is not None else Need(0)
         lease = self._free_slot(key, need, exclude, only, t0)

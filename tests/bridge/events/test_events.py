@@ -23,6 +23,7 @@ from bridge.events.builders import (
     token_counts,
 )
 from bridge.events.sink import RequestRecord
+from bridge.policy.cold import COLD_CAUSES
 from bridge.scheduling.decisions import Decision
 from bridge.scheduling.loader import StateChange
 from bridge.settings import load_settings
@@ -323,6 +324,8 @@ async def test_prefetch_loads_a_cold_model_once_and_skips_duplicates_and_expired
     await wait_for(lambda: sample(registry, "alb_prefetch_hits_total") == 1)
     decisions = [d.reason for d in bridge_of(one_slot.app).decisions.query(kind="prefetch")]
     assert decisions == ["prefetch_expired", "prefetch_duplicate", "prefetch_loaded"]
+    # The prefetch's own wait for its load is no client's cold start.
+    assert [sample(registry, "alb_cold_starts_total", cause=c) for c in COLD_CAUSES] == [0.0] * 4
 
 
 async def test_prefetch_refuses_to_evict_a_busy_model_and_records_it(
