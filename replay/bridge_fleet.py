@@ -185,8 +185,6 @@ class BridgeFleet:
         self.default_ctx: dict[str, int] = {}
         #: The decisions, as the bridge's ``/alb/v1/decisions`` names them.
         self.decisions: list[Decision] = []
-        #: When each load in progress ends (``Loader.remaining_s``).
-        self._load_done: dict[tuple[str, str], float] = {}
         #: When each load started (``Loader._started``: the bridge's estimate runs from it).
         self._load_started: dict[tuple[str, str], float] = {}
         #: Copies made by replication, and each gate's smoothed service seconds
@@ -546,7 +544,6 @@ class BridgeFleet:
         elif not prefetch_only:
             sim.tally.demand_loads += 1
         seconds = d.cfg.load_fixed_s + model.size / d.cfg.load_bandwidth
-        self._load_done[(name, key)] = sim.now + seconds
         self._load_started[(name, key)] = sim.now
         sim.at(sim.now + seconds, self._loaded, d, r, target, ctx, seconds, prefetch_only)
 
