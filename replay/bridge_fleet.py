@@ -22,9 +22,10 @@ it (``bridge.scheduling.scheduler.Scheduler.admit``, ``bridge.scheduling.driver.
 * a prefetch is accepted or refused by ``bridge.policy.prefetch.judge`` and the
   consumer's ``TokenBucket`` (on simulated time);
 * the high-water mark is judged on ``bridge.policy.queueing.copy_depth`` (clients'
-  requests only) and a refusal's ``Retry-After`` is ``queueing.copies_retry_after``
-  over every copy, from the smoothed service times and the estimated load left, as the
-  scheduler answers; a request's cause of a cold start is ``bridge.policy.cold.cold_cause``.
+  requests only) and a refusal's ``Retry-After`` is ``queueing.retry_hint`` (its
+  place in line behind every copy's queue, from the smoothed service times and the
+  estimated load left), as the scheduler answers; a request's cause of a cold start
+  is ``bridge.policy.cold.cold_cause``.
 
 What this module adds is the state those decisions are applied to, in place of the
 asyncio objects that own sockets: gates are FIFO queues (the bridge's ``FairQueue`` is
@@ -66,8 +67,8 @@ from bridge.policy.prefetch import ACCEPTED, PrefetchOracle, TokenBucket, judge
 from bridge.policy.queueing import (
     CopyQueue,
     CopyWait,
-    copies_retry_after,
     copy_depth,
+    retry_hint,
     service_estimate,
     smooth_service,
 )
@@ -192,6 +193,8 @@ class BridgeFleet:
         self.replicas: set[tuple[str, str]] = set()
         self.service: dict[str, dict[str, float]] = {}  # model -> daemon -> seconds
         self.load_learned: dict[str, float] = {}
+        #: ``Scheduler.promised``: per model, the last refusal's promised retry time.
+        self.promised: dict[str, float] = {}
         self.last_used: dict[tuple[str, str], float] = {}
         base: ReuseOracle = (
             # the embedded bridge's own: the predictor's P(reuse), recency breaking ties,
@@ -396,9 +399,10 @@ class BridgeFleet:
         return CopyQueue(queued, queued + (r.active if r is not None else 0), share, slots)
 
     def _retry_after(self, key: str) -> float:
-        """``Scheduler._retry_after``: every copy's queue, at its smoothed service time,
-        once the soonest load in progress is done (``queueing.copies_retry_after``)."""
-        return copies_retry_after(
+        """``Scheduler._retry_after``: the refused request's place in line behind every
+        copy's queue, each drained at its own smoothed service time from the end of its
+        load (``queueing.retry_hint``)."""
+        hint = retry_hint(
             [
                 CopyWait(
                     self._queue(d, key),
@@ -408,8 +412,12 @@ class BridgeFleet:
                 )
                 for name, d in self.daemons.items()
                 if key in d.runners or d.gates.get(key)
-            ]
+            ],
+            now=self.sim.now,
+            promised_at=self.promised.get(key),
         )
+        self.promised[key] = hint.promised_at
+        return hint.retry_after_s
 
     def _cancel_prefetches(self, d: _Daemon, key: str) -> None:
         """A real request waits for a load here: not-yet-started prefetches give way."""

@@ -1,6 +1,7 @@
-"""Queueing, pure: ``FairQueue`` (weighted round-robin over sessions, FIFO within one) and
-``retry_after`` (the hint a refused request gets), used by the gates
-(``bridge.scheduling.gate``) and the replay."""
+"""Queueing, pure: ``FairQueue`` (weighted round-robin over sessions, FIFO within one),
+``copy_depth`` (the queue the high-water mark is judged on) and ``retry_hint``
+(the hint a refused request gets), used by the gates (``bridge.scheduling.gate``), the
+scheduler and the replay."""
 
 from __future__ import annotations
 
@@ -111,39 +112,6 @@ def copy_depth(c: CopyQueue) -> int:
     return c.depth
 
 
-def fleet_backlog(copies: Iterable[CopyQueue]) -> tuple[int, int]:
-    """``(depth, slots)`` for ``retry_after`` over every copy and every replica: each
-    copy's ``copy_depth``, drained by the daemon's slots where the others use it too,
-    by this replica's share where only it does."""
-    depth = slots = 0
-    for c in copies:
-        depth += copy_depth(c)
-        slots += c.slots if c.theirs else c.share
-    return depth, slots
-
-
-def retry_after(
-    depth: int,
-    slots: int,
-    *,
-    load_remaining_s: float,
-    service_s: float,
-) -> float:
-    """Seconds until a newcomer would plausibly be admitted.
-
-    The queue drains at ``slots / service_s`` requests per second once the model
-    is ready (``load_remaining_s`` from now; 0 when loaded). Clamped to
-    [1, 600] s and rounded up to whole seconds, as Retry-After wants.
-    """
-    rate = max(slots, 1) / max(service_s, 1e-3)
-    wait = max(load_remaining_s, 0.0) + depth / rate
-    return float(min(max(math.ceil(wait), _MIN_RETRY_S), _MAX_RETRY_S))
-
-
-#: Seconds a request is taken to hold a slot before one was measured for the model.
-SERVICE_PRIOR_S = 1.0
-
-
 @dataclass(frozen=True, slots=True)
 class CopyWait:
     """One copy of a model as admission's ``Retry-After`` sees it: its queue, the
@@ -154,16 +122,64 @@ class CopyWait:
     service_s: float
     load_left_s: float = 0.0
 
+    @property
+    def rate(self) -> float:
+        """Requests a second it serves once loaded: the daemon's slots where other
+        replicas use it too (``copy_depth`` counts their queue), this replica's share
+        where only it does."""
+        slots = self.queue.slots if self.queue.theirs else self.queue.share
+        return max(slots, 1) / max(self.service_s, 1e-3)
 
-def copies_retry_after(copies: Sequence[CopyWait]) -> float:
-    """``Retry-After`` for a request refused at the high-water mark: every copy's queue
-    (every replica's, ``fleet_backlog``) drained at the copies' slots, at the slowest
-    copy's service time, once the soonest load in progress is done. The live scheduler
-    and the replay both answer with this."""
-    depth, slots = fleet_backlog(c.queue for c in copies)
-    service = max((c.service_s for c in copies), default=SERVICE_PRIOR_S)
-    remaining = min((c.load_left_s for c in copies), default=0.0)
-    return retry_after(depth, slots, load_remaining_s=remaining, service_s=service)
+
+def drain_s(copies: Sequence[CopyWait], count: float) -> float:
+    """Seconds until ``count`` of the requests queued at the copies have left for a
+    slot, each copy serving at its own ``rate`` from the end of its load on (a copy
+    being loaded joins when its load is done); at least the soonest load's end."""
+    left, t, rate = float(count), 0.0, 0.0
+    for c in sorted(copies, key=lambda c: c.load_left_s):
+        joins = max(c.load_left_s, 0.0)
+        if rate and left <= rate * (joins - t):
+            break  # gone before this copy is ready
+        left -= rate * (joins - t)
+        t, rate = joins, rate + c.rate
+    return t + max(left, 0.0) / rate if rate else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Hint:
+    """A refusal's ``Retry-After`` (whole seconds, 1 to 600) and the time it promised
+    (``promised_at``: the next refusal's place in line comes after it)."""
+
+    retry_after_s: float
+    promised_at: float
+
+
+def retry_hint(
+    copies: Sequence[CopyWait],
+    *,
+    now: float,
+    promised_at: float | None = None,
+    replicas: int = 1,
+) -> Hint:
+    """``Retry-After`` for a request refused at the high-water mark: its place in a line
+    behind the queue. The first refused request is told to come back when a seat first
+    frees (the first request to leave the copies' queues for a slot); each one refused
+    after it, one departure later than the one before (``promised_at``), at the rate
+    every copy serves once loaded, so the retries come back spread at the pace the
+    queue makes room, not all at once, nor each after the whole queue has drained
+    (by then it has filled again and the retry waits it out twice). With ``replicas``
+    refusing their own clients, each spaces its own by that many departures. The live
+    scheduler and the replay both answer with this."""
+    room = now + drain_s(copies, 1)
+    rate = sum(c.rate for c in copies)
+    step = replicas / rate if rate else _MIN_RETRY_S
+    at = room if promised_at is None else max(room, promised_at + step)
+    # whole seconds, as Retry-After wants, within [1, 600]
+    return Hint(float(min(max(math.ceil(at - now), _MIN_RETRY_S), _MAX_RETRY_S)), at)
+
+
+#: Seconds a request is taken to hold a slot before one was measured for the model.
+SERVICE_PRIOR_S = 1.0
 
 
 def smooth_service(prev: float | None, held_s: float) -> float:

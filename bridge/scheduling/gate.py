@@ -6,9 +6,9 @@ Ollama never holds a request it cannot run, and a request for a loaded model
 only ever waits for that model's own slots — never behind another model's
 load. While the model is not ready (cold or loading) or every slot is busy,
 requests wait in the gate's ``FairQueue``: one FIFO per session, served
-round-robin, so one chatty session cannot starve the others. A gate refuses a
-newcomer when its queue is at the high-water depth, with a Retry-After from
-``retry_after`` (pure). Waiters are futures; a cancelled waiter either leaves
+round-robin, so one chatty session cannot starve the others. The scheduler refuses
+a newcomer when the queue is at the high-water depth, with a Retry-After from
+``queueing.retry_hint`` (pure). Waiters are futures; a cancelled waiter either leaves
 the queue or, if a slot was already handed to it, hands the slot back.
 
 Context: each waiter carries its ``Need``; the gate knows its runner's context

@@ -35,7 +35,7 @@ from bridge.metrics import Metrics
 from bridge.policy.cold import GONE, cold_cause
 from bridge.policy.numctx import Need, openai_default_hint
 from bridge.policy.placement import DaemonView, Load, Reject, ReuseOracle, route
-from bridge.policy.queueing import CopyQueue, CopyWait, copies_retry_after
+from bridge.policy.queueing import CopyQueue, CopyWait, retry_hint
 from bridge.policy.replicas import Backlog, replicate, worth_a_copy
 from bridge.policy.sizing import ModelInfo
 from bridge.scheduling.decisions import DecisionLog
@@ -106,6 +106,9 @@ class Scheduler(Residency):
         self.upkeep = Upkeep(self, self)
         #: Models this replica has seen ready (``cold_cause``: a first load or not).
         self.seen_ready: set[str] = set()
+        #: Per model, when the last request refused at the high-water mark was told to
+        #: come back (``queueing.retry_hint``: the next one's place in line is after it).
+        self.promised: dict[str, float] = {}
         self.peers = Peers(self.coord, self)
         self.loader.on_changed = self.coord.changed
         self.loader.quiesce = self.coord.quiesce
@@ -203,12 +206,13 @@ class Scheduler(Residency):
         return ticket
 
     def _retry_after(self, key: str) -> float:
-        """Retry-After at the high-water mark: every copy's queue drains at its slots
-        per service time, once its load (if any) is done; the soonest copy counts. With
-        other replicas, a copy's queue is the whole fleet's: this replica's requests and
-        the others' (``Coordinator.others``) beyond the daemon's slots, drained by all
-        of them (this replica's own queue when that is longer)."""
-        return copies_retry_after(
+        """Retry-After at the high-water mark: the refused request's place in line
+        behind every copy's queue (``queueing.retry_hint``), each copy at its own slots
+        per service time from the end of its load on. With other replicas, a copy's
+        queue is the whole fleet's: this replica's requests and the others'
+        (``Coordinator.others``) beyond the daemon's slots, drained by all of them
+        (this replica's own queue when that is longer)."""
+        hint = retry_hint(
             [
                 CopyWait(
                     CopyQueue(
@@ -222,8 +226,13 @@ class Scheduler(Residency):
                     self.loader.remaining_s(d.name, key),
                 )
                 for d, g in self.copies(key)
-            ]
+            ],
+            now=time.monotonic(),
+            promised_at=self.promised.get(key),
+            replicas=self.coord.replicas,
         )
+        self.promised[key] = hint.promised_at
+        return hint.retry_after_s
 
     def _replicate(self, key: str, need: Need, info: ModelInfo, now: float) -> None:
         """A request waits for ``key``: load a copy elsewhere when the expected wait is

@@ -240,10 +240,11 @@ def test_a_refused_client_retries_after_a_backoff_and_its_latency_includes_the_w
 
 def test_the_bridges_refusal_at_the_high_water_mark_says_what_the_scheduler_would() -> None:
     # Three clients wait for a's load at a high-water depth of 3; the fourth is refused
-    # with the scheduler's Retry-After (``queueing.copies_retry_after``): what the bridge
-    # estimates is left of the load (its 10 s default, less the 0.3 s gone) plus the
-    # three queued at 2 slots of the 1 s service prior, 9.7 + 1.5, rounded up. It is
-    # not the simulated truth (a 1 s + 10 GB load, the request's own 1.1 s service).
+    # with the scheduler's Retry-After (``queueing.retry_hint``): when the first seat
+    # frees, from what the bridge estimates is left of the load (its 10 s default, less
+    # the 0.3 s gone) and one departure at 2 slots of the 1 s service prior, 9.7 + 0.5,
+    # rounded up. It is not the simulated truth (a 1 s + 10 GB load, the request's own
+    # 1.1 s service).
     fleet = _one_daemon({"a": 10.0}, num_parallel=2)
     requests = [_req(i, i / 10, "a") for i in range(4)]
     sim = new_simulation(
@@ -262,7 +263,7 @@ def test_the_bridges_refusal_at_the_high_water_mark_says_what_the_scheduler_woul
 
     sim.fail = on_fail  # type: ignore[method-assign]
     report = sim.run()
-    assert refused == [(3, 503, 12.0)]
+    assert refused == [(3, 503, 11.0)]
     assert (report.completed, report.refused_final) == (3, 1)
 
 

@@ -14,9 +14,8 @@ from bridge.policy.queueing import (
     CopyQueue,
     CopyWait,
     FairQueue,
-    copies_retry_after,
-    fleet_backlog,
-    retry_after,
+    drain_s,
+    retry_hint,
 )
 from bridge.scheduling.gate import Gate
 from ollamasim.testing import RunningFleet
@@ -66,12 +65,54 @@ async def test_over_high_water_is_503_with_retry_after_in_both_shapes(
     assert 'alb_rejections_total{reason="high-water"} 2.0' in metrics
 
 
-def test_retry_after_grows_with_depth_and_load_time() -> None:
-    assert retry_after(0, 1, load_remaining_s=0, service_s=1) == 1
-    assert retry_after(10, 2, load_remaining_s=0, service_s=1) == 5
-    assert retry_after(10, 2, load_remaining_s=30, service_s=1) == 35
-    assert retry_after(10**6, 1, load_remaining_s=0, service_s=10) == 600
-    assert retry_after(3, 1, load_remaining_s=0.2, service_s=0.1) == 1
+def _copy(slots: int = 2, service_s: float = 2.0, load_left_s: float = 0.0) -> CopyWait:
+    """One copy that only this replica uses: ``slots`` of ``service_s``."""
+    queue = CopyQueue(depth=0, outstanding=0, share=slots, slots=slots)
+    return CopyWait(queue, service_s, load_left_s)
+
+
+def test_a_queue_drains_at_each_copys_pace_from_the_end_of_its_load() -> None:
+    loaded = _copy()  # 2 slots of 2 s: one request a second
+    assert drain_s([loaded], 20) == 20.0
+    # A second copy loading (5 s left): 5 of the 20 leave in those 5 s at one a second,
+    # the other 15 at two a second.
+    assert drain_s([loaded, _copy(load_left_s=5.0)], 20) == 12.5
+    # A copy loaded after the queue would have drained changes nothing.
+    assert drain_s([loaded, _copy(load_left_s=30.0)], 20) == 20.0
+    # Each copy at its own pace: 1 + 0.5 requests a second.
+    assert drain_s([loaded, _copy(service_s=4.0)], 20) == pytest.approx(20 / 1.5)
+    # Only copies still loading, nothing to drain: the soonest load's end.
+    assert drain_s([_copy(load_left_s=9.0), _copy(load_left_s=5.0)], 0) == 5.0
+    assert drain_s([], 5) == 0.0
+
+
+def test_refused_requests_are_told_to_come_back_one_departure_apart() -> None:
+    copies = [_copy(), _copy()]  # two requests a second leave the queues
+    hints = [retry_hint(copies, now=100.0)]
+    for _ in range(5):
+        hints.append(retry_hint(copies, now=100.0, promised_at=hints[-1].promised_at))
+    # The first when the first seat frees, each next one a departure later.
+    assert [h.promised_at for h in hints] == [100.5, 101.0, 101.5, 102.0, 102.5, 103.0]
+    assert [h.retry_after_s for h in hints] == [1.0, 1.0, 2.0, 2.0, 3.0, 3.0]
+    # Promises in the past: the line starts again at the first seat to free.
+    assert retry_hint(copies, now=200.0, promised_at=103.0).promised_at == 200.5
+    # No copy loaded yet: the first seat frees after the load and one service.
+    assert retry_hint([_copy(load_left_s=30.0)], now=0.0).retry_after_s == 31.0
+    # Whole seconds within [1, 600].
+    assert retry_hint([_copy(load_left_s=5000.0)], now=0.0).retry_after_s == 600.0
+    assert retry_hint([], now=0.0).retry_after_s == 1.0
+
+
+def test_with_other_replicas_a_shared_copy_serves_at_the_daemons_slots() -> None:
+    # Others use the daemon too: its 4 slots drain everyone's queue (2 a second); only
+    # this replica there: its share of 1 slot (0.5 a second).
+    shared = CopyWait(CopyQueue(depth=3, outstanding=5, share=1, slots=4, theirs=10), 2.0)
+    alone = replace(shared, queue=replace(shared.queue, theirs=0))
+    assert (shared.rate, alone.rate) == (2.0, 0.5)
+    # Three replicas each refusing their own: each spaces its line by three departures.
+    first = retry_hint([shared], now=0.0, replicas=3)
+    second = retry_hint([shared], now=0.0, promised_at=first.promised_at, replicas=3)
+    assert second.promised_at - first.promised_at == 1.5
 
 
 def test_fair_queue_round_robins_sessions() -> None:
@@ -142,37 +183,3 @@ async def test_cancelled_waiter_returns_its_slot() -> None:
     await asyncio.gather(waiter, return_exceptions=True)
     assert gate.busy == 0
     assert gate.try_acquire()
-
-
-def test_a_retry_after_counts_the_other_replicas_queues() -> None:
-    # Alone (no one else's requests): this replica's queue at its share, as before.
-    assert fleet_backlog([CopyQueue(depth=6, outstanding=8, share=2, slots=2)]) == (6, 2)
-    # Two others have 10 in flight or queued on a daemon of 4 slots where this replica
-    # has 2 running and 3 queued: 2 + 3 + 10 - 4 = 11 wait, drained by all 4 slots.
-    mine = CopyQueue(depth=3, outstanding=5, share=2, slots=4, theirs=10)
-    assert fleet_backlog([mine]) == (11, 4)
-    assert retry_after(11, 4, load_remaining_s=0, service_s=2) > retry_after(
-        3, 2, load_remaining_s=0, service_s=2
-    )
-    # Never shorter than this replica's own queue.
-    assert fleet_backlog([CopyQueue(depth=9, outstanding=9, share=1, slots=4, theirs=1)]) == (9, 4)
-    # Two copies add up.
-    other = CopyQueue(depth=0, outstanding=1, share=2, slots=2)
-    assert fleet_backlog([mine, other]) == (11, 6)
-
-
-def test_a_retry_after_drains_every_copy_once_the_soonest_load_is_done() -> None:
-    loaded = CopyWait(CopyQueue(depth=20, outstanding=22, share=2, slots=2), service_s=2.0)
-    # One copy: 20 queued at 2 slots of 2 s = 20 s.
-    assert copies_retry_after([loaded]) == 20.0
-    # A second copy loading (5 s left, 2 more slots): the soonest copy, ready now, sets
-    # when the drain starts, and every copy's slots drain: 20 / (4 / 2 s) = 10 s.
-    loading = CopyWait(CopyQueue(depth=0, outstanding=0, share=2, slots=0), 2.0, 5.0)
-    assert copies_retry_after([loaded, loading]) == 10.0
-    # Only copies still loading: from the soonest one's end.
-    assert copies_retry_after([loading, replace(loading, load_left_s=9.0)]) == 5.0
-    # A copy that is slower sets the pace for all (the estimate errs late, not early).
-    slow = CopyWait(CopyQueue(depth=0, outstanding=0, share=2, slots=2), service_s=4.0)
-    assert copies_retry_after([loaded, slow]) == 20.0
-    # No copy (none known yet): the shortest hint.
-    assert copies_retry_after([]) == 1.0
