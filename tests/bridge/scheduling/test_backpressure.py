@@ -65,6 +65,33 @@ async def test_over_high_water_is_503_with_retry_after_in_both_shapes(
     assert 'alb_rejections_total{reason="high-water"} 2.0' in metrics
 
 
+async def test_refused_requests_are_told_to_come_back_spread_at_the_pace_of_the_queue(
+    fleet: RunningFleet, small_queue: RunningBridge
+) -> None:
+    # The queue is full behind a load that hangs; each refusal after the first is told to
+    # come back one departure later (2 slots of the 1 s service prior: half a second),
+    # not all at the same second.
+    d = fleet.daemon("a")
+    d.faults.hang_load("chatty")
+    gen = {"model": "chatty", "prompt": "hi", "stream": False}
+    async with httpx.AsyncClient(base_url=small_queue.base_url, timeout=30) as c:
+        queued = [asyncio.create_task(c.post("/api/generate", json=gen)) for _ in range(8)]
+        await asyncio.to_thread(d.wait_for_event, lambda ev: "load-start" in kinds(ev))
+        for _ in range(100):
+            m = (await c.get("/alb/v1/models")).json()["daemons"][0]["models"]
+            if m and m[0]["queue_depth"] == 8:
+                break
+            await asyncio.sleep(0.01)
+        refused = [await c.post("/api/generate", json=gen) for _ in range(8)]
+        d.faults.clear_hang()
+        done = await asyncio.gather(*queued)
+    assert [r.status_code for r in refused] == [503] * 8
+    hints = [int(r.headers["retry-after"]) for r in refused]
+    assert hints == sorted(hints), hints
+    assert 3 <= hints[-1] - hints[0] <= 5, hints  # seven departures of 0.5 s: 3.5 s
+    assert [r.status_code for r in done] == [200] * 8
+
+
 def _copy(slots: int = 2, service_s: float = 2.0, load_left_s: float = 0.0) -> CopyWait:
     """One copy that only this replica uses: ``slots`` of ``service_s``."""
     queue = CopyQueue(depth=0, outstanding=0, share=slots, slots=slots)
