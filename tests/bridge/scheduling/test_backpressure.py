@@ -18,7 +18,7 @@ from bridge.policy.queueing import (
     retry_hint,
 )
 from bridge.scheduling.gate import Gate
-from ollamasim.testing import RunningFleet
+from ollamasim.testing import RunningDaemon, RunningFleet
 from tests.bridge._support import RunningBridge, kinds, running_bridge, settings_for
 
 
@@ -28,21 +28,30 @@ async def small_queue(fleet: RunningFleet) -> AsyncIterator[RunningBridge]:
         yield b
 
 
+GEN = {"model": "chatty", "prompt": "hi", "stream": False}
+
+
+async def _full_queue(c: httpx.AsyncClient, d: RunningDaemon) -> list[asyncio.Task[httpx.Response]]:
+    """Eight requests queued behind a load of chatty that hangs (the high-water mark of
+    ``small_queue``): the requests, still waiting."""
+    queued = [asyncio.create_task(c.post("/api/generate", json=GEN)) for _ in range(8)]
+    await asyncio.to_thread(d.wait_for_event, lambda ev: "load-start" in kinds(ev))
+    for _ in range(100):
+        m = (await c.get("/alb/v1/models")).json()["daemons"][0]["models"]
+        if m and m[0]["queue_depth"] == 8:
+            break
+        await asyncio.sleep(0.01)
+    return queued
+
+
 async def test_over_high_water_is_503_with_retry_after_in_both_shapes(
     fleet: RunningFleet, small_queue: RunningBridge
 ) -> None:
     d = fleet.daemon("a")
     d.faults.hang_load("chatty")
-    gen = {"model": "chatty", "prompt": "hi", "stream": False}
     async with httpx.AsyncClient(base_url=small_queue.base_url, timeout=30) as c:
-        queued = [asyncio.create_task(c.post("/api/generate", json=gen)) for _ in range(8)]
-        await asyncio.to_thread(d.wait_for_event, lambda ev: "load-start" in kinds(ev))
-        for _ in range(100):
-            m = (await c.get("/alb/v1/models")).json()["daemons"][0]["models"]
-            if m and m[0]["queue_depth"] == 8:
-                break
-            await asyncio.sleep(0.01)
-        native = await c.post("/api/generate", json=gen)
+        queued = await _full_queue(c, d)
+        native = await c.post("/api/generate", json=GEN)
         openai = await c.post(
             "/v1/chat/completions",
             json={"model": "chatty", "messages": [{"role": "user", "content": "hi"}]},
@@ -73,16 +82,9 @@ async def test_refused_requests_are_told_to_come_back_spread_at_the_pace_of_the_
     # not all at the same second.
     d = fleet.daemon("a")
     d.faults.hang_load("chatty")
-    gen = {"model": "chatty", "prompt": "hi", "stream": False}
     async with httpx.AsyncClient(base_url=small_queue.base_url, timeout=30) as c:
-        queued = [asyncio.create_task(c.post("/api/generate", json=gen)) for _ in range(8)]
-        await asyncio.to_thread(d.wait_for_event, lambda ev: "load-start" in kinds(ev))
-        for _ in range(100):
-            m = (await c.get("/alb/v1/models")).json()["daemons"][0]["models"]
-            if m and m[0]["queue_depth"] == 8:
-                break
-            await asyncio.sleep(0.01)
-        refused = [await c.post("/api/generate", json=gen) for _ in range(8)]
+        queued = await _full_queue(c, d)
+        refused = [await c.post("/api/generate", json=GEN) for _ in range(8)]
         d.faults.clear_hang()
         done = await asyncio.gather(*queued)
     assert [r.status_code for r in refused] == [503] * 8
