@@ -92,14 +92,24 @@ class BridgeKnobs:
 @dataclass(frozen=True, slots=True)
 class Clients:
     """How the replayed clients answer a refusal (429, or a 5xx other than 501), as the
-    ``openai`` client does: try again after the ``Retry-After`` the answer gave, else
-    after an exponential backoff (``backoff_s`` doubling, at most ``backoff_max_s``; the
-    client's jitter left out so that replays stay deterministic), at most ``retries``
-    times. A request's latency runs from its first try."""
+    ``openai`` client does (``_base_client``: ``_should_retry``,
+    ``_calculate_retry_timeout``): try again after the ``Retry-After`` the answer gave,
+    else after an exponential backoff (``backoff_s`` doubling, at most ``backoff_max_s``;
+    the client's jitter left out so that replays stay deterministic), at most ``retries``
+    times; a ``Retry-After`` longer than ``max_retry_after_s`` (its
+    ``MAX_RETRY_AFTER_DELAY``, two minutes) is not waited for: the client gives up at
+    once. A request's latency runs from its first try."""
 
     retries: int = 2
     backoff_s: float = 0.5
     backoff_max_s: float = 8.0
+    max_retry_after_s: float = 120.0
+
+    def retries_after(self, tries: int, retry_after: float | None) -> bool:
+        """Whether a request refused on its ``tries``-th try is tried again."""
+        if tries > self.retries:
+            return False
+        return retry_after is None or retry_after <= self.max_retry_after_s
 
     def wait_s(self, tries: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -353,7 +363,7 @@ class Simulation:
         """``job`` is answered HTTP ``status``: a refusal is tried again (``Clients``)
         until its tries run out; then, or for any other error, the request ends."""
         self._observe(job, status)
-        if _retryable(status) and job.tries <= self.clients.retries:
+        if _retryable(status) and self.clients.retries_after(job.tries, retry_after):
             self.tally.retries += 1
             wait = self.clients.wait_s(job.tries, retry_after)
             job.tries += 1

@@ -81,9 +81,9 @@ def test_every_request_ends_exactly_once_and_memory_stays_under_capacity(policy:
         assert runner.size <= sim.daemon_cfg[runner.daemon].memory
         finish(job, runner)
 
-    def on_fail(job: Job, status: int) -> None:
+    def on_fail(job: Job, status: int, retry_after: float | None = None) -> None:
         ended[job.req.idx] += 1
-        fail(job, status)
+        fail(job, status, retry_after)
 
     sim._finish = on_finish  # type: ignore[method-assign]
     sim.fail = on_fail  # type: ignore[method-assign]
@@ -265,6 +265,23 @@ def test_the_bridges_refusal_at_the_high_water_mark_says_what_the_scheduler_woul
     report = sim.run()
     assert refused == [(3, 503, 11.0)]
     assert (report.completed, report.refused_final) == (3, 1)
+
+
+def test_the_replayed_clients_retry_as_the_openai_client_does() -> None:
+    # Its defaults: two retries, and a Retry-After past two minutes is not waited for
+    # (``_should_retry``): the refusal is final at once.
+    from openai._constants import DEFAULT_MAX_RETRIES, MAX_RETRY_AFTER_DELAY  # noqa: PLC0415
+
+    clients = Clients()
+    assert (clients.retries, clients.max_retry_after_s) == (
+        DEFAULT_MAX_RETRIES,
+        MAX_RETRY_AFTER_DELAY,
+    )
+    assert clients.retries_after(1, 120.0)
+    assert clients.retries_after(2, None)
+    assert not clients.retries_after(1, 121.0)
+    assert not clients.retries_after(3, 1.0)
+    assert [clients.wait_s(n, None) for n in (1, 2, 3, 6)] == [0.5, 1.0, 2.0, 8.0]
 
 
 def test_static_assignment_balances_bytes() -> None:
