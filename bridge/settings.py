@@ -176,6 +176,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     queue_capacity: int = Field(256, ge=1)
     high_water: float = Field(0.8, gt=0, le=1)
+    #: The longest ``Retry-After`` a refusal at the high-water mark gives, seconds: the
+    #: ``openai`` client does not wait for one past two minutes, it gives up at once.
+    retry_after_max: float = Field(120.0, ge=1, le=3600)
 
     keep_alive_policy: Literal["bridge", "honour"] = "bridge"
     #: ``bridge`` policy, when idle memory is given back. ``demand`` (the default): an

@@ -415,6 +415,7 @@ class BridgeFleet:
             ],
             now=self.sim.now,
             promised_at=self.promised.get(key),
+            max_s=self.sim.knobs.retry_after_max,
         )
         self.promised[key] = hint.promised_at
         return hint.retry_after_s

@@ -81,6 +81,8 @@ class BridgeKnobs:
     chars_per_token: float = 3.5
     prefer_default: bool = True
     high_water_depth: int = 204
+    #: ``ALB_RETRY_AFTER_MAX``.
+    retry_after_max: float = 120.0
     prefetch_rate: float = 0.5
     prefetch_burst: int = 3
     prefetch_budget: float = 0.5

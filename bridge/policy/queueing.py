@@ -14,7 +14,7 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 _MIN_RETRY_S = 1.0
-_MAX_RETRY_S = 600.0
+_MAX_RETRY_S = 120.0
 
 
 class FairQueue(Generic[T]):
@@ -160,6 +160,7 @@ def retry_hint(
     now: float,
     promised_at: float | None = None,
     replicas: int = 1,
+    max_s: float = _MAX_RETRY_S,
 ) -> Hint:
     """``Retry-After`` for a request refused at the high-water mark: its place in a line
     behind the queue. The first refused request is told to come back when a seat first
@@ -168,14 +169,18 @@ def retry_hint(
     every copy serves once loaded, so the retries come back spread at the pace the
     queue makes room, not all at once, nor each after the whole queue has drained
     (by then it has filled again and the retry waits it out twice). With ``replicas``
-    refusing their own clients, each spaces its own by that many departures. The live
-    scheduler and the replay both answer with this."""
+    refusing their own clients, each spaces its own by that many departures. No place
+    is promised later than ``max_s`` from now (``ALB_RETRY_AFTER_MAX``: a client that
+    will not wait longer, as the ``openai`` client past two minutes, would give up at
+    once); past it, the refused are told ``max_s`` as they come. The live scheduler and
+    the replay both answer with this."""
     room = now + drain_s(copies, 1)
     rate = sum(c.rate for c in copies)
     step = replicas / rate if rate else _MIN_RETRY_S
     at = room if promised_at is None else max(room, promised_at + step)
-    # whole seconds, as Retry-After wants, within [1, 600]
-    return Hint(float(min(max(math.ceil(at - now), _MIN_RETRY_S), _MAX_RETRY_S)), at)
+    at = min(at, now + max_s)
+    # whole seconds, as Retry-After wants, at least one
+    return Hint(float(max(math.ceil(at - now), _MIN_RETRY_S)), at)
 
 
 #: Seconds a request is taken to hold a slot before one was measured for the model.

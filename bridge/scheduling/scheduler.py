@@ -230,6 +230,7 @@ class Scheduler(Residency):
             now=time.monotonic(),
             promised_at=self.promised.get(key),
             replicas=self.coord.replicas,
+            max_s=self._settings.retry_after_max,
         )
         self.promised[key] = hint.promised_at
         return hint.retry_after_s

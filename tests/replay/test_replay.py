@@ -438,6 +438,7 @@ def test_bridge_knobs_match_the_bridge_settings_defaults() -> None:
     assert knobs.headroom == fields["headroom"].default
     assert knobs.num_predict_default == fields["num_predict_default"].default
     assert knobs.chars_per_token == fields["chars_per_token"].default
+    assert knobs.retry_after_max == fields["retry_after_max"].default
     assert ",".join(map(str, knobs.buckets)) == fields["num_ctx_buckets"].default
     assert POLICIES["bridge-lru"].idle_unload_after_s == fields["idle_unload_after"].default
 

@@ -127,9 +127,13 @@ def test_refused_requests_are_told_to_come_back_one_departure_apart() -> None:
     assert retry_hint(copies, now=200.0, promised_at=103.0).promised_at == 200.5
     # No copy loaded yet: the first seat frees after the load and one service.
     assert retry_hint([_copy(load_left_s=30.0)], now=0.0).retry_after_s == 31.0
-    # Whole seconds within [1, 600].
-    assert retry_hint([_copy(load_left_s=5000.0)], now=0.0).retry_after_s == 600.0
+    # Whole seconds, at least one, at most ``max_s`` (120 by default): past it no place
+    # is promised later, so the refused are told ``max_s`` as they come.
+    assert retry_hint([_copy(load_left_s=5000.0)], now=0.0).retry_after_s == 120.0
     assert retry_hint([], now=0.0).retry_after_s == 1.0
+    late = [retry_hint(copies, now=100.0, promised_at=250.0, max_s=60.0) for _ in range(2)]
+    assert [(h.retry_after_s, h.promised_at) for h in late] == [(60.0, 160.0)] * 2
+    assert retry_hint([_copy(load_left_s=90.0)], now=0.0, max_s=600.0).retry_after_s == 91.0
 
 
 def test_with_other_replicas_a_shared_copy_serves_at_the_daemons_slots() -> None:
