@@ -8,7 +8,8 @@ ready before but nowhere now; a ready runner with too small a context; and cold 
 choice, a request that joined a copy still loading while a ready copy held the model,
 for a shorter wait), the share of prompts cut to
 the runner's context (Ollama's defaults load one context per model and cut longer
-prompts; the bridge loads a runner that fits), p50 / p95 / p99 TTFT, SLO attainment
+prompts; the bridge loads a runner that fits), p50 / p95 / p99 TTFT (and the p99 over
+every request, one refused for good counted as never answered), SLO attainment
 (the share of requests whose first token came within the SLO, 5 s by default; the
 measure of MuxServe and Aegaeon),
 requests refused after the clients' retries, loads, replica loads, idle GB·h and
@@ -87,6 +88,8 @@ class Summary:
     p50_ttft_s: float
     p95_ttft_s: float
     p99_ttft_s: float
+    #: ``ReplayReport.p99_ttft_all_s`` (None on any trace: None).
+    p99_ttft_all_s: float | None
     slo_attainment: float
     refused: int
     loads: int
@@ -107,6 +110,9 @@ class Summary:
             "p50_ttft_s": round(self.p50_ttft_s, 3),
             "p95_ttft_s": round(self.p95_ttft_s, 3),
             "p99_ttft_s": round(self.p99_ttft_s, 3),
+            "p99_ttft_all_s": None
+            if self.p99_ttft_all_s is None
+            else round(self.p99_ttft_all_s, 3),
             "slo_attainment": round(self.slo_attainment, 5),
             "refused": self.refused,
             "loads": self.loads,
@@ -180,6 +186,7 @@ def summarise(runs: Sequence[CapacityRun]) -> list[Summary]:
             p50_ttft_s=mean(rs, "p50_ttft_s"),
             p95_ttft_s=mean(rs, "p95_ttft_s"),
             p99_ttft_s=mean(rs, "p99_ttft_s"),
+            p99_ttft_all_s=_mean_or_none([r.report.p99_ttft_all_s for r in rs]),
             slo_attainment=mean(rs, "slo_attainment"),
             refused=sum(r.report.refused_final for r in rs),
             loads=sum(r.report.loads for r in rs),
@@ -189,6 +196,11 @@ def summarise(runs: Sequence[CapacityRun]) -> list[Summary]:
         )
         for (policy, n), rs in groups.items()
     ]
+
+
+def _mean_or_none(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.fmean(known) if known and len(known) == len(values) else None
 
 
 def smallest_fleet(summaries: Sequence[Summary], policy: str, level: float) -> int | None:
@@ -230,12 +242,21 @@ _TABLES = (
     ("p50 TTFT s", "p50_ttft_s", "{:.2f}"),
     ("p95 TTFT s", "p95_ttft_s", "{:.1f}"),
     ("p99 TTFT s", "p99_ttft_s", "{:.0f}"),
+    (
+        "p99 TTFT s over every request, refused for good = never answered",
+        "p99_ttft_all_s",
+        "{:.0f}",
+    ),
     ("refused after retries", "refused", "{}"),
     ("loads", "loads", "{}"),
     ("replica loads", "replicas", "{}"),
     ("idle GB·h", "idle_gb_h", "{:.1f}"),
     ("GPU-hours", "gpu_hours", "{:.1f}"),
 )
+
+
+def _cell(fmt: str, value: object) -> str:
+    return "never" if value is None else fmt.format(value)
 
 
 def markdown(summaries: Sequence[Summary], slo_s: float) -> str:
@@ -251,7 +272,7 @@ def markdown(summaries: Sequence[Summary], slo_s: float) -> str:
         out.append("| policy | " + " | ".join(f"{n} GPUs" for n in sizes) + " |")
         out.append("| --- |" + " ---: |" * len(sizes))
         for p in policies:
-            vals = [fmt.format(getattr(cell[(p, n)], field)) for n in sizes if (p, n) in cell]
+            vals = [_cell(fmt, getattr(cell[(p, n)], field)) for n in sizes if (p, n) in cell]
             out.append(f"| {p} | " + " | ".join(vals) + " |")
         out.append("")
     out.append(f"**Smallest fleet for the SLO (TTFT <= {slo_s:g} s)**\n")
@@ -312,6 +333,7 @@ _REPORT_FIELDS = (
     "p50_ttft_s",
     "p95_ttft_s",
     "p99_ttft_s",
+    "p99_ttft_all_s",
     "slo_attainment",
     "refused_final",
     "errors",

@@ -9,7 +9,10 @@
   Ollama, other runner options); ``copy``, cold by choice: a ready runner elsewhere
   would serve it, and it joined a copy being loaded for the shorter wait;
 * **p50 / p99 latency** (arrival -> last token) and **TTFT** (arrival -> first token)
-  over the requests that completed;
+  over the requests that completed; and **p99 TTFT over every request**, one refused
+  after its last try counted as never answered (``None`` when the 99th percentile is
+  one of those: more than 1 % never answered), so a policy cannot shorten its tail by
+  refusing;
 * **prefetch precision**: prefetch loads whose runner served a real request before it
   left the daemon / prefetch loads; **recall**: those hits / (hits + loads that real
   requests had to wait for);
@@ -44,9 +47,20 @@ __all__ = [
     "Tally",
     "markdown_table",
     "percentile",
+    "percentile_all",
 ]
 
 GB = 1e9
+
+
+def percentile_all(values: Sequence[float], never: int, p: float) -> float | None:
+    """Nearest-rank percentile of ``values`` and ``never`` more that have no value
+    (never answered, ranked above every value): None when the rank falls among them."""
+    n = len(values) + never
+    if not n:
+        return 0.0
+    rank = max(1, math.ceil(p / 100.0 * n))
+    return sorted(values)[rank - 1] if rank <= len(values) else None
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -124,6 +138,9 @@ class ReplayReport:
     p50_ttft_s: float
     p95_ttft_s: float
     p99_ttft_s: float
+    #: p99 TTFT over every request, one refused for good counted as never answered
+    #: (None: the 99th percentile is one of those).
+    p99_ttft_all_s: float | None
     #: Share of all requests whose first token came within ``slo_s`` (a refused
     #: request never does).
     slo_s: float
@@ -170,6 +187,7 @@ class ReplayReport:
             p50_ttft_s=percentile(t.ttfts, 50),
             p95_ttft_s=percentile(t.ttfts, 95),
             p99_ttft_s=percentile(t.ttfts, 99),
+            p99_ttft_all_s=percentile_all(t.ttfts, t.refused_final, 99),
             slo_s=slo_s,
             slo_attainment=within / t.requests if t.requests else 0.0,
             mean_latency_s=sum(t.latencies) / len(t.latencies) if t.latencies else 0.0,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from replay.capacity import (
+    Summary,
     frontier,
     markdown,
     pareto_grid,
@@ -18,7 +20,7 @@ from replay.capacity import (
 )
 from replay.fleets import make_fleet, with_daemons
 from replay.policies import POLICIES
-from replay.report import ReplayReport
+from replay.report import ReplayReport, percentile, percentile_all
 from replay.workload import Request
 
 NAMES = [f"m{i}" for i in range(6)]
@@ -65,6 +67,44 @@ def test_the_sweep_reports_every_policy_and_size_and_the_smallest_fleet(tmp_path
     paths = write_capacity(runs, tmp_path, slo_s=5.0)
     assert sorted(p.name for p in paths) == ["capacity.csv", "capacity.md", "capacity.png"]
     assert (tmp_path / "capacity.csv").read_text().count("\n") == len(runs) + 1
+
+
+def test_a_tail_over_every_request_counts_the_refused_as_never_answered() -> None:
+    served = [float(i) for i in range(1, 101)]  # 1 .. 100 s
+    assert percentile(served, 99) == 99.0
+    # One refused in 101: the 99th percentile (rank 100) is still served, at 100 s.
+    assert percentile_all(served, 1, 99) == 100.0
+    # Two refused in 102: rank 101 is one of them, never answered.
+    assert percentile_all(served, 2, 99) is None
+    assert percentile_all([], 0, 99) == 0.0
+    # In the tables a tail that is never answered says so.
+    refused = dataclasses.replace(_summary(), p99_ttft_all_s=None)
+    text = markdown([_summary(), dataclasses.replace(refused, policy="b")], 5.0)
+    row = next(line for line in text.splitlines() if line.startswith("| b |") and "never" in line)
+    assert row == "| b | never |"
+
+
+def _summary() -> Summary:
+    return Summary(
+        policy="a",
+        daemons=1,
+        cold_start_rate=0.0,
+        cold_ready_copy_rate=0.0,
+        cold_first_rate=0.0,
+        cold_gone_rate=0.0,
+        cold_context_rate=0.0,
+        truncated_rate=0.0,
+        p50_ttft_s=1.0,
+        p95_ttft_s=5.0,
+        p99_ttft_s=9.0,
+        p99_ttft_all_s=12.0,
+        slo_attainment=0.5,
+        refused=0,
+        loads=0,
+        replicas=0,
+        idle_gb_h=0.0,
+        gpu_hours=1.0,
+    )
 
 
 def test_the_reclaim_grid_and_its_frontier() -> None:
